@@ -1,0 +1,363 @@
+//! The repository client: talks to poold for metadata and to the chunk
+//! daemons for data, with placement computed locally and bounded parallelism.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::stream::{self, StreamExt};
+use tonic::transport::{Channel, Endpoint};
+
+use crate::chunk::ChunkId;
+use crate::placement::{Member, Placement};
+use crate::proto::chunk_store_client::ChunkStoreClient;
+use crate::proto::pool_client::PoolClient;
+use crate::proto::{self as pb};
+use crate::MAX_MESSAGE;
+
+/// Errors of repository operations that callers match on.
+#[derive(Debug, thiserror::Error)]
+pub enum RepoError {
+    /// poold refused or failed; its message is already a user sentence.
+    #[error("{}", .0.message())]
+    Pool(#[from] tonic::Status),
+    #[error("cannot connect to the pool at {url}: {reason}; check --pool or BLOBVIRT_POOL and that poold runs")]
+    Connect { url: String, reason: String },
+    #[error("chunk {chunk} could not be read from any replica ({tried}); check that its chunkd nodes run")]
+    ChunkUnavailable { chunk: ChunkId, tried: String },
+    #[error("chunk {chunk} could not be stored on enough chunkd nodes ({tried}); check the nodes with `blobvirt cluster status`")]
+    ChunkNotStored { chunk: ChunkId, tried: String },
+    #[error("no live chunkd node is registered; start chunkd nodes first")]
+    NoLiveNodes,
+}
+
+impl RepoError {
+    pub fn code(&self) -> Option<tonic::Code> {
+        match self {
+            RepoError::Pool(s) => Some(s.code()),
+            _ => None,
+        }
+    }
+}
+
+pub type Result<T, E = RepoError> = std::result::Result<T, E>;
+
+/// Makes a lazily connecting channel to `addr` (`host:port` or a URL).
+pub fn channel(addr: &str) -> Result<Channel, String> {
+    let url = if addr.contains("://") {
+        addr.to_string()
+    } else {
+        format!("http://{addr}")
+    };
+    Ok(Endpoint::from_shared(url)
+        .map_err(|e| e.to_string())?
+        .connect_timeout(Duration::from_secs(3))
+        .tcp_nodelay(true)
+        .connect_lazy())
+}
+
+/// A chunk store client with raised message limits.
+pub fn chunk_client(ch: Channel) -> ChunkStoreClient<Channel> {
+    ChunkStoreClient::new(ch)
+        .max_decoding_message_size(MAX_MESSAGE)
+        .max_encoding_message_size(MAX_MESSAGE)
+}
+
+/// A pool client with raised message limits.
+pub fn pool_client(ch: Channel) -> PoolClient<Channel> {
+    PoolClient::new(ch)
+        .max_decoding_message_size(MAX_MESSAGE)
+        .max_encoding_message_size(MAX_MESSAGE)
+}
+
+struct View {
+    placement: Arc<Placement>,
+    gc_epoch: u64,
+}
+
+/// A connection to one repository.
+#[derive(Clone)]
+pub struct Repo {
+    url: String,
+    pool: PoolClient<Channel>,
+    view: Arc<RwLock<View>>,
+    chans: Arc<Mutex<HashMap<String, ChunkStoreClient<Channel>>>>,
+    /// How many chunk transfers run at once.
+    pub concurrency: usize,
+}
+
+impl Repo {
+    /// Connects to poold at `url` and loads the membership.
+    pub async fn connect(url: &str) -> Result<Self> {
+        let ch = channel(url).map_err(|reason| RepoError::Connect {
+            url: url.into(),
+            reason,
+        })?;
+        let repo = Repo {
+            url: url.to_string(),
+            pool: pool_client(ch),
+            view: Arc::new(RwLock::new(View {
+                placement: Arc::default(),
+                gc_epoch: 0,
+            })),
+            chans: Arc::default(),
+            concurrency: 16,
+        };
+        repo.refresh().await.map_err(|e| match e {
+            RepoError::Pool(s) if s.code() == tonic::Code::Unavailable => RepoError::Connect {
+                url: url.into(),
+                reason: s.message().to_string(),
+            },
+            e => e,
+        })?;
+        Ok(repo)
+    }
+
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// The raw poold client, for calls without a wrapper here.
+    pub fn pool(&self) -> PoolClient<Channel> {
+        self.pool.clone()
+    }
+
+    /// Reloads membership, replication factor and GC epoch from poold.
+    pub async fn refresh(&self) -> Result<()> {
+        let r = self
+            .pool
+            .clone()
+            .nodes(pb::NodesRequest {})
+            .await?
+            .into_inner();
+        let members = r
+            .nodes
+            .into_iter()
+            .map(|n| Member {
+                id: n.id,
+                addr: n.addr,
+                alive: n.alive,
+            })
+            .collect();
+        let mut v = self.view.write().expect("view lock");
+        v.placement = Arc::new(Placement::new(members, r.replicas as usize));
+        v.gc_epoch = r.gc_epoch;
+        Ok(())
+    }
+
+    pub fn placement(&self) -> Arc<Placement> {
+        self.view.read().expect("view lock").placement.clone()
+    }
+
+    pub fn gc_epoch(&self) -> u64 {
+        self.view.read().expect("view lock").gc_epoch
+    }
+
+    /// A client for the chunkd at `addr` (cached).
+    pub fn node(&self, addr: &str) -> ChunkStoreClient<Channel> {
+        let mut m = self.chans.lock().expect("chans lock");
+        if let Some(c) = m.get(addr) {
+            return c.clone();
+        }
+        let c = chunk_client(channel(addr).expect("valid chunkd address"));
+        m.insert(addr.to_string(), c.clone());
+        c
+    }
+
+    /// Stores one chunk on its home nodes. A home that fails is replaced by
+    /// the next live node of the ranking.
+    pub async fn put_chunk(&self, id: ChunkId, data: Bytes) -> Result<()> {
+        let p = self.placement();
+        let want = p
+            .replicas()
+            .min(p.members().iter().filter(|m| m.alive).count());
+        if want == 0 {
+            return Err(RepoError::NoLiveNodes);
+        }
+        let mut stored = 0;
+        let mut tried = Vec::new();
+        for m in p.ranking(&id).into_iter().filter(|m| m.alive) {
+            let req = pb::PutRequest {
+                id: Bytes::copy_from_slice(&id.0),
+                data: data.clone(),
+            };
+            match self.node(&m.addr).put(req).await {
+                Ok(_) => stored += 1,
+                Err(s) => tried.push(format!("{}: {}", m.id, s.message())),
+            }
+            if stored == want {
+                return Ok(());
+            }
+        }
+        Err(RepoError::ChunkNotStored {
+            chunk: id,
+            tried: tried.join("; "),
+        })
+    }
+
+    /// Stores many chunks, `concurrency` at a time.
+    pub async fn put_chunks(&self, chunks: Vec<(ChunkId, Bytes)>) -> Result<()> {
+        let mut s = stream::iter(chunks)
+            .map(|(id, d)| self.put_chunk(id, d))
+            .buffer_unordered(self.concurrency);
+        while let Some(r) = s.next().await {
+            r?;
+        }
+        Ok(())
+    }
+
+    /// Fetches one chunk, trying replicas in ranking order. Every answer is
+    /// hash-checked; a corrupt replica is skipped and then repaired from the
+    /// good copy.
+    pub async fn get_chunk(&self, id: ChunkId) -> Result<Bytes> {
+        let p = self.placement();
+        let mut tried = Vec::new();
+        let mut bad: Vec<String> = Vec::new();
+        for m in p.read_order(&id) {
+            let req = pb::GetRequest {
+                id: Bytes::copy_from_slice(&id.0),
+            };
+            match self.node(&m.addr).get(req).await {
+                Ok(r) => {
+                    let data = r.into_inner().data;
+                    if id.verifies(&data) {
+                        for addr in bad {
+                            let mut c = self.node(&addr);
+                            let req = pb::PutRequest {
+                                id: Bytes::copy_from_slice(&id.0),
+                                data: data.clone(),
+                            };
+                            tokio::spawn(async move {
+                                if let Err(e) = c.put(req).await {
+                                    tracing::warn!(chunk = %id, node = %addr, "repair of corrupt replica failed: {}", e.message());
+                                }
+                            });
+                        }
+                        return Ok(data);
+                    }
+                    tracing::error!(chunk = %id, node = %m.id, "chunkd returned bytes that do not match the chunk id");
+                    tried.push(format!("{}: corrupt", m.id));
+                }
+                Err(s) if s.code() == tonic::Code::NotFound => {
+                    tried.push(format!("{}: absent", m.id));
+                }
+                Err(s) => {
+                    if s.code() == tonic::Code::DataLoss {
+                        bad.push(m.addr.clone());
+                        tracing::error!(chunk = %id, node = %m.id, "replica is corrupt: {}", s.message());
+                        tried.push(format!("{}: corrupt", m.id));
+                    } else {
+                        tracing::warn!(chunk = %id, node = %m.id, "fetch failed: {}", s.message());
+                        tried.push(format!("{}: {}", m.id, short(s.message())));
+                    }
+                }
+            }
+        }
+        Err(RepoError::ChunkUnavailable {
+            chunk: id,
+            tried: tried.join(", "),
+        })
+    }
+
+    pub async fn get_blob(&self, name: &str) -> Result<pb::BlobInfo> {
+        let req = pb::GetBlobRequest {
+            name: name.to_string(),
+        };
+        Ok(self.pool.clone().get_blob(req).await?.into_inner())
+    }
+
+    pub async fn list_blobs(&self) -> Result<Vec<pb::BlobInfo>> {
+        Ok(self
+            .pool
+            .clone()
+            .list_blobs(pb::ListBlobsRequest {})
+            .await?
+            .into_inner()
+            .blobs)
+    }
+
+    /// The whole chunk map of `name@version` (0 = latest), fetched in pages.
+    pub async fn resolve(&self, name: &str, version: u64) -> Result<Resolved> {
+        let mut chunks = Vec::new();
+        let mut first = 0u64;
+        loop {
+            let req = pb::ResolveRequest {
+                name: name.into(),
+                version,
+                first_chunk: first,
+                count: 0,
+            };
+            let r = self.pool.clone().resolve(req).await?.into_inner();
+            let n = r.chunks.len() as u64;
+            chunks.extend(r.chunks.iter().map(|c| ChunkId::from_slice(c)));
+            first += n;
+            let total = crate::chunk::chunk_count(r.size, r.chunk_size);
+            if first >= total || n == 0 {
+                return Ok(Resolved {
+                    version: r.version,
+                    size: r.size,
+                    chunk_size: r.chunk_size,
+                    chunks,
+                });
+            }
+        }
+    }
+
+    /// Publishes a version. The reply may ask for chunks to be uploaded
+    /// again (see [`Publish::Reupload`]).
+    pub async fn publish(&self, req: pb::PublishRequest) -> Result<Publish> {
+        let r = self.pool.clone().publish(req).await?.into_inner();
+        if r.reupload.is_empty() {
+            Ok(Publish::Done(r.version))
+        } else {
+            self.view.write().expect("view lock").gc_epoch = r.gc_epoch;
+            Ok(Publish::Reupload(
+                r.reupload
+                    .iter()
+                    .filter_map(|c| ChunkId::from_slice(c))
+                    .collect(),
+            ))
+        }
+    }
+
+    pub async fn clone_blob(&self, src: &str, version: u64, dst: &str) -> Result<pb::BlobInfo> {
+        let req = pb::CloneRequest {
+            src: src.into(),
+            version,
+            dst: dst.into(),
+        };
+        Ok(self.pool.clone().clone_volume(req).await?.into_inner())
+    }
+
+    pub async fn delete(&self, name: &str, version: u64) -> Result<()> {
+        let req = pb::DeleteVolumeRequest {
+            name: name.into(),
+            version,
+        };
+        self.pool.clone().delete_volume(req).await?;
+        Ok(())
+    }
+}
+
+fn short(s: &str) -> &str {
+    s.split(':').next().unwrap_or(s)
+}
+
+/// A version's chunk map.
+#[derive(Clone, Debug)]
+pub struct Resolved {
+    pub version: u64,
+    pub size: u64,
+    pub chunk_size: u32,
+    pub chunks: Vec<Option<ChunkId>>,
+}
+
+/// Outcome of a publish.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Publish {
+    Done(u64),
+    /// GC may have reclaimed these chunks while the client uploaded; put them
+    /// again and publish again.
+    Reupload(Vec<ChunkId>),
+}
