@@ -1,0 +1,1 @@
+//! chunkd (to be written).

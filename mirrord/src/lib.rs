@@ -1,0 +1,1 @@
+//! mirrord (to be written).

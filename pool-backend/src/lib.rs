@@ -1,0 +1,1 @@
+//! poold (to be written).

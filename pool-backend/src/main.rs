@@ -1,0 +1,3 @@
+fn main() {
+    println!("poold: not yet implemented");
+}

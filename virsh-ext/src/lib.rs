@@ -1,0 +1,1 @@
+//! blobvirt (to be written).
