@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Installs what blobvirt needs to build and test on Debian 12, as root.
+# Idempotent: packages already present are skipped quickly.
+set -euo pipefail
+
+need_pkgs=(pkg-config fio fuse3 e2fsprogs util-linux procps psmisc)
+missing=()
+for p in "${need_pkgs[@]}"; do
+  dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+  echo "installing: ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+if ! command -v cargo >/dev/null 2>&1; then
+  for d in "$HOME/.cargo/bin" /usr/local/cargo/bin; do
+    [ -x "$d/cargo" ] && export PATH="$d:$PATH"
+  done
+fi
+if ! command -v cargo >/dev/null 2>&1; then
+  echo "error: cargo (Rust >= 1.88) is not installed; install it with rustup (https://rustup.rs) and run this again" >&2
+  exit 1
+fi
+# FUSE needs the device; load the module where it is a module.
+[ -e /dev/fuse ] || modprobe fuse 2>/dev/null || true

@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# Builds blobvirt and runs every test: unit, property, and integration tests
+# that start the real daemons (poold, chunkd, mirrord with a FUSE mount).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/install-deps.sh
+export PATH="$HOME/.cargo/bin:$PATH"
+cargo build --workspace --bins --tests
+cargo test --workspace -- --test-threads="${BLOBVIRT_TEST_THREADS:-2}"
