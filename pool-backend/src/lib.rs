@@ -1,1 +1,2 @@
-//! poold (to be written).
+//! poold: the blobvirt version manager and metadata service.
+pub mod kv;
