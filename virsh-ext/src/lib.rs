@@ -1,1 +1,82 @@
-//! blobvirt (to be written).
+//! blobvirt: the virsh-style command line of blobvirt.
+//!
+//! [`run`] executes a parsed command; [`main`] parses the arguments, runs
+//! the command and prints a failure as `error: <one sentence>` on stderr
+//! with exit status 1. Modules: `cli` (clap types), `cluster`/`procs`/
+//! `status` (local clusters), `vol` (volumes), `output` (tables, sizes).
+
+use std::process::ExitCode;
+
+use anyhow::Result;
+use clap::Parser;
+
+pub mod cli;
+pub mod cluster;
+pub mod output;
+pub mod procs;
+pub mod status;
+pub mod vol;
+
+use cli::{Cli, ClusterCmd, Command};
+
+/// Runs one command.
+pub async fn run(cli: Cli) -> Result<()> {
+    let pool = cli.pool.as_deref();
+    match cli.command {
+        Command::Cluster(c) => match c {
+            ClusterCmd::Up(a) => cluster::up(a).await,
+            ClusterCmd::Down(a) => cluster::down(a).await,
+            ClusterCmd::Restart(a) => cluster::restart(a).await,
+            ClusterCmd::Status(a) => status::status(pool, a).await,
+        },
+        Command::VolImport(a) => vol::import(pool, a).await,
+        Command::VolExport(a) => vol::export(pool, a).await,
+        Command::VolList(a) => vol::list(pool, a).await,
+        Command::VolInfo(a) => vol::info(pool, a).await,
+        Command::VolClone(a) => vol::clone(pool, a).await,
+        Command::VolDelete(a) => vol::delete(pool, a).await,
+    }
+}
+
+fn init_tracing() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("error"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .without_time()
+        .with_target(false)
+        .try_init();
+}
+
+/// The whole program: parse, run, report.
+pub fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
+    init_tracing();
+    let rt = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}; check the process limits");
+            return ExitCode::FAILURE;
+        }
+    };
+    let res = rt.block_on(run(cli));
+    rt.shutdown_timeout(std::time::Duration::from_millis(200));
+    match res {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,3 +1,5 @@
-fn main() {
-    println!("blobvirt: not yet implemented");
+//! The `blobvirt` binary; everything lives in the `blobvirt_cli` library.
+
+fn main() -> std::process::ExitCode {
+    blobvirt_cli::main()
 }

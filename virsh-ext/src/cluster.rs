@@ -1,0 +1,388 @@
+//! `cluster up|down|restart`: a whole repository (poold and N chunkd nodes)
+//! on this machine, recorded in `DIR/cluster.json`.
+//!
+//! Layout of DIR: `poold/` (metadata), `chunkd-<i>/` (chunks of node
+//! `node-<i>`, i from 1), `logs/<name>.log`, `cluster.json`.
+
+use std::collections::HashSet;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Child;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+use blobvirt_core::client::{channel, pool_client};
+use blobvirt_core::proto as pb;
+use nix::sys::signal::Signal;
+use serde::{Deserialize, Serialize};
+
+use crate::cli::{ClusterDown, ClusterRestart, ClusterUp};
+use crate::output::Table;
+use crate::procs::{self, find_binary, is_ours, spawn, wait_addr};
+
+const STARTUP: Duration = Duration::from_secs(30);
+
+/// Contents of `DIR/cluster.json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ClusterFile {
+    /// Pool URL, `http://127.0.0.1:PORT`.
+    pub pool: String,
+    pub dir: PathBuf,
+    pub replicas: u32,
+    pub processes: Vec<Proc>,
+}
+
+/// One daemon of the cluster.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Proc {
+    /// `poold` or `chunkd-<i>`.
+    pub name: String,
+    /// Binary name, `poold` or `chunkd`.
+    pub binary: String,
+    pub pid: u32,
+    /// `127.0.0.1:PORT` it listens on.
+    pub addr: String,
+    pub dir: PathBuf,
+    pub log: PathBuf,
+    pub exe: PathBuf,
+    /// Arguments, without `--listen`.
+    pub args: Vec<String>,
+    /// Node id of a chunkd.
+    #[serde(default)]
+    pub node_id: Option<String>,
+}
+
+impl Proc {
+    pub fn running(&self) -> bool {
+        is_ours(self.pid, &self.binary, &self.dir)
+    }
+
+    fn addr_file(&self) -> PathBuf {
+        self.dir.join(format!("{}.addr", self.binary))
+    }
+
+    /// Starts it on `listen` and waits for its address file.
+    fn start(&mut self, listen: &str, deadline: Instant) -> Result<Child> {
+        fs::create_dir_all(&self.dir).with_context(|| format!("create {}", self.dir.display()))?;
+        let _ = fs::remove_file(self.addr_file());
+        let mut args = self.args.clone();
+        args.extend(["--listen".to_string(), listen.to_string()]);
+        let mut child = spawn(&self.exe, &args, &self.log)?;
+        self.pid = child.id();
+        match wait_addr(
+            &self.addr_file(),
+            &mut child,
+            &self.name,
+            &self.log,
+            deadline,
+        ) {
+            Ok(a) => {
+                self.addr = a;
+                Ok(child)
+            }
+            Err(e) => {
+                procs::stop_children(std::slice::from_mut(&mut child));
+                Err(e)
+            }
+        }
+    }
+}
+
+pub fn cluster_file(dir: &Path) -> PathBuf {
+    dir.join("cluster.json")
+}
+
+pub fn load(dir: &Path) -> Result<ClusterFile> {
+    let p = cluster_file(dir);
+    let s = fs::read_to_string(&p).map_err(|_| {
+        anyhow!(
+            "no cluster is recorded in {} ({} is missing); start one with blobvirt cluster up --dir {}",
+            dir.display(),
+            p.display(),
+            dir.display()
+        )
+    })?;
+    serde_json::from_str(&s).map_err(|e| {
+        anyhow!(
+            "{} is not a valid cluster file ({e}); remove it and start the cluster again",
+            p.display()
+        )
+    })
+}
+
+fn save(c: &ClusterFile) -> Result<()> {
+    procs::write_atomic(
+        &cluster_file(&c.dir),
+        serde_json::to_string_pretty(c)?.as_bytes(),
+    )
+}
+
+fn abs_dir(dir: &Path) -> Result<PathBuf> {
+    fs::create_dir_all(dir).map_err(|e| {
+        anyhow!(
+            "cannot create {}: {e}; pick a writable directory",
+            dir.display()
+        )
+    })?;
+    Ok(dir.canonicalize()?)
+}
+
+pub async fn up(a: ClusterUp) -> Result<()> {
+    if a.nodes == 0 {
+        bail!("a cluster needs at least one chunkd node; pass --nodes 1 or more");
+    }
+    let dir = abs_dir(&a.dir)?;
+    if let Ok(old) = load(&dir) {
+        if old.processes.iter().any(Proc::running) {
+            bail!(
+                "a cluster already runs in {d}; stop it with blobvirt cluster down --dir {d}",
+                d = dir.display()
+            );
+        }
+    }
+    let poold_exe = find_binary("poold")?;
+    let chunkd_exe = find_binary("chunkd")?;
+    let logs = dir.join("logs");
+    fs::create_dir_all(&logs)?;
+    let mut children: Vec<Child> = Vec::new();
+    let res = start_all(&a, &dir, &logs, &poold_exe, &chunkd_exe, &mut children).await;
+    let c = match res {
+        Ok(c) => c,
+        Err(e) => {
+            procs::stop_children(&mut children);
+            return Err(e);
+        }
+    };
+    save(&c)?;
+    let mut t = Table::new(&["NAME", "PID", "ADDR", "LOG"]);
+    for p in &c.processes {
+        t.row(vec![
+            p.name.clone(),
+            p.pid.to_string(),
+            p.addr.clone(),
+            p.log.display().to_string(),
+        ]);
+    }
+    t.print();
+    println!("BLOBVIRT_POOL={}", c.pool);
+    Ok(())
+}
+
+async fn start_all(
+    a: &ClusterUp,
+    dir: &Path,
+    logs: &Path,
+    poold_exe: &Path,
+    chunkd_exe: &Path,
+    children: &mut Vec<Child>,
+) -> Result<ClusterFile> {
+    let deadline = Instant::now() + STARTUP;
+    let pdir = dir.join("poold");
+    let mut args = vec![
+        "--dir".to_string(),
+        pdir.display().to_string(),
+        "--engine".into(),
+        a.engine.as_str().into(),
+        "--replicas".into(),
+        a.replicas.to_string(),
+    ];
+    if let Some(g) = a.gc_grace_secs {
+        args.extend(["--gc-grace-secs".to_string(), g.to_string()]);
+    }
+    let mut poold = Proc {
+        name: "poold".into(),
+        binary: "poold".into(),
+        pid: 0,
+        addr: String::new(),
+        dir: pdir,
+        log: logs.join("poold.log"),
+        exe: poold_exe.to_path_buf(),
+        args,
+        node_id: None,
+    };
+    children.push(poold.start("127.0.0.1:0", deadline)?);
+    let pool = format!("http://{}", poold.addr);
+    let mut procs = vec![poold];
+    for i in 1..=a.nodes {
+        let cdir = dir.join(format!("chunkd-{i}"));
+        let id = format!("node-{i}");
+        let mut p = Proc {
+            name: format!("chunkd-{i}"),
+            binary: "chunkd".into(),
+            pid: 0,
+            addr: String::new(),
+            args: vec![
+                "--dir".into(),
+                cdir.display().to_string(),
+                "--pool".into(),
+                pool.clone(),
+                "--id".into(),
+                id.clone(),
+            ],
+            dir: cdir,
+            log: logs.join(format!("chunkd-{i}.log")),
+            exe: chunkd_exe.to_path_buf(),
+            node_id: Some(id),
+        };
+        children.push(p.start("127.0.0.1:0", deadline)?);
+        procs.push(p);
+    }
+    let c = ClusterFile {
+        pool,
+        dir: dir.to_path_buf(),
+        replicas: a.replicas,
+        processes: procs,
+    };
+    wait_registered(&c, deadline).await?;
+    Ok(c)
+}
+
+/// Waits until poold reports every chunkd of `c` alive.
+async fn wait_registered(c: &ClusterFile, deadline: Instant) -> Result<()> {
+    let mut client =
+        pool_client(channel(&c.pool).map_err(|e| anyhow!("bad pool address {}: {e}", c.pool))?);
+    let poold_log = c
+        .processes
+        .iter()
+        .find(|p| p.binary == "poold")
+        .map(|p| p.log.clone());
+    loop {
+        let alive: HashSet<String> = match client.nodes(pb::NodesRequest {}).await {
+            Ok(r) => r
+                .into_inner()
+                .nodes
+                .into_iter()
+                .filter(|n| n.alive)
+                .map(|n| n.id)
+                .collect(),
+            Err(_) => HashSet::new(),
+        };
+        let missing = c
+            .processes
+            .iter()
+            .find(|p| p.node_id.as_ref().is_some_and(|id| !alive.contains(id)));
+        let Some(m) = missing else {
+            return Ok(());
+        };
+        if Instant::now() > deadline {
+            bail!(
+                "chunkd {} did not register with poold within 30 s; read {} (and {}) to see why",
+                m.node_id.as_deref().unwrap_or("?"),
+                m.log.display(),
+                poold_log
+                    .as_deref()
+                    .unwrap_or(Path::new("poold.log"))
+                    .display()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Sends `sig` to the running processes among `ps`, then waits up to
+/// `wait` for them to go; returns the ones still running.
+fn signal_and_wait(ps: &[Proc], sig: Signal, wait: Duration) -> Vec<&Proc> {
+    for p in ps.iter().filter(|p| p.running()) {
+        procs::signal(p.pid, sig);
+    }
+    let deadline = Instant::now() + wait;
+    loop {
+        let left: Vec<&Proc> = ps.iter().filter(|p| p.running()).collect();
+        if left.is_empty() || Instant::now() > deadline {
+            return left;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+pub async fn down(a: ClusterDown) -> Result<()> {
+    let dir = a.dir.canonicalize().map_err(|_| {
+        anyhow!("directory {} does not exist; give the --dir of a cluster started with blobvirt cluster up", a.dir.display())
+    })?;
+    let c = load(&dir)?;
+    let running = c.processes.iter().filter(|p| p.running()).count();
+    let left = signal_and_wait(&c.processes, Signal::SIGTERM, Duration::from_secs(10));
+    let killed = left.len();
+    if killed > 0 {
+        let names: Vec<Proc> = left.into_iter().cloned().collect();
+        let still = signal_and_wait(&names, Signal::SIGKILL, Duration::from_secs(5));
+        if let Some(p) = still.first() {
+            bail!(
+                "{} (pid {}) did not stop even after SIGKILL; check it with ps and stop it by hand",
+                p.name,
+                p.pid
+            );
+        }
+    }
+    fs::remove_file(cluster_file(&dir))
+        .with_context(|| format!("remove {}", cluster_file(&dir).display()))?;
+    if a.purge {
+        for p in &c.processes {
+            let _ = fs::remove_dir_all(&p.dir);
+        }
+        let _ = fs::remove_dir_all(dir.join("logs"));
+    }
+    println!(
+        "stopped {running} processes of the cluster in {}{}{}",
+        dir.display(),
+        if killed > 0 {
+            format!(" ({killed} needed SIGKILL)")
+        } else {
+            String::new()
+        },
+        if a.purge { "; data removed" } else { "" }
+    );
+    Ok(())
+}
+
+pub async fn restart(a: ClusterRestart) -> Result<()> {
+    let dir = a.dir.canonicalize().map_err(|_| {
+        anyhow!("directory {} does not exist; give the --dir of a cluster started with blobvirt cluster up", a.dir.display())
+    })?;
+    let mut c = load(&dir)?;
+    for n in &a.names {
+        let Some(p) = c.processes.iter().find(|p| &p.name == n) else {
+            bail!(
+                "cluster in {} has no process named {n}; see {}",
+                dir.display(),
+                cluster_file(&dir).display()
+            );
+        };
+        if p.running() {
+            bail!(
+                "{n} still runs (pid {}); stop it first or leave it out",
+                p.pid
+            );
+        }
+    }
+    let deadline = Instant::now() + STARTUP;
+    let mut restarted = Vec::new();
+    for i in 0..c.processes.len() {
+        let p = &c.processes[i];
+        let wanted = if a.names.is_empty() {
+            !p.running()
+        } else {
+            a.names.contains(&p.name)
+        };
+        if !wanted {
+            continue;
+        }
+        let p = &mut c.processes[i];
+        let listen = p.addr.clone();
+        // The child is not waited for: it keeps running after we exit.
+        let _child = p.start(&listen, deadline)?;
+        restarted.push(format!("{} (pid {}, {})", p.name, p.pid, p.addr));
+        save(&c)?;
+    }
+    wait_registered(&c, deadline).await?;
+    if restarted.is_empty() {
+        println!(
+            "every process of the cluster in {} already runs",
+            dir.display()
+        );
+    } else {
+        println!("restarted {}", restarted.join(", "));
+    }
+    println!("BLOBVIRT_POOL={}", c.pool);
+    Ok(())
+}

@@ -1,0 +1,153 @@
+//! `cluster status`: every chunkd's own counters (Stats) and poold's totals.
+//!
+//! JSON fields: `pool`, `replicas`, `nodes` (each `id`, `addr`, `alive` =
+//! its Stats answered, `registered_alive` = poold's heartbeat view, `chunks`,
+//! `bytes`, `free_bytes`, `total_bytes`), `nodes_alive`, `stored_chunks`,
+//! `stored_bytes` (sums over the nodes, replicas included), and poold's
+//! `blobs`, `versions`, `meta_nodes`, `live_chunks`, `gc_pending`.
+
+use std::time::Duration;
+
+use anyhow::{anyhow, Result};
+use blobvirt_core::client::{channel, chunk_client, pool_client};
+use blobvirt_core::proto as pb;
+use serde::Serialize;
+
+use crate::cli::ClusterStatus;
+use crate::output::{human_size, print_json, Table};
+
+#[derive(Debug, Serialize)]
+pub struct NodeStatus {
+    pub id: String,
+    pub addr: String,
+    pub alive: bool,
+    pub registered_alive: bool,
+    pub chunks: u64,
+    pub bytes: u64,
+    pub free_bytes: u64,
+    pub total_bytes: u64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Status {
+    pub pool: String,
+    pub replicas: u32,
+    pub nodes: Vec<NodeStatus>,
+    pub nodes_alive: usize,
+    pub stored_chunks: u64,
+    pub stored_bytes: u64,
+    pub blobs: u64,
+    pub versions: u64,
+    pub meta_nodes: u64,
+    pub live_chunks: u64,
+    pub gc_pending: u64,
+}
+
+const RPC_TIMEOUT: Duration = Duration::from_secs(5);
+
+fn unreachable(url: &str, why: impl std::fmt::Display) -> anyhow::Error {
+    anyhow!(
+        "cannot reach poold at {url} ({why}); check --pool or BLOBVIRT_POOL and that poold runs"
+    )
+}
+
+/// Collects the status of the pool at `url`.
+pub async fn collect(url: &str) -> Result<Status> {
+    let mut pool = pool_client(channel(url).map_err(|e| unreachable(url, e))?);
+    let nodes = tokio::time::timeout(RPC_TIMEOUT, pool.nodes(pb::NodesRequest {}))
+        .await
+        .map_err(|_| unreachable(url, "timed out"))?
+        .map_err(|s| unreachable(url, s.message().to_string()))?
+        .into_inner();
+    let stats = tokio::time::timeout(RPC_TIMEOUT, pool.stats(pb::PoolStatsRequest {}))
+        .await
+        .map_err(|_| unreachable(url, "timed out"))?
+        .map_err(|s| unreachable(url, s.message().to_string()))?
+        .into_inner();
+    let mut out = Vec::new();
+    for n in nodes.nodes {
+        let st = match channel(&n.addr) {
+            Ok(ch) => {
+                let mut c = chunk_client(ch);
+                match tokio::time::timeout(RPC_TIMEOUT, c.stats(pb::StatsRequest {})).await {
+                    Ok(Ok(r)) => Some(r.into_inner()),
+                    _ => None,
+                }
+            }
+            Err(_) => None,
+        };
+        let s = st.clone().unwrap_or_default();
+        out.push(NodeStatus {
+            id: n.id,
+            addr: n.addr,
+            alive: st.is_some(),
+            registered_alive: n.alive,
+            chunks: s.chunks,
+            bytes: s.bytes,
+            free_bytes: s.free_bytes,
+            total_bytes: s.total_bytes,
+        });
+    }
+    out.sort_by_key(|n| natural_key(&n.id));
+    Ok(Status {
+        pool: url.to_string(),
+        replicas: nodes.replicas,
+        nodes_alive: out.iter().filter(|n| n.alive).count(),
+        stored_chunks: out.iter().map(|n| n.chunks).sum(),
+        stored_bytes: out.iter().map(|n| n.bytes).sum(),
+        nodes: out,
+        blobs: stats.blobs,
+        versions: stats.versions,
+        meta_nodes: stats.meta_nodes,
+        live_chunks: stats.live_chunks,
+        gc_pending: stats.gc_pending,
+    })
+}
+
+/// Sorts `node-10` after `node-9`.
+fn natural_key(s: &str) -> (String, u64) {
+    let digits = s.len() - s.trim_end_matches(|c: char| c.is_ascii_digit()).len();
+    let (head, num) = s.split_at(s.len() - digits);
+    (head.to_string(), num.parse().unwrap_or(0))
+}
+
+pub async fn status(pool: Option<&str>, a: ClusterStatus) -> Result<()> {
+    let url = match (pool, &a.dir) {
+        (Some(u), _) => u.to_string(),
+        (None, Some(d)) => crate::cluster::load(d)?.pool,
+        (None, None) => {
+            return Err(anyhow!(
+                "no pool is given; pass --pool URL, set BLOBVIRT_POOL or pass --dir of a cluster started with blobvirt cluster up"
+            ))
+        }
+    };
+    let s = collect(&url).await?;
+    if a.json {
+        return print_json(&s);
+    }
+    println!("pool {}  replicas {}", s.pool, s.replicas);
+    let mut t = Table::new(&["NODE", "ADDR", "ALIVE", "CHUNKS", "BYTES"]);
+    for n in &s.nodes {
+        t.row(vec![
+            n.id.clone(),
+            n.addr.clone(),
+            if n.alive { "yes" } else { "no" }.into(),
+            n.chunks.to_string(),
+            human_size(n.bytes),
+        ]);
+    }
+    t.print();
+    println!(
+        "{}/{} nodes alive, {} chunks ({}) stored; {} volumes, {} versions, {} metadata nodes, {} live chunks, {} awaiting GC",
+        s.nodes_alive,
+        s.nodes.len(),
+        s.stored_chunks,
+        human_size(s.stored_bytes),
+        s.blobs,
+        s.versions,
+        s.meta_nodes,
+        s.live_chunks,
+        s.gc_pending
+    );
+    Ok(())
+}
