@@ -1,1 +1,216 @@
-//! chunkd (to be written).
+//! chunkd, the data provider of blobvirt: stores immutable chunks, named by
+//! the BLAKE3-256 hash of their content, on the node's local disk and serves
+//! them over gRPC (`ChunkStore` in `core/proto/blobvirt.proto`).
+//!
+//! - [`store`]: disk layout, atomic Put, verified Get, quarantine, counters;
+//! - [`durable`]: group commit of the directory fsyncs that make Puts durable;
+//! - [`service`]: the gRPC service over the store;
+//! - [`membership`]: registration and heartbeats with poold;
+//! - this module: options, node identity, startup and graceful shutdown.
+//!
+//! Startup: lock `DIR/chunkd.lock`, open the store (emptying `DIR/tmp/`,
+//! counting chunks), bind, write `DIR/chunkd.addr` (tmp + rename), start
+//! membership in the background, serve until SIGTERM/SIGINT.
+
+pub mod durable;
+pub mod membership;
+pub mod service;
+pub mod store;
+
+use std::future::Future;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context};
+use clap::Parser;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+
+pub use durable::Durability;
+pub use service::ChunkService;
+pub use store::{Stats, Store, StoreError};
+
+/// Command line of `chunkd`.
+#[derive(Parser, Debug, Clone)]
+#[command(name = "chunkd", version, about = "blobvirt chunk store daemon")]
+pub struct Opts {
+    /// Data directory (chunks, node id, address file).
+    #[arg(long)]
+    pub dir: PathBuf,
+    /// URL of poold, e.g. http://127.0.0.1:7000.
+    #[arg(long, env = "BLOBVIRT_POOL")]
+    pub pool: String,
+    /// Address to listen on; port 0 picks a free port.
+    #[arg(long, default_value = "127.0.0.1:0")]
+    pub listen: SocketAddr,
+    /// Node id; default: the one persisted in DIR/node-id (created once).
+    #[arg(long)]
+    pub id: Option<String>,
+    /// How Puts are made durable: group, per-put or syncfs (for measurement).
+    #[arg(long, env = "CHUNKD_DURABILITY", default_value = "group", hide = true)]
+    pub durability: Durability,
+}
+
+/// Logs to stderr with `RUST_LOG` (default info).
+pub fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .try_init();
+}
+
+/// Runs chunkd until SIGTERM or SIGINT, then shuts down gracefully.
+pub async fn run(opts: Opts) -> anyhow::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).context("install the SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("install the SIGINT handler")?;
+    run_until(opts, async move {
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM received; shutting down"),
+            _ = int.recv() => tracing::info!("SIGINT received; shutting down"),
+        }
+    })
+    .await
+}
+
+/// Runs chunkd until `shutdown` completes (for embedding in tests and tools).
+pub async fn run_until(opts: Opts, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    let dir = opts.dir.clone();
+    std::fs::create_dir_all(&dir)
+        .with_context(|| format!("create the data directory {}", dir.display()))?;
+    let _lock = lock_dir(&dir)?;
+    let addr_file = dir.join("chunkd.addr");
+    let _ = std::fs::remove_file(&addr_file);
+    let id = match opts.id {
+        Some(id) => check_id(id)?,
+        None => node_id(&dir)?,
+    };
+    let pool = blobvirt_core::client::channel(&opts.pool).map_err(|e| {
+        anyhow!(
+            "pool URL {} is not valid ({e}); pass --pool http://HOST:PORT",
+            opts.pool
+        )
+    })?;
+    let store = {
+        let (dir, id, mode) = (dir.clone(), id.clone(), opts.durability);
+        tokio::task::spawn_blocking(move || Store::open_with(&dir, &id, mode))
+            .await
+            .context("open the chunk store")??
+    };
+    let st = store.stats()?;
+    tracing::info!(node = %id, dir = %dir.display(), chunks = st.chunks, bytes = st.bytes,
+        durability = ?opts.durability, "chunk store opened");
+
+    let listener = TcpListener::bind(opts.listen)
+        .await
+        .with_context(|| format!("listen on {}; pick another --listen address", opts.listen))?;
+    let mut local = listener
+        .local_addr()
+        .context("read the listening address")?;
+    if local.ip().is_unspecified() {
+        local.set_ip(IpAddr::V4(Ipv4Addr::LOCALHOST));
+    }
+    let addr = local.to_string();
+    write_atomic(&addr_file, addr.as_bytes())?;
+    tracing::info!(node = %id, %addr, "chunkd listening");
+
+    let member = tokio::spawn(membership::maintain(
+        pool,
+        opts.pool.clone(),
+        id.clone(),
+        addr.clone(),
+    ));
+    let stop = Arc::new(tokio::sync::Notify::new());
+    let serve = tonic::transport::Server::builder()
+        .initial_stream_window_size(Some(4 << 20))
+        .initial_connection_window_size(Some(32 << 20))
+        .tcp_nodelay(true)
+        .add_service(ChunkService::new(Arc::new(store)).into_server())
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), {
+            let stop = stop.clone();
+            async move { stop.notified().await }
+        });
+    tokio::pin!(serve, shutdown);
+    let res = tokio::select! {
+        r = &mut serve => r,
+        _ = &mut shutdown => {
+            stop.notify_one();
+            match tokio::time::timeout(Duration::from_secs(10), &mut serve).await {
+                Ok(r) => r,
+                Err(_) => {
+                    tracing::warn!("clients kept connections open for 10 s after shutdown; exiting anyway");
+                    Ok(())
+                }
+            }
+        }
+    };
+    member.abort();
+    let _ = std::fs::remove_file(&addr_file);
+    res.context("serve gRPC")?;
+    tracing::info!(node = %id, "chunkd stopped");
+    Ok(())
+}
+
+/// Takes an exclusive lock on `DIR/chunkd.lock` for the life of the process.
+fn lock_dir(dir: &Path) -> anyhow::Result<nix::fcntl::Flock<std::fs::File>> {
+    let path = dir.join("chunkd.lock");
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("open {}", path.display()))?;
+    nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusiveNonblock).map_err(|_| {
+        anyhow!(
+            "another chunkd already uses {}; stop it first or pick another --dir",
+            dir.display()
+        )
+    })
+}
+
+fn check_id(id: String) -> anyhow::Result<String> {
+    let id = id.trim().to_string();
+    if id.is_empty() || id.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        bail!("node id {id:?} is empty or contains spaces; pass --id like node-1");
+    }
+    Ok(id)
+}
+
+/// The node id persisted in `DIR/node-id`, created as `node-<8 hex>` once.
+pub fn node_id(dir: &Path) -> anyhow::Result<String> {
+    let path = dir.join("node-id");
+    match std::fs::read_to_string(&path) {
+        Ok(s) => check_id(s).with_context(|| format!("read the node id in {}", path.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let id = format!("node-{:08x}", rand::random::<u32>());
+            write_atomic(&path, format!("{id}\n").as_bytes())?;
+            Ok(id)
+        }
+        Err(e) => Err(e).with_context(|| format!("read the node id in {}", path.display())),
+    }
+}
+
+/// Writes `data` to `path` through a temp file, fsync and rename.
+fn write_atomic(path: &Path, data: &[u8]) -> anyhow::Result<()> {
+    use std::io::Write;
+    let tmp = path.with_extension("tmp");
+    let res = (|| {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(data)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)?;
+        if let Some(parent) = path.parent() {
+            std::fs::File::open(parent)?.sync_all()?;
+        }
+        Ok::<_, std::io::Error>(())
+    })();
+    if res.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    res.with_context(|| format!("write {}", path.display()))
+}

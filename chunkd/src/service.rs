@@ -1,0 +1,104 @@
+//! The gRPC `ChunkStore` service: decodes requests, runs the [`Store`] on
+//! blocking threads and maps store errors to gRPC status codes.
+
+use std::sync::Arc;
+
+use blobvirt_core::proto::chunk_store_server::{ChunkStore, ChunkStoreServer};
+use blobvirt_core::proto::{
+    DeleteReply, DeleteRequest, GetReply, GetRequest, HasReply, HasRequest, PutReply, PutRequest,
+    StatsReply, StatsRequest,
+};
+use blobvirt_core::{ChunkId, MAX_MESSAGE};
+use tonic::{Request, Response, Status};
+
+use crate::store::{parse_id, Store, StoreError};
+
+/// The `ChunkStore` gRPC service over one store.
+#[derive(Clone)]
+pub struct ChunkService {
+    store: Arc<Store>,
+}
+
+impl ChunkService {
+    pub fn new(store: Arc<Store>) -> Self {
+        ChunkService { store }
+    }
+
+    /// The service wrapped in a tonic server with the project's message limits.
+    pub fn into_server(self) -> ChunkStoreServer<ChunkService> {
+        ChunkStoreServer::new(self)
+            .max_decoding_message_size(MAX_MESSAGE)
+            .max_encoding_message_size(MAX_MESSAGE)
+    }
+
+    /// Runs `f` on the store in a blocking thread.
+    async fn blocking<T, F>(&self, f: F) -> Result<T, Status>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Store) -> Result<T, StoreError> + Send + 'static,
+    {
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || f(&store))
+            .await
+            .map_err(|e| Status::internal(format!("chunkd worker failed: {e}")))?
+            .map_err(to_status)
+    }
+}
+
+/// Maps a store error to the gRPC status callers match on.
+pub fn to_status(e: StoreError) -> Status {
+    let msg = e.to_string();
+    match e {
+        StoreError::BadId(_) | StoreError::HashMismatch { .. } => Status::invalid_argument(msg),
+        StoreError::NotFound { .. } => Status::not_found(msg),
+        StoreError::Corrupt { .. } => Status::data_loss(msg),
+        StoreError::NoSpace { .. } => Status::resource_exhausted(msg),
+        StoreError::Io { .. } => {
+            tracing::error!("{msg}");
+            Status::internal(msg)
+        }
+    }
+}
+
+fn parse_ids(ids: &[bytes::Bytes]) -> Result<Vec<ChunkId>, Status> {
+    ids.iter().map(|b| parse_id(b).map_err(to_status)).collect()
+}
+
+#[tonic::async_trait]
+impl ChunkStore for ChunkService {
+    async fn put(&self, req: Request<PutRequest>) -> Result<Response<PutReply>, Status> {
+        let PutRequest { id, data } = req.into_inner();
+        let id = parse_id(&id).map_err(to_status)?;
+        let stored = self.blocking(move |s| s.put(&id, &data)).await?;
+        Ok(Response::new(PutReply { stored }))
+    }
+
+    async fn get(&self, req: Request<GetRequest>) -> Result<Response<GetReply>, Status> {
+        let id = parse_id(&req.into_inner().id).map_err(to_status)?;
+        let data = self.blocking(move |s| s.get(&id)).await?;
+        Ok(Response::new(GetReply { data }))
+    }
+
+    async fn has(&self, req: Request<HasRequest>) -> Result<Response<HasReply>, Status> {
+        let ids = parse_ids(&req.into_inner().ids)?;
+        let present = self.blocking(move |s| Ok(s.has(&ids))).await?;
+        Ok(Response::new(HasReply { present }))
+    }
+
+    async fn delete(&self, req: Request<DeleteRequest>) -> Result<Response<DeleteReply>, Status> {
+        let ids = parse_ids(&req.into_inner().ids)?;
+        let deleted = self.blocking(move |s| s.delete(&ids)).await?;
+        Ok(Response::new(DeleteReply { deleted }))
+    }
+
+    async fn stats(&self, _req: Request<StatsRequest>) -> Result<Response<StatsReply>, Status> {
+        let st = self.blocking(|s| s.stats()).await?;
+        Ok(Response::new(StatsReply {
+            node_id: st.node_id,
+            chunks: st.chunks,
+            bytes: st.bytes,
+            free_bytes: st.free_bytes,
+            total_bytes: st.total_bytes,
+        }))
+    }
+}
