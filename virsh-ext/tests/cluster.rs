@@ -1,0 +1,135 @@
+//! `cluster up|status|restart|down` on real daemons: status fields and
+//! values, refusal of a second cluster in one directory, restart of killed
+//! processes, data surviving down/up, and no process left after down.
+
+mod common;
+
+use common::*;
+use serde_json::Value;
+
+fn node_ids(s: &Value) -> Vec<String> {
+    s["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["id"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn status_up_restart_down() {
+    let mut c = Cluster::up(3, 2);
+    let d = c.dir.to_string_lossy().to_string();
+
+    // cluster.json: poold and 3 chunkd with live pids and their logs.
+    let cj = c.cluster_json();
+    assert_eq!(cj["pool"].as_str().unwrap(), c.pool);
+    assert!(c.pool.starts_with("http://127.0.0.1:"), "{}", c.pool);
+    let procs = c.procs();
+    assert_eq!(procs.len(), 4, "{procs:?}");
+    for (name, pid) in &procs {
+        assert!(running_in(*pid, &c.dir), "{name} (pid {pid}) does not run");
+        assert!(c.dir.join("logs").join(format!("{name}.log")).is_file());
+    }
+
+    // A second cluster in the same directory is refused, nothing is touched.
+    let e = fail(None, &["cluster", "up", "--nodes", "1", "--dir", &d]);
+    assert!(e.contains("already runs"), "{e}");
+    assert_eq!(c.procs(), procs);
+
+    // Fresh status: 3 live nodes, nothing stored.
+    let s = c.status();
+    assert_eq!(s["pool"].as_str().unwrap(), c.pool);
+    assert_eq!(s["replicas"], 2);
+    assert_eq!(node_ids(&s), ["node-1", "node-2", "node-3"]);
+    for n in s["nodes"].as_array().unwrap() {
+        assert_eq!(n["alive"], true, "{n}");
+        assert!(n["addr"].as_str().unwrap().starts_with("127.0.0.1:"), "{n}");
+        assert_eq!(n["chunks"], 0);
+        assert_eq!(n["bytes"], 0);
+    }
+    assert_eq!(s["stored_bytes"], 0);
+    assert!(s["meta_nodes"].is_u64(), "{s}");
+    let meta0 = s["meta_nodes"].as_u64().unwrap();
+
+    // 2 MiB of random data (8 chunks) and 1 MiB of holes: 16 stored copies.
+    let img = c.tmp.path().join("img.raw");
+    write_image(&img, 3 * MIB, &[(MIB, MIB)], 7);
+    let out = c.ok(&["vol-import", img.to_str().unwrap(), "disk"]);
+    assert!(out.contains("as disk@1"), "{out}");
+    let s = c.status();
+    assert_eq!(s["stored_chunks"], 16, "{s}");
+    assert_eq!(s["stored_bytes"], 2 * 2 * MIB, "{s}");
+    let sum: u64 = s["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["bytes"].as_u64().unwrap())
+        .sum();
+    assert_eq!(sum, 4 * MIB);
+    assert_eq!(c.disk_bytes(), 4 * MIB, "counters agree with the files");
+    assert!(s["meta_nodes"].as_u64().unwrap() > meta0, "{s}");
+    assert_eq!(s["blobs"], 1);
+    assert_eq!(s["versions"], 1);
+
+    // Human output is a table; --dir works without a pool URL.
+    let human = c.ok(&["cluster", "status"]);
+    assert!(
+        human.contains("NODE") && human.contains("node-3"),
+        "{human}"
+    );
+    let by_dir: Value =
+        serde_json::from_str(&ok(None, &["cluster", "status", "--json", "--dir", &d])).unwrap();
+    assert_eq!(by_dir["stored_bytes"], s["stored_bytes"]);
+    let e = fail(None, &["cluster", "status"]);
+    assert!(e.contains("--pool"), "{e}");
+
+    // A SIGKILLed node shows as not alive with zeros; restart brings it back.
+    c.kill9("chunkd-2");
+    let s = c.status();
+    let n2 = &s["nodes"][1];
+    assert_eq!(n2["id"], "node-2");
+    assert_eq!(n2["alive"], false, "{s}");
+    assert_eq!(n2["chunks"], 0);
+    let out = ok(None, &["cluster", "restart", "--dir", &d]);
+    assert!(out.contains("chunkd-2"), "{out}");
+    let s = c.status();
+    assert!(
+        s["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|n| n["alive"] == true),
+        "{s}"
+    );
+    assert_eq!(s["stored_bytes"], 4 * MIB);
+
+    // down: nothing left; data kept; a second down says there is no cluster.
+    let pids = c.pids();
+    c.down();
+    for pid in &pids {
+        assert!(!running_in(*pid, &c.dir));
+    }
+    assert!(
+        c.chunkd_dir(1).join("chunks").is_dir(),
+        "data dirs are kept"
+    );
+    let e = fail(None, &["cluster", "down", "--dir", &d]);
+    assert!(e.contains("no cluster"), "{e}");
+
+    // up again in the same dir: the volume is still there and exact.
+    c.up_again(3, 2);
+    let list = c.vol_list();
+    assert_eq!(list[0]["name"], "disk", "{list}");
+    assert_eq!(list[0]["latest_version"], 1, "{list}");
+    assert_eq!(c.export_sha("disk"), sha256_file(&img));
+
+    // down --purge removes the data too.
+    let pids = c.pids();
+    ok(None, &["cluster", "down", "--dir", &d, "--purge"]);
+    for pid in &pids {
+        assert!(!running_in(*pid, &c.dir));
+    }
+    assert!(!c.chunkd_dir(1).exists());
+    assert!(!c.dir.join("poold").exists());
+}

@@ -1,0 +1,446 @@
+//! Shared helpers of the integration tests: a local cluster started through
+//! `blobvirt cluster up` and always stopped by a Drop guard, the CLI runner,
+//! image generation, hashing and on-disk chunk accounting.
+#![allow(dead_code)]
+
+use std::collections::BTreeSet;
+use std::fs::{self, File, OpenOptions};
+use std::io::{Read, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use rand::rngs::SmallRng;
+use rand::{RngCore, SeedableRng};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+pub const KIB: u64 = 1024;
+pub const MIB: u64 = 1024 * 1024;
+
+/// The `blobvirt` binary, after checking that poold and chunkd are beside it.
+pub fn blobvirt() -> PathBuf {
+    let exe = PathBuf::from(env!("CARGO_BIN_EXE_blobvirt"));
+    let dir = exe.parent().expect("binary dir").to_path_buf();
+    for b in ["poold", "chunkd"] {
+        assert!(
+            dir.join(b).is_file(),
+            "{} is missing: run cargo build --workspace --bins first",
+            dir.join(b).display()
+        );
+    }
+    exe
+}
+
+/// Runs `blobvirt args` with `pool` (if any) in BLOBVIRT_POOL.
+pub fn run(pool: Option<&str>, args: &[&str]) -> Output {
+    let mut c = Command::new(blobvirt());
+    c.args(args)
+        .env_remove("BLOBVIRT_POOL")
+        .env_remove("RUST_LOG");
+    if let Some(p) = pool {
+        c.env("BLOBVIRT_POOL", p);
+    }
+    c.output().expect("run blobvirt")
+}
+
+fn show(args: &[&str], o: &Output) -> String {
+    format!(
+        "blobvirt {}\nstatus: {}\nstdout:\n{}\nstderr:\n{}",
+        args.join(" "),
+        o.status,
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// Asserts success and returns stdout.
+pub fn ok(pool: Option<&str>, args: &[&str]) -> String {
+    let o = run(pool, args);
+    assert!(o.status.success(), "expected success: {}", show(args, &o));
+    String::from_utf8(o.stdout).expect("utf-8 stdout")
+}
+
+/// Asserts exit status 1 and a last stderr line `error: <sentence>` that
+/// is a single sentence saying what to do (contains "; "); returns that line.
+pub fn fail(pool: Option<&str>, args: &[&str]) -> String {
+    let o = run(pool, args);
+    assert_eq!(
+        o.status.code(),
+        Some(1),
+        "expected exit 1: {}",
+        show(args, &o)
+    );
+    let err = String::from_utf8_lossy(&o.stderr).to_string();
+    let last = err.trim_end().lines().last().unwrap_or("").to_string();
+    assert!(
+        last.starts_with("error: "),
+        "last stderr line is not an error: {}",
+        show(args, &o)
+    );
+    assert!(last.contains("; "), "error does not say what to do: {last}");
+    last
+}
+
+/// True when `pid` is a running (non-zombie) process whose command line
+/// mentions `dir` (so a reused pid is never taken for ours).
+pub fn running_in(pid: u32, dir: &Path) -> bool {
+    let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    let state = stat
+        .rsplit_once(')')
+        .and_then(|(_, r)| r.trim_start().chars().next());
+    if matches!(state, Some('Z' | 'X') | None) {
+        return false;
+    }
+    let Ok(cmd) = fs::read(format!("/proc/{pid}/cmdline")) else {
+        return false;
+    };
+    String::from_utf8_lossy(&cmd).contains(&*dir.to_string_lossy())
+}
+
+pub fn sigkill(pid: u32) {
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    );
+}
+
+/// Waits until `pid` is gone (at most `secs`).
+pub fn wait_gone(pid: u32, dir: &Path, secs: u64) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while running_in(pid, dir) {
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    true
+}
+
+/// A cluster of the test, in its own temporary directory.
+pub struct Cluster {
+    pub tmp: tempfile::TempDir,
+    /// The cluster directory (`--dir`).
+    pub dir: PathBuf,
+    pub pool: String,
+    seen: Mutex<BTreeSet<u32>>,
+    stopped: bool,
+}
+
+impl Cluster {
+    pub fn up(nodes: usize, replicas: u32) -> Cluster {
+        Self::up_with(nodes, replicas, &[])
+    }
+
+    pub fn up_with(nodes: usize, replicas: u32, extra: &[&str]) -> Cluster {
+        let tmp = tempfile::Builder::new()
+            .prefix("blobvirt-it-")
+            .tempdir()
+            .expect("temp dir");
+        let dir = tmp.path().join("cluster");
+        let mut c = Cluster {
+            tmp,
+            dir,
+            pool: String::new(),
+            seen: Mutex::default(),
+            stopped: false,
+        };
+        c.start(nodes, replicas, extra);
+        c
+    }
+
+    /// Runs `cluster up` again in the same directory (after `down`).
+    pub fn up_again(&mut self, nodes: usize, replicas: u32) {
+        self.start(nodes, replicas, &[]);
+    }
+
+    fn start(&mut self, nodes: usize, replicas: u32, extra: &[&str]) {
+        let d = self.dir.to_string_lossy().to_string();
+        let (n, r) = (nodes.to_string(), replicas.to_string());
+        let mut args = vec![
+            "cluster",
+            "up",
+            "--nodes",
+            &n,
+            "--replicas",
+            &r,
+            "--dir",
+            &d,
+        ];
+        args.extend_from_slice(extra);
+        let o = run(None, &args);
+        self.stopped = false;
+        // Record the pids before asserting, so the guard stops them.
+        if self.dir.join("cluster.json").exists() {
+            self.pids();
+        }
+        assert!(o.status.success(), "cluster up failed: {}", show(&args, &o));
+        let out = String::from_utf8(o.stdout).expect("utf-8");
+        self.pool = out
+            .trim_end()
+            .lines()
+            .last()
+            .and_then(|l| l.strip_prefix("BLOBVIRT_POOL="))
+            .unwrap_or_else(|| panic!("last line is not BLOBVIRT_POOL=...: {out}"))
+            .to_string();
+    }
+
+    pub fn p(&self) -> Option<&str> {
+        Some(&self.pool)
+    }
+
+    pub fn ok(&self, args: &[&str]) -> String {
+        ok(self.p(), args)
+    }
+
+    pub fn fail(&self, args: &[&str]) -> String {
+        fail(self.p(), args)
+    }
+
+    pub fn json(&self, args: &[&str]) -> Value {
+        serde_json::from_str(&self.ok(args)).expect("valid JSON")
+    }
+
+    pub fn cluster_json(&self) -> Value {
+        let s = fs::read_to_string(self.dir.join("cluster.json")).expect("cluster.json");
+        serde_json::from_str(&s).expect("valid cluster.json")
+    }
+
+    /// (name, pid) of every process in cluster.json; remembers the pids.
+    pub fn procs(&self) -> Vec<(String, u32)> {
+        let v = self.cluster_json();
+        let ps: Vec<(String, u32)> = v["processes"]
+            .as_array()
+            .expect("processes")
+            .iter()
+            .map(|p| {
+                (
+                    p["name"].as_str().expect("name").to_string(),
+                    p["pid"].as_u64().expect("pid") as u32,
+                )
+            })
+            .collect();
+        self.seen
+            .lock()
+            .unwrap()
+            .extend(ps.iter().map(|(_, pid)| *pid));
+        ps
+    }
+
+    pub fn pids(&self) -> Vec<u32> {
+        self.procs().into_iter().map(|(_, p)| p).collect()
+    }
+
+    pub fn pid_of(&self, name: &str) -> u32 {
+        self.procs()
+            .into_iter()
+            .find(|(n, _)| n == name)
+            .unwrap_or_else(|| panic!("no process {name}"))
+            .1
+    }
+
+    /// SIGKILLs the named process and waits until it is gone.
+    pub fn kill9(&self, name: &str) {
+        let pid = self.pid_of(name);
+        assert!(
+            running_in(pid, &self.dir),
+            "{name} (pid {pid}) does not run"
+        );
+        sigkill(pid);
+        assert!(wait_gone(pid, &self.dir, 10), "{name} survived SIGKILL");
+    }
+
+    pub fn status(&self) -> Value {
+        self.json(&["cluster", "status", "--json"])
+    }
+
+    pub fn vol_list(&self) -> Value {
+        self.json(&["vol-list", "--json"])
+    }
+
+    /// Exports `spec` and returns the sha256 of the exported file.
+    pub fn export_sha(&self, spec: &str) -> [u8; 32] {
+        let out = self
+            .tmp
+            .path()
+            .join(format!("export-{}.raw", spec.replace('@', "_")));
+        self.ok(&["vol-export", spec, out.to_str().unwrap()]);
+        let h = sha256_file(&out);
+        fs::remove_file(&out).unwrap();
+        h
+    }
+
+    pub fn chunkd_dir(&self, i: usize) -> PathBuf {
+        self.dir.join(format!("chunkd-{i}"))
+    }
+
+    /// Every `chunkd-*` directory of the cluster.
+    pub fn chunkd_dirs(&self) -> Vec<PathBuf> {
+        let mut v: Vec<PathBuf> = fs::read_dir(&self.dir)
+            .unwrap()
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| {
+                p.is_dir()
+                    && p.file_name()
+                        .is_some_and(|n| n.to_string_lossy().starts_with("chunkd-"))
+            })
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// Bytes of all chunk files on all nodes, measured on disk.
+    pub fn disk_bytes(&self) -> u64 {
+        self.chunkd_dirs()
+            .iter()
+            .flat_map(|d| chunk_files(d))
+            .map(|(_, len)| len)
+            .sum()
+    }
+
+    /// Stops the cluster with `cluster down` and checks that none of its
+    /// processes is left.
+    pub fn down(&mut self) {
+        let pids = self.pids();
+        let d = self.dir.to_string_lossy().to_string();
+        ok(None, &["cluster", "down", "--dir", &d]);
+        self.stopped = true;
+        let seen: Vec<u32> = self.seen.lock().unwrap().iter().copied().collect();
+        for pid in pids.iter().chain(&seen) {
+            assert!(
+                !running_in(*pid, &self.dir),
+                "process {pid} of the cluster still runs after cluster down"
+            );
+        }
+        assert!(!self.dir.join("cluster.json").exists());
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        if !self.stopped && self.dir.join("cluster.json").exists() {
+            let _ = self.procs();
+            let d = self.dir.to_string_lossy().to_string();
+            let _ = run(None, &["cluster", "down", "--dir", &d]);
+        }
+        let seen: Vec<u32> = self
+            .seen
+            .lock()
+            .map(|s| s.iter().copied().collect())
+            .unwrap_or_default();
+        for pid in seen {
+            if running_in(pid, &self.dir) {
+                sigkill(pid);
+            }
+        }
+    }
+}
+
+/// Chunk files (`chunks/<2 hex>/<64 hex>`) under a chunkd dir, with sizes.
+pub fn chunk_files(chunkd_dir: &Path) -> Vec<(PathBuf, u64)> {
+    let mut out = Vec::new();
+    let Ok(prefixes) = fs::read_dir(chunkd_dir.join("chunks")) else {
+        return out;
+    };
+    for p in prefixes.flatten() {
+        let Ok(files) = fs::read_dir(p.path()) else {
+            continue;
+        };
+        for f in files.flatten() {
+            let name = f.file_name().to_string_lossy().to_string();
+            if name.len() == 64 && name.chars().all(|c| c.is_ascii_hexdigit()) {
+                let m = f.metadata().unwrap();
+                if m.is_file() {
+                    out.push((f.path(), m.len()));
+                }
+            }
+        }
+    }
+    out
+}
+
+pub fn sha256_file(path: &Path) -> [u8; 32] {
+    let mut f = File::open(path).unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 4 << 20];
+    loop {
+        let n = f.read(&mut buf).unwrap();
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    h.finalize().into()
+}
+
+/// Writes a `size`-byte image of seeded random data with zero `holes`
+/// (offset, length); holes are left sparse.
+pub fn write_image(path: &Path, size: u64, holes: &[(u64, u64)], seed: u64) {
+    let f = File::create(path).unwrap();
+    f.set_len(size).unwrap();
+    let mut rng = SmallRng::seed_from_u64(seed);
+    let mut buf = vec![0u8; MIB as usize];
+    let mut off = 0;
+    while off < size {
+        let len = MIB.min(size - off);
+        let b = &mut buf[..len as usize];
+        rng.fill_bytes(b);
+        for &(h, hl) in holes {
+            let (s, e) = (h.max(off), (h + hl).min(off + len));
+            if s < e {
+                b[(s - off) as usize..(e - off) as usize].fill(0);
+            }
+        }
+        if b.iter().any(|&x| x != 0) {
+            f.write_all_at(b, off).unwrap();
+        }
+        off += len;
+    }
+    f.sync_all().unwrap();
+}
+
+/// Overwrites `len` bytes at `off` with seeded random data.
+pub fn overwrite(path: &Path, off: u64, len: u64, seed: u64) {
+    let mut f = OpenOptions::new().write(true).open(path).unwrap();
+    let mut rng = SmallRng::seed_from_u64(seed);
+    let mut buf = vec![0u8; len as usize];
+    rng.fill_bytes(&mut buf);
+    use std::io::Seek;
+    f.seek(std::io::SeekFrom::Start(off)).unwrap();
+    f.write_all(&buf).unwrap();
+    f.sync_all().unwrap();
+}
+
+/// Number of `chunk_size` chunks of `path` that are not all zero.
+pub fn nonzero_chunks(path: &Path, chunk_size: u64) -> u64 {
+    let mut f = File::open(path).unwrap();
+    let mut buf = vec![0u8; chunk_size as usize];
+    let mut n = 0;
+    loop {
+        let mut got = 0;
+        while got < buf.len() {
+            let r = f.read(&mut buf[got..]).unwrap();
+            if r == 0 {
+                break;
+            }
+            got += r;
+        }
+        if got == 0 {
+            return n;
+        }
+        if buf[..got].iter().any(|&b| b != 0) {
+            n += 1;
+        }
+        if got < buf.len() {
+            return n;
+        }
+    }
+}
+
+pub fn hex(h: &[u8; 32]) -> String {
+    h.iter().map(|b| format!("{b:02x}")).collect()
+}
