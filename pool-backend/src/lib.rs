@@ -1,2 +1,19 @@
 //! poold: the blobvirt version manager and metadata service.
+//!
+//! * [`kv`] — the ordered KV trait and its redb/sled engines;
+//! * [`codec`] — key layout and binary record formats;
+//! * [`meta`] — blobs, versions, segment trees, refcounts (usable in-process);
+//! * [`gc`], [`membership`], [`leases`] — the service's moving parts;
+//! * [`service`] — the `Pool` gRPC service; [`server`] — the process.
+
+pub mod codec;
+pub mod gc;
 pub mod kv;
+pub mod leases;
+pub mod membership;
+pub mod meta;
+pub mod server;
+pub mod service;
+
+pub use meta::{Meta, MetaError, PublishOutcome};
+pub use server::{run, Opts};

@@ -10,6 +10,9 @@ use super::{Kv, KvError, KvExt, ReadTxExt};
 
 pub type Open = fn(&Path) -> Arc<dyn Kv>;
 
+/// One named check of the suite.
+pub type Check = (&'static str, fn(Open, &Path));
+
 fn put_all(kv: &dyn Kv, pairs: &[(&[u8], &[u8])]) {
     kv.write(|tx| {
         for (k, v) in pairs {
@@ -207,7 +210,7 @@ pub fn consistent_reads(open: Open, dir: &Path) {
 
 /// Runs every check, each in a fresh subdirectory of `dir`.
 pub fn run_all(open: Open, dir: &Path) {
-    let checks: [(&str, fn(Open, &Path)); 5] = [
+    let checks: [Check; 5] = [
         ("basic", basic),
         ("overlay", overlay),
         ("abort", abort),

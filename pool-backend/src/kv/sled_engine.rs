@@ -26,11 +26,27 @@ pub struct SledKv {
 
 impl SledKv {
     /// Opens or creates the database directory at `path`.
+    /// sled releases its file lock from a background thread after the last
+    /// handle is dropped, so a reopen in the same process retries briefly.
     pub fn open(path: &Path) -> KvResult<Self> {
-        let db = sled::Config::new()
-            .path(path)
-            .open()
-            .map_err(|e| KvError::Engine(format!("sled cannot open {}: {e}", path.display())))?;
+        let mut tries = 0;
+        let db = loop {
+            match sled::Config::new().path(path).open() {
+                Ok(db) => break db,
+                Err(sled::Error::Io(e))
+                    if e.kind() == std::io::ErrorKind::WouldBlock && tries < 50 =>
+                {
+                    tries += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(100));
+                }
+                Err(e) => {
+                    return Err(KvError::Engine(format!(
+                        "sled cannot open {} ({e}); is another poold using this --dir?",
+                        path.display()
+                    )))
+                }
+            }
+        };
         Ok(SledKv {
             db,
             writer: Mutex::new(()),

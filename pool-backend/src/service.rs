@@ -1,0 +1,270 @@
+//! The `Pool` gRPC service: maps each RPC onto the metadata layer (run on
+//! the blocking pool, since it fsyncs), membership, leases and GC, and turns
+//! metadata errors into status codes whose messages are user sentences.
+
+use std::sync::Arc;
+
+use blobvirt_core::proto::{self as pb, pool_server::Pool};
+use bytes::Bytes;
+use tonic::{Request, Response, Status};
+
+use crate::gc::Gc;
+use crate::leases::Leases;
+use crate::membership::Membership;
+use crate::meta::{no_volume, Meta, MetaError, PublishOutcome};
+
+/// Maps a metadata error to a gRPC status.
+pub fn status(e: MetaError) -> Status {
+    let msg = e.to_string();
+    match e {
+        MetaError::NotFound(_) => Status::not_found(msg),
+        MetaError::AlreadyExists(_) => Status::already_exists(msg),
+        MetaError::InvalidArgument(_) => Status::invalid_argument(msg),
+        MetaError::FailedPrecondition(_) => Status::failed_precondition(msg),
+        MetaError::Kv(_) | MetaError::Decode(_) | MetaError::Corrupt(_) => {
+            tracing::error!("{msg}");
+            Status::internal(msg)
+        }
+    }
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, MetaError> + Send + 'static,
+) -> Result<T, Status> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| {
+            Status::internal(format!(
+                "a poold metadata task failed ({e}); see the poold log"
+            ))
+        })?
+        .map_err(status)
+}
+
+fn ok<T>(t: T) -> Result<Response<T>, Status> {
+    Ok(Response::new(t))
+}
+
+/// The poold service state.
+#[derive(Clone)]
+pub struct PoolService {
+    pub meta: Meta,
+    pub members: Arc<Membership>,
+    pub leases: Arc<Leases>,
+    pub gc: Arc<Gc>,
+    pub replicas: u32,
+}
+
+impl PoolService {
+    /// NotFound unless the volume exists.
+    async fn must_exist(&self, name: &str) -> Result<(), Status> {
+        let meta = self.meta.clone();
+        let n = name.to_string();
+        if blocking(move || meta.exists(&n)).await? {
+            Ok(())
+        } else {
+            Err(status(no_volume(name)))
+        }
+    }
+
+    async fn lease(
+        &self,
+        r: pb::LeaseRequest,
+        release: bool,
+    ) -> Result<Response<pb::LeaseReply>, Status> {
+        if r.holder.is_empty() {
+            return Err(Status::invalid_argument(format!(
+                "the lease request for volume {} names no holder; pass a holder such as mirrord@host",
+                r.name
+            )));
+        }
+        self.must_exist(&r.name).await?;
+        ok(if release {
+            self.leases.release(&r.name, &r.holder)
+        } else {
+            self.leases.acquire(&r.name, &r.holder, r.ttl_ms)
+        })
+    }
+}
+
+#[tonic::async_trait]
+impl Pool for PoolService {
+    async fn register(
+        &self,
+        req: Request<pb::RegisterRequest>,
+    ) -> Result<Response<pb::RegisterReply>, Status> {
+        let r = req.into_inner();
+        if r.id.is_empty() || r.addr.is_empty() {
+            return Err(Status::invalid_argument(format!(
+                "chunkd registration needs a node id and an address (got id {:?}, addr {:?}); check the chunkd --id and --listen options",
+                r.id, r.addr
+            )));
+        }
+        if self.members.addr_of(&r.id).as_deref() != Some(r.addr.as_str()) {
+            let meta = self.meta.clone();
+            let (id, addr) = (r.id.clone(), r.addr.clone());
+            blocking(move || meta.put_member(&id, &addr)).await?;
+            tracing::info!(node = %r.id, addr = %r.addr, "chunkd registered");
+        }
+        self.members.registered(&r.id, &r.addr);
+        ok(pb::RegisterReply {
+            heartbeat_ms: self.members.heartbeat_ms(),
+        })
+    }
+
+    async fn heartbeat(
+        &self,
+        req: Request<pb::HeartbeatRequest>,
+    ) -> Result<Response<pb::HeartbeatReply>, Status> {
+        ok(pb::HeartbeatReply {
+            known: self.members.heartbeat(&req.into_inner().id),
+        })
+    }
+
+    async fn nodes(
+        &self,
+        _: Request<pb::NodesRequest>,
+    ) -> Result<Response<pb::NodesReply>, Status> {
+        let meta = self.meta.clone();
+        let gc_epoch = blocking(move || meta.gc_epoch()).await?;
+        ok(pb::NodesReply {
+            nodes: self.members.nodes(),
+            replicas: self.replicas,
+            gc_epoch,
+        })
+    }
+
+    async fn get_blob(
+        &self,
+        req: Request<pb::GetBlobRequest>,
+    ) -> Result<Response<pb::BlobInfo>, Status> {
+        let meta = self.meta.clone();
+        let name = req.into_inner().name;
+        ok(blocking(move || meta.get_blob(&name)).await?)
+    }
+
+    async fn list_blobs(
+        &self,
+        _: Request<pb::ListBlobsRequest>,
+    ) -> Result<Response<pb::ListBlobsReply>, Status> {
+        let meta = self.meta.clone();
+        ok(pb::ListBlobsReply {
+            blobs: blocking(move || meta.list_blobs()).await?,
+        })
+    }
+
+    async fn resolve(
+        &self,
+        req: Request<pb::ResolveRequest>,
+    ) -> Result<Response<pb::ResolveReply>, Status> {
+        let meta = self.meta.clone();
+        let r = req.into_inner();
+        ok(blocking(move || meta.resolve(&r.name, r.version, r.first_chunk, r.count)).await?)
+    }
+
+    async fn publish(
+        &self,
+        req: Request<pb::PublishRequest>,
+    ) -> Result<Response<pb::PublishReply>, Status> {
+        let meta = self.meta.clone();
+        let r = req.into_inner();
+        let (out, epoch) = blocking(move || {
+            let out = meta.publish(&r)?;
+            Ok((out, meta.gc_epoch()?))
+        })
+        .await?;
+        ok(match out {
+            PublishOutcome::Published(version) => pb::PublishReply {
+                version,
+                reupload: Vec::new(),
+                gc_epoch: epoch,
+            },
+            PublishOutcome::Reupload { chunks, gc_epoch } => pb::PublishReply {
+                version: 0,
+                reupload: chunks
+                    .iter()
+                    .map(|c| Bytes::copy_from_slice(&c.0))
+                    .collect(),
+                gc_epoch,
+            },
+        })
+    }
+
+    async fn clone_volume(
+        &self,
+        req: Request<pb::CloneRequest>,
+    ) -> Result<Response<pb::BlobInfo>, Status> {
+        let meta = self.meta.clone();
+        let r = req.into_inner();
+        ok(blocking(move || meta.clone_volume(&r.src, r.version, &r.dst)).await?)
+    }
+
+    async fn delete_volume(
+        &self,
+        req: Request<pb::DeleteVolumeRequest>,
+    ) -> Result<Response<pb::DeleteVolumeReply>, Status> {
+        let meta = self.meta.clone();
+        let r = req.into_inner();
+        let name = r.name.clone();
+        blocking(move || meta.delete_volume(&r.name, r.version)).await?;
+        if r.version == 0 {
+            self.leases.forget(&name);
+        }
+        ok(pb::DeleteVolumeReply {})
+    }
+
+    async fn acquire_lease(
+        &self,
+        req: Request<pb::LeaseRequest>,
+    ) -> Result<Response<pb::LeaseReply>, Status> {
+        self.lease(req.into_inner(), false).await
+    }
+
+    async fn renew_lease(
+        &self,
+        req: Request<pb::LeaseRequest>,
+    ) -> Result<Response<pb::LeaseReply>, Status> {
+        self.lease(req.into_inner(), false).await
+    }
+
+    async fn release_lease(
+        &self,
+        req: Request<pb::LeaseRequest>,
+    ) -> Result<Response<pb::LeaseReply>, Status> {
+        self.lease(req.into_inner(), true).await
+    }
+
+    async fn put_profile(
+        &self,
+        req: Request<pb::Profile>,
+    ) -> Result<Response<pb::ProfileReply>, Status> {
+        let meta = self.meta.clone();
+        let p = req.into_inner();
+        blocking(move || meta.put_profile(&p.name, &p.chunks)).await?;
+        ok(pb::ProfileReply {})
+    }
+
+    async fn get_profile(
+        &self,
+        req: Request<pb::GetProfileRequest>,
+    ) -> Result<Response<pb::Profile>, Status> {
+        let meta = self.meta.clone();
+        let name = req.into_inner().name;
+        let n = name.clone();
+        let chunks = blocking(move || meta.get_profile(&n)).await?;
+        ok(pb::Profile { name, chunks })
+    }
+
+    async fn stats(
+        &self,
+        _: Request<pb::PoolStatsRequest>,
+    ) -> Result<Response<pb::PoolStatsReply>, Status> {
+        let meta = self.meta.clone();
+        ok(blocking(move || meta.stats()).await?)
+    }
+
+    async fn gc(&self, req: Request<pb::GcRequest>) -> Result<Response<pb::GcReply>, Status> {
+        let chunks_deleted = self.gc.pass(req.into_inner().now).await.map_err(status)?;
+        ok(pb::GcReply { chunks_deleted })
+    }
+}
