@@ -49,6 +49,23 @@ fn init_tracing() {
         .try_init();
 }
 
+/// The error as one line: its message, then any cause it does not already
+/// contain (gRPC statuses are never appended: their message is the sentence).
+pub fn sentence(e: &anyhow::Error) -> String {
+    let mut out = e.to_string();
+    for cause in e.chain().skip(1) {
+        if cause.is::<tonic::Status>() {
+            break;
+        }
+        let s = cause.to_string();
+        if !out.contains(&s) {
+            out.push_str(": ");
+            out.push_str(&s);
+        }
+    }
+    out
+}
+
 /// The whole program: parse, run, report.
 pub fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
@@ -75,7 +92,7 @@ pub fn main() -> ExitCode {
     match res {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", sentence(&e));
             ExitCode::FAILURE
         }
     }
