@@ -63,7 +63,13 @@ impl Proc {
 
     /// Starts it on `listen` and waits for its address file.
     fn start(&mut self, listen: &str, deadline: Instant) -> Result<Child> {
-        fs::create_dir_all(&self.dir).with_context(|| format!("create {}", self.dir.display()))?;
+        fs::create_dir_all(&self.dir).map_err(|e| {
+            anyhow!(
+                "cannot create the directory {} of {}: {e}; remove what is in the way or pick another --dir",
+                self.dir.display(),
+                self.name
+            )
+        })?;
         let _ = fs::remove_file(self.addr_file());
         let mut args = self.args.clone();
         args.extend(["--listen".to_string(), listen.to_string()]);

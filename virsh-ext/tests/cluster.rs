@@ -133,3 +133,56 @@ fn status_up_restart_down() {
     assert!(!c.chunkd_dir(1).exists());
     assert!(!c.dir.join("poold").exists());
 }
+
+#[test]
+fn failed_up_stops_what_it_started_and_restart_reports_the_log() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("c");
+    std::fs::create_dir_all(&dir).unwrap();
+    // Something in the way of node 2's directory: up fails after starting
+    // poold and chunkd-1, and must stop both.
+    std::fs::write(dir.join("chunkd-2"), b"in the way").unwrap();
+    let d = dir.to_string_lossy().to_string();
+    let e = fail(None, &["cluster", "up", "--nodes", "3", "--dir", &d]);
+    assert!(e.contains("chunkd-2"), "{e}");
+    let left = procs_in(&dir);
+    assert!(left.is_empty(), "up left processes behind: {left:?}");
+    assert!(!dir.join("cluster.json").exists());
+    std::fs::remove_file(dir.join("chunkd-2")).unwrap();
+
+    let mut c = Cluster::up(2, 1);
+    let d = c.dir.to_string_lossy().to_string();
+    // A restart whose address is taken fails and names the log to read.
+    let addr = c.cluster_json()["processes"][2]["addr"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    c.kill9("chunkd-2");
+    let blocker = std::net::TcpListener::bind(&addr).expect("take the port");
+    let e = fail(None, &["cluster", "restart", "--dir", &d, "chunkd-2"]);
+    assert!(e.contains("chunkd-2.log"), "{e}");
+    drop(blocker);
+    // Naming a running process or an unknown one is refused.
+    let e = fail(None, &["cluster", "restart", "--dir", &d, "poold"]);
+    assert!(e.contains("poold") && e.contains("runs"), "{e}");
+    let e = fail(None, &["cluster", "restart", "--dir", &d, "chunkd-9"]);
+    assert!(e.contains("chunkd-9"), "{e}");
+    ok(None, &["cluster", "restart", "--dir", &d, "chunkd-2"]);
+    let s = c.status();
+    assert!(
+        s["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|n| n["alive"] == true),
+        "{s}"
+    );
+
+    // Every process SIGKILLed: a stale cluster.json does not block `up`.
+    for (name, _) in c.procs() {
+        c.kill9(&name);
+    }
+    c.up_again(2, 1);
+    assert_eq!(c.status()["nodes"].as_array().unwrap().len(), 2);
+    c.down();
+}

@@ -74,8 +74,17 @@ fn publisher(
 }
 
 #[test]
-fn poold_sigkill_during_publishes_loses_no_acknowledged_version() {
-    let c = Cluster::up(3, 2);
+fn poold_sigkill_during_publishes_loses_no_acknowledged_version_redb() {
+    crash_during_publishes("redb");
+}
+
+#[test]
+fn poold_sigkill_during_publishes_loses_no_acknowledged_version_sled() {
+    crash_during_publishes("sled");
+}
+
+fn crash_during_publishes(engine: &str) {
+    let c = Cluster::up_with(3, 2, &["--engine", engine]);
     let d = c.dir.to_string_lossy().to_string();
     let names: [&'static str; 2] = ["alpha", "beta"];
     let mut logs = HashMap::new();

@@ -121,6 +121,17 @@ pub fn wait_gone(pid: u32, dir: &Path, secs: u64) -> bool {
     true
 }
 
+/// Running processes whose command line mentions `dir`.
+pub fn procs_in(dir: &Path) -> Vec<u32> {
+    let me = std::process::id();
+    fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_string_lossy().parse::<u32>().ok())
+        .filter(|&pid| pid != me && running_in(pid, dir))
+        .collect()
+}
+
 /// A cluster of the test, in its own temporary directory.
 pub struct Cluster {
     pub tmp: tempfile::TempDir,
@@ -317,6 +328,11 @@ impl Cluster {
             );
         }
         assert!(!self.dir.join("cluster.json").exists());
+        let left = procs_in(&self.dir);
+        assert!(
+            left.is_empty(),
+            "processes of the cluster left after down: {left:?}"
+        );
     }
 }
 
