@@ -1,0 +1,222 @@
+//! The daemon's life: clean a stale mount, connect to poold, serve the
+//! control socket, mount the file system, refresh the listing and flush
+//! mirror states in the background, and on SIGTERM/SIGINT commit or keep
+//! per policy, unmount and exit 0.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use blobvirt_core::Repo;
+use fuser::{Config, MountOption, SessionACL};
+
+use crate::fs::Fs;
+use crate::volumes::Volumes;
+
+/// Command-line options of `mirrord`.
+#[derive(Clone, Debug, clap::Parser)]
+#[command(
+    name = "mirrord",
+    about = "blobvirt mirroring module: shows the repository's volumes as raw files"
+)]
+pub struct Options {
+    /// poold address (http://127.0.0.1:PORT).
+    #[arg(long, env = "BLOBVIRT_POOL")]
+    pub pool: String,
+    /// Mount point; every volume appears as DIR/NAME.
+    #[arg(long)]
+    pub mount: PathBuf,
+    /// Cache directory for the local mirrors.
+    #[arg(long)]
+    pub cache: PathBuf,
+    /// Control socket (default CACHE/control.sock).
+    #[arg(long)]
+    pub control: Option<PathBuf>,
+    /// FUSE worker threads.
+    #[arg(long, default_value_t = 4)]
+    pub threads: usize,
+}
+
+/// Absolute form of `p` without resolving symlinks (a stale FUSE mount
+/// cannot be stat'ed).
+fn absolute(p: &Path) -> PathBuf {
+    if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        std::env::current_dir()
+            .map(|d| d.join(p))
+            .unwrap_or_else(|_| p.to_path_buf())
+    }
+}
+
+fn unescape_mountinfo(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\' && i + 3 < b.len() {
+            if let Ok(v) = u8::from_str_radix(&s[i + 1..i + 4], 8) {
+                out.push(v);
+                i += 4;
+                continue;
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// True when something is mounted at `p`.
+pub fn is_mounted(p: &Path) -> bool {
+    let p = absolute(p);
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .any(|m| Path::new(&unescape_mountinfo(m)) == p)
+}
+
+/// Lazily unmounts whatever a previous (killed) mirrord left at `p`.
+pub fn clean_stale_mount(p: &Path) -> Result<()> {
+    for _ in 0..8 {
+        if !is_mounted(p) {
+            return Ok(());
+        }
+        tracing::warn!(mount = %p.display(), "found a stale mount (an earlier mirrord died); unmounting it lazily");
+        nix::mount::umount2(&absolute(p), nix::mount::MntFlags::MNT_DETACH)
+            .with_context(|| format!("unmounting the stale mount at {}", p.display()))?;
+    }
+    Ok(())
+}
+
+async fn connect(pool: &str) -> Result<Repo> {
+    let mut last = None;
+    for _ in 0..60 {
+        match Repo::connect(pool).await {
+            Ok(r) => return Ok(r),
+            Err(e) => {
+                last = Some(e);
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+    }
+    Err(last.expect("tried")).context("connecting to poold")
+}
+
+fn hostname() -> String {
+    nix::unistd::gethostname()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .unwrap_or_else(|| "localhost".into())
+}
+
+async fn background(vols: Arc<Volumes>) {
+    let mut tick = 0u64;
+    loop {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        tick += 1;
+        if let Err(e) = vols.refresh().await {
+            tracing::debug!("cannot refresh the volume list: {e}");
+        }
+        for m in vols.mirrors() {
+            let mm = m.clone();
+            let r = tokio::task::spawn_blocking(move || mm.flush_if_changed()).await;
+            if let Ok(Err(e)) = r {
+                tracing::warn!(volume = %m.name(), "cannot save the mirror state: {e}");
+            }
+            if tick % 15 == 0 {
+                vols.save_profile(&m).await;
+            }
+        }
+    }
+}
+
+/// Runs mirrord until SIGTERM/SIGINT or until the file system is unmounted.
+pub fn run(opts: Options) -> Result<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(4)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let mount = absolute(&opts.mount);
+    let cache = absolute(&opts.cache);
+    clean_stale_mount(&mount)?;
+    std::fs::create_dir_all(&mount)
+        .with_context(|| format!("creating the mount point {}", mount.display()))?;
+    let vols_dir = cache.join("vols");
+    std::fs::create_dir_all(&vols_dir)
+        .with_context(|| format!("creating the cache directory {}", vols_dir.display()))?;
+    let repo = rt.block_on(connect(&opts.pool))?;
+    let holder = format!("mirrord@{}:{}", hostname(), mount.display());
+    let vols = Arc::new(Volumes::new(repo, vols_dir, holder));
+    if let Err(e) = rt.block_on(vols.refresh()) {
+        tracing::warn!("cannot list volumes yet: {e}");
+    }
+    let control = opts
+        .control
+        .clone()
+        .unwrap_or_else(|| cache.join("control.sock"));
+    let listener = {
+        let _g = rt.enter();
+        crate::control::bind(&control)
+            .with_context(|| format!("binding the control socket {}", control.display()))?
+    };
+    rt.spawn(crate::control::serve(listener, vols.clone()));
+    rt.spawn(background(vols.clone()));
+
+    let mut cfg = Config::default();
+    cfg.mount_options = vec![
+        MountOption::FSName("blobvirt".into()),
+        MountOption::Subtype("blobvirt".into()),
+        MountOption::RW,
+        MountOption::NoDev,
+        MountOption::NoSuid,
+    ];
+    cfg.acl = SessionACL::All;
+    cfg.n_threads = Some(opts.threads.max(1));
+    cfg.clone_fd = true;
+    let fs = Fs::new(vols.clone(), rt.handle().clone());
+    let mut session = fuser::Session::new(fs, &mount, &cfg)
+        .with_context(|| format!("mounting the FUSE file system at {}", mount.display()))?;
+    let mut unmounter = session.unmount_callable();
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+    let fuse_thread = std::thread::Builder::new()
+        .name("fuse-session".into())
+        .spawn(move || {
+            let r = session.run();
+            let _ = done_tx.send(r);
+        })
+        .context("starting the FUSE session")?;
+    tracing::info!(mount = %mount.display(), control = %control.display(), pool = %opts.pool, "mirrord ready");
+
+    let ended_by_signal = rt.block_on(async {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+        let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+        tokio::select! {
+            _ = term.recv() => true,
+            _ = int.recv() => true,
+            r = done_rx => {
+                if let Ok(Err(e)) = r {
+                    tracing::error!("the FUSE session ended: {e}");
+                }
+                false
+            }
+        }
+    });
+    tracing::info!("shutting down");
+    rt.block_on(vols.shutdown());
+    if ended_by_signal {
+        if let Err(e) = unmounter.unmount() {
+            tracing::warn!("unmount failed ({e}); detaching the mount lazily");
+            let _ = nix::mount::umount2(&mount, nix::mount::MntFlags::MNT_DETACH);
+        }
+        let _ = fuse_thread.join();
+    }
+    let _ = std::fs::remove_file(&control);
+    rt.shutdown_timeout(Duration::from_secs(2));
+    tracing::info!("mirrord stopped");
+    Ok(())
+}

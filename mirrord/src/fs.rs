@@ -1,0 +1,558 @@
+//! The FUSE file system: a root directory with one regular file per volume.
+//!
+//! Requests whose data is local are answered on the FUSE thread that got
+//! them; anything that waits for the network (fetches, leases, commits,
+//! poold calls) is moved to a tokio task that replies when it is done, so a
+//! slow fetch never holds up reads of local data.
+
+use std::ffi::OsStr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use fuser::{
+    AccessFlags, BsdFileFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags,
+    Generation, INodeNo, IoctlFlags, KernelConfig, LockOwner, OpenAccMode, OpenFlags, ReplyAttr,
+    ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyIoctl, ReplyLseek,
+    ReplyOpen, ReplyStatfs, ReplyWrite, Request, TimeOrNow, WriteFlags,
+};
+
+use crate::ioctl;
+use crate::volumes::{Entry, OpError, Volumes};
+
+const TTL: Duration = Duration::from_secs(1);
+
+/// The mounted file system.
+pub struct Fs {
+    vols: Arc<Volumes>,
+    rt: tokio::runtime::Handle,
+    started: SystemTime,
+}
+
+fn errno(e: i32) -> Errno {
+    Errno::from_i32(e)
+}
+
+fn log_err(op: &str, e: &OpError) {
+    if e.errno == libc::ENOENT {
+        tracing::debug!("{op}: {}", e.msg);
+    } else {
+        tracing::warn!("{op} failed: {}", e.msg);
+    }
+}
+
+impl Fs {
+    pub fn new(vols: Arc<Volumes>, rt: tokio::runtime::Handle) -> Self {
+        Fs {
+            vols,
+            rt,
+            started: SystemTime::now(),
+        }
+    }
+
+    fn root_attr(&self) -> FileAttr {
+        FileAttr {
+            ino: INodeNo::ROOT,
+            size: 0,
+            blocks: 0,
+            atime: self.started,
+            mtime: self.started,
+            ctime: self.started,
+            crtime: self.started,
+            kind: FileType::Directory,
+            perm: 0o755,
+            nlink: 2,
+            uid: 0,
+            gid: 0,
+            rdev: 0,
+            blksize: 4096,
+            flags: 0,
+        }
+    }
+
+    fn attr(&self, e: &Entry) -> FileAttr {
+        let (size, blocks) = match self.vols.attached(&e.name) {
+            Some(m) => (m.size(), m.blocks()),
+            None => (e.size, e.size.div_ceil(512)),
+        };
+        let t = if e.mtime == UNIX_EPOCH {
+            self.started
+        } else {
+            e.mtime
+        };
+        FileAttr {
+            ino: INodeNo(e.ino),
+            size,
+            blocks,
+            atime: t,
+            mtime: t,
+            ctime: t,
+            crtime: t,
+            kind: FileType::RegularFile,
+            perm: e.perm,
+            nlink: 1,
+            uid: e.uid,
+            gid: e.gid,
+            rdev: 0,
+            blksize: 65536,
+            flags: 0,
+        }
+    }
+
+    fn name_of(&self, ino: INodeNo) -> Option<String> {
+        self.vols.by_ino(ino.0).map(|e| e.name)
+    }
+}
+
+impl Filesystem for Fs {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        let _ = config.set_max_write(1 << 20);
+        let _ = config.set_max_readahead(1 << 20);
+        let _ = config.set_max_background(64);
+        Ok(())
+    }
+
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        if parent != INodeNo::ROOT {
+            return reply.error(Errno::ENOENT);
+        }
+        let Some(name) = name.to_str().map(str::to_string) else {
+            return reply.error(Errno::ENOENT);
+        };
+        if let Some(e) = self.vols.by_name(&name) {
+            return reply.entry(&TTL, &self.attr(&e), Generation(0));
+        }
+        // Not listed yet: ask poold (a volume created elsewhere just now).
+        let vols = self.vols.clone();
+        let fs = self.clone_for_task();
+        self.rt.spawn(async move {
+            match vols.fetch_entry(&name).await {
+                Ok(e) => reply.entry(&TTL, &fs.attr(&e), Generation(0)),
+                Err(e) => reply.error(errno(e.errno())),
+            }
+        });
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        if ino == INodeNo::ROOT {
+            return reply.attr(&TTL, &self.root_attr());
+        }
+        match self.vols.by_ino(ino.0) {
+            Some(e) => reply.attr(&TTL, &self.attr(&e)),
+            None => reply.error(Errno::ENOENT),
+        }
+    }
+
+    fn setattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        _atime: Option<TimeOrNow>,
+        _mtime: Option<TimeOrNow>,
+        _ctime: Option<SystemTime>,
+        _fh: Option<FileHandle>,
+        _crtime: Option<SystemTime>,
+        _chgtime: Option<SystemTime>,
+        _bkuptime: Option<SystemTime>,
+        _flags: Option<BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        let Some(name) = self.name_of(ino) else {
+            return reply.error(Errno::ENOENT);
+        };
+        // Ownership and mode are kept in memory (libvirt chowns disks).
+        self.vols
+            .set_owner(ino.0, mode.map(|m| (m & 0o7777) as u16), uid, gid);
+        let fs = self.clone_for_task();
+        let vols = self.vols.clone();
+        match size {
+            Some(size) => {
+                self.rt.spawn(async move {
+                    match vols.set_size(&name, size).await {
+                        Ok(_) => match vols.by_name(&name) {
+                            Some(e) => reply.attr(&TTL, &fs.attr(&e)),
+                            None => reply.error(Errno::ENOENT),
+                        },
+                        Err(e) => {
+                            log_err("resize", &e);
+                            reply.error(errno(e.errno))
+                        }
+                    }
+                });
+            }
+            None => match vols.by_name(&name) {
+                Some(e) => reply.attr(&TTL, &fs.attr(&e)),
+                None => reply.error(Errno::ENOENT),
+            },
+        }
+    }
+
+    fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let (true, Some(name)) = (parent == INodeNo::ROOT, name.to_str().map(str::to_string))
+        else {
+            return reply.error(Errno::ENOENT);
+        };
+        let vols = self.vols.clone();
+        self.rt.spawn(async move {
+            match vols.unlink(&name).await {
+                Ok(()) => reply.ok(),
+                Err(e) => {
+                    log_err("delete", &e);
+                    reply.error(errno(e.errno))
+                }
+            }
+        });
+    }
+
+    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        let Some(name) = self.name_of(ino) else {
+            return reply.error(Errno::ENOENT);
+        };
+        let writable = flags.acc_mode() != OpenAccMode::O_RDONLY;
+        let direct = flags.0 & libc::O_DIRECT != 0;
+        let vols = self.vols.clone();
+        self.rt.spawn(async move {
+            match vols.open(&name, writable).await {
+                Ok((fh, _)) => reply.opened(FileHandle(fh), fopen_flags(direct)),
+                Err(e) => {
+                    log_err("open", &e);
+                    reply.error(errno(e.errno))
+                }
+            }
+        });
+    }
+
+    fn create(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        _mode: u32,
+        _umask: u32,
+        flags: i32,
+        reply: ReplyCreate,
+    ) {
+        let (true, Some(name)) = (parent == INodeNo::ROOT, name.to_str().map(str::to_string))
+        else {
+            return reply.error(Errno::EINVAL);
+        };
+        let vols = self.vols.clone();
+        let fs = self.clone_for_task();
+        let writable = flags & libc::O_ACCMODE != libc::O_RDONLY;
+        let direct = flags & libc::O_DIRECT != 0;
+        self.rt.spawn(async move {
+            let res = async {
+                vols.create(&name).await?;
+                vols.open(&name, writable).await
+            }
+            .await;
+            match (res, vols.by_name(&name)) {
+                (Ok((fh, _)), Some(e)) => reply.created(
+                    &TTL,
+                    &fs.attr(&e),
+                    Generation(0),
+                    FileHandle(fh),
+                    fopen_flags(direct),
+                ),
+                (Ok(_), None) => reply.error(Errno::EIO),
+                (Err(e), _) => {
+                    log_err("create", &e);
+                    reply.error(errno(e.errno))
+                }
+            }
+        });
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        let Some(h) = self.vols.handle(fh.0) else {
+            return reply.error(Errno::EBADF);
+        };
+        match h.mirror.try_read_local(offset, size as u64) {
+            Some(Ok(b)) => reply.data(&b),
+            Some(Err(e)) => reply.error(errno(e)),
+            None => {
+                self.rt.spawn(async move {
+                    match h.mirror.read(offset, size as u64).await {
+                        Ok(b) => reply.data(&b),
+                        Err(e) => reply.error(errno(e)),
+                    }
+                });
+            }
+        }
+    }
+
+    fn write(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        data: &[u8],
+        _write_flags: WriteFlags,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyWrite,
+    ) {
+        let Some(h) = self.vols.handle(fh.0) else {
+            return reply.error(Errno::EBADF);
+        };
+        if !h.writable {
+            return reply.error(Errno::EBADF);
+        }
+        match h.mirror.try_write_local(offset, data) {
+            Some(Ok(n)) => reply.written(n as u32),
+            Some(Err(e)) => reply.error(errno(e)),
+            None => {
+                let data = data.to_vec();
+                self.rt.spawn(async move {
+                    match h.mirror.write(offset, &data).await {
+                        Ok(n) => reply.written(n as u32),
+                        Err(e) => reply.error(errno(e)),
+                    }
+                });
+            }
+        }
+    }
+
+    fn flush(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _lo: LockOwner,
+        reply: ReplyEmpty,
+    ) {
+        self.sync(fh, reply);
+    }
+
+    fn fsync(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        self.sync(fh, reply);
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        let _g = self.rt.enter();
+        self.vols.release(fh.0);
+        reply.ok();
+    }
+
+    fn readdir(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
+        if ino != INodeNo::ROOT {
+            return reply.error(Errno::ENOTDIR);
+        }
+        let mut all = vec![
+            (INodeNo::ROOT, FileType::Directory, ".".to_string()),
+            (INodeNo::ROOT, FileType::Directory, "..".to_string()),
+        ];
+        all.extend(
+            self.vols
+                .list()
+                .into_iter()
+                .map(|e| (INodeNo(e.ino), FileType::RegularFile, e.name)),
+        );
+        for (i, (ino, kind, name)) in all.into_iter().enumerate().skip(offset as usize) {
+            if reply.add(ino, (i + 1) as u64, kind, name) {
+                break;
+            }
+        }
+        reply.ok();
+    }
+
+    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        match nix::sys::statvfs::statvfs(&self.vols.vols_dir) {
+            Ok(s) => reply.statfs(
+                s.blocks(),
+                s.blocks_free(),
+                s.blocks_available(),
+                s.files(),
+                s.files_free(),
+                s.block_size() as u32,
+                255,
+                s.fragment_size() as u32,
+            ),
+            Err(_) => reply.statfs(0, 0, 0, 0, 0, 4096, 255, 4096),
+        }
+    }
+
+    fn access(&self, _req: &Request, _ino: INodeNo, _mask: AccessFlags, reply: ReplyEmpty) {
+        reply.ok();
+    }
+
+    fn ioctl(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: IoctlFlags,
+        cmd: u32,
+        in_data: &[u8],
+        _out_size: u32,
+        reply: ReplyIoctl,
+    ) {
+        let Some(h) = self.vols.handle(fh.0) else {
+            return reply.error(Errno::EBADF);
+        };
+        let vols = self.vols.clone();
+        match cmd as u64 {
+            c if c == ioctl::COMMIT as u64 => {
+                self.rt.spawn(async move {
+                    match h.mirror.commit().await {
+                        Ok(o) => reply.ioctl(0, &o.version.to_le_bytes()),
+                        Err(e) => {
+                            tracing::warn!("COMMIT ioctl failed: {e}");
+                            reply.error(errno(e.errno()))
+                        }
+                    }
+                });
+            }
+            c if c == ioctl::CLONE as u64 => {
+                let Some(new) = ioctl::parse_name(in_data) else {
+                    return reply.error(Errno::EINVAL);
+                };
+                self.rt.spawn(async move {
+                    match vols.clone_volume(&h.mirror.name(), &new).await {
+                        Ok(v) => {
+                            let mut out = [0u8; ioctl::NAME_MAX];
+                            out[..8].copy_from_slice(&v.to_le_bytes());
+                            reply.ioctl(0, &out)
+                        }
+                        Err(e) => {
+                            log_err("CLONE ioctl", &e);
+                            reply.error(errno(e.errno))
+                        }
+                    }
+                });
+            }
+            _ => reply.error(Errno::ENOTTY),
+        }
+    }
+
+    fn fallocate(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        length: u64,
+        mode: i32,
+        reply: ReplyEmpty,
+    ) {
+        let Some(h) = self.vols.handle(fh.0) else {
+            return reply.error(Errno::EBADF);
+        };
+        let vols = self.vols.clone();
+        self.rt.spawn(async move {
+            let m = &h.mirror;
+            let punch = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
+            let res = if mode & !(punch | libc::FALLOC_FL_ZERO_RANGE) != 0 {
+                Err(libc::EOPNOTSUPP)
+            } else if mode & (libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_ZERO_RANGE) != 0 {
+                m.punch(offset, length).await
+            } else if offset + length > m.size() && mode & libc::FALLOC_FL_KEEP_SIZE == 0 {
+                vols.set_size(&m.name(), offset + length)
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| e.errno)
+            } else {
+                Ok(())
+            };
+            match res {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(errno(e)),
+            }
+        });
+    }
+
+    fn lseek(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: i64,
+        whence: i32,
+        reply: ReplyLseek,
+    ) {
+        let Some(h) = self.vols.handle(fh.0) else {
+            return reply.error(Errno::EBADF);
+        };
+        let data = match whence {
+            libc::SEEK_DATA => true,
+            libc::SEEK_HOLE => false,
+            _ => return reply.error(Errno::EINVAL),
+        };
+        match h.mirror.seek(offset.max(0) as u64, data) {
+            Ok(p) => reply.offset(p as i64),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+}
+
+fn fopen_flags(direct: bool) -> FopenFlags {
+    if direct {
+        FopenFlags::FOPEN_DIRECT_IO
+    } else {
+        FopenFlags::empty()
+    }
+}
+
+impl Fs {
+    fn clone_for_task(&self) -> Fs {
+        Fs {
+            vols: self.vols.clone(),
+            rt: self.rt.clone(),
+            started: self.started,
+        }
+    }
+
+    fn sync(&self, fh: FileHandle, reply: ReplyEmpty) {
+        let Some(h) = self.vols.handle(fh.0) else {
+            return reply.ok();
+        };
+        if !h.writable {
+            return reply.ok();
+        }
+        self.rt
+            .spawn_blocking(move || match h.mirror.flush_state(false) {
+                Ok(()) => reply.ok(),
+                Err(e) => {
+                    tracing::error!("fsync failed: {e}");
+                    reply.error(errno(e.errno()))
+                }
+            });
+    }
+}

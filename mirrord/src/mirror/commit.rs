@@ -1,0 +1,386 @@
+//! COMMIT, CLONE and resize of a mirror.
+//!
+//! COMMIT phase 1 (`freeze`) takes the write gate exclusively, moves the
+//! dirty set into the frozen set and records the size: no I/O at all. Phase
+//! 2 reads each frozen chunk (from the copy a writer made before
+//! overwriting it, else from the data file), hashes it (all zeros = hole),
+//! uploads the changed chunks in parallel and publishes them on top of the
+//! mirror's version, re-uploading what poold asks for. After publishing,
+//! the frozen chunks that were not written again are present in the new
+//! version; the others stay dirty.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Instant;
+
+use blobvirt_core::chunk::{chunk_count, is_zero};
+use blobvirt_core::client::Publish;
+use blobvirt_core::proto as pb;
+use blobvirt_core::ChunkId;
+use bytes::Bytes;
+use futures::stream::{self, StreamExt, TryStreamExt};
+use serde::{Deserialize, Serialize};
+
+use super::{chunk_len, lock, Mirror, MirrorError};
+use crate::statemap::ChunkState;
+
+/// What a commit did.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommitOutcome {
+    /// The version that now holds the mirror's content.
+    pub version: u64,
+    /// False when nothing was dirty (no new version).
+    pub published: bool,
+    pub chunks_changed: u64,
+    pub bytes_uploaded: u64,
+    /// Duration of phase 1 in microseconds.
+    pub freeze_us: u64,
+}
+
+/// The result of phase 1.
+pub struct Frozen {
+    chunks: Vec<u64>,
+    size: u64,
+    base_size: u64,
+    version: u64,
+    ids: Vec<Option<ChunkId>>,
+    freeze_us: u64,
+}
+
+impl Mirror {
+    /// COMMIT phase 1: freezes the dirty set. Fast: no I/O.
+    pub(crate) fn freeze(&self) -> Frozen {
+        let t = Instant::now();
+        let _g = self.gate.write().unwrap_or_else(|e| e.into_inner());
+        let mut inner = lock(&self.inner);
+        let chunks: Vec<u64> = std::mem::take(&mut inner.dirty).into_iter().collect();
+        let mut sh = lock(&self.shadow);
+        sh.frozen = chunks.iter().copied().collect();
+        sh.size = inner.size;
+        sh.copies.clear();
+        let fz = Frozen {
+            chunks,
+            size: inner.size,
+            base_size: inner.base_size,
+            version: inner.version,
+            ids: inner.ids.clone(),
+            freeze_us: 0,
+        };
+        drop(sh);
+        drop(inner);
+        let us = t.elapsed().as_micros() as u64;
+        self.stats.last_freeze_us.store(us, Ordering::Relaxed);
+        Frozen {
+            freeze_us: us,
+            ..fz
+        }
+    }
+
+    /// Commits the dirty chunks as a new version (both phases).
+    pub async fn commit(self: &Arc<Self>) -> Result<CommitOutcome, MirrorError> {
+        let _c = self.commit_lock.lock().await;
+        let fz = self.freeze();
+        self.finish(fz).await
+    }
+
+    /// Runs phase 1 now and phase 2 in the background; `wait_commit`
+    /// waits for it.
+    pub async fn commit_background(self: &Arc<Self>) -> CommitOutcome {
+        let guard = self.commit_lock.clone().lock_owned().await;
+        let fz = self.freeze();
+        let out = CommitOutcome {
+            version: fz.version,
+            published: false,
+            chunks_changed: fz.chunks.len() as u64,
+            bytes_uploaded: 0,
+            freeze_us: fz.freeze_us,
+        };
+        let m = self.clone();
+        tokio::spawn(async move {
+            if let Err(e) = m.finish(fz).await {
+                tracing::error!(volume = %m.name(), "background commit failed: {e}");
+            }
+            drop(guard);
+        });
+        out
+    }
+
+    /// Waits until no commit runs; returns the version and the last error.
+    pub async fn wait_commit(&self) -> Result<u64, MirrorError> {
+        let _c = self.commit_lock.lock().await;
+        if let Some(e) = lock(&self.last_error).clone() {
+            return Err(MirrorError::Invalid {
+                name: self.name(),
+                msg: format!("the last commit failed: {e}"),
+            });
+        }
+        Ok(self.version())
+    }
+
+    async fn finish(self: &Arc<Self>, fz: Frozen) -> Result<CommitOutcome, MirrorError> {
+        let res = self.upload_publish(&fz).await;
+        let mut sh = lock(&self.shadow);
+        sh.frozen.clear();
+        sh.copies.clear();
+        drop(sh);
+        match &res {
+            Ok(_) => *lock(&self.last_error) = None,
+            Err(e) => {
+                lock(&self.inner).dirty.extend(fz.chunks.iter().copied());
+                *lock(&self.last_error) = Some(e.to_string());
+            }
+        }
+        res
+    }
+
+    async fn upload_publish(self: &Arc<Self>, fz: &Frozen) -> Result<CommitOutcome, MirrorError> {
+        let name = self.name();
+        if fz.chunks.is_empty() && fz.size == fz.base_size {
+            return Ok(CommitOutcome {
+                version: fz.version,
+                freeze_us: fz.freeze_us,
+                ..Default::default()
+            });
+        }
+        let _ = self.repo.refresh().await;
+        let epoch = self.repo.gc_epoch();
+        let uploaded = std::sync::atomic::AtomicU64::new(0);
+        let sent = std::sync::Mutex::new(HashSet::new());
+        let hashed: Vec<(u64, Option<ChunkId>, Bytes)> = stream::iter(fz.chunks.clone())
+            .map(|i| {
+                let m = self.clone();
+                let (name, uploaded, sent) = (&name, &uploaded, &sent);
+                let base = fz.ids.get(i as usize).copied().flatten();
+                async move {
+                    let (data, id) = tokio::task::spawn_blocking(move || {
+                        let data = m.read_frozen(i)?;
+                        let id = (!is_zero(&data)).then(|| ChunkId::of(&data));
+                        Ok::<_, std::io::Error>((data, id))
+                    })
+                    .await
+                    .map_err(|e| std::io::Error::other(e.to_string()))
+                    .and_then(|r| r)
+                    .map_err(|e| MirrorError::io("read", &self.dir().join("data"), e))?;
+                    if let Some(id) = id.filter(|id| Some(*id) != base) {
+                        if lock(sent).insert(id) {
+                            self.repo
+                                .put_chunk(id, data.clone())
+                                .await
+                                .map_err(|e| MirrorError::repo(name, e))?;
+                            uploaded.fetch_add(data.len() as u64, Ordering::Relaxed);
+                        }
+                    }
+                    Ok::<_, MirrorError>((i, id, data))
+                }
+            })
+            .buffer_unordered(self.repo.concurrency.max(1))
+            .try_collect()
+            .await?;
+        let mut changes: Vec<pb::ChunkChange> = hashed
+            .iter()
+            .filter(|(i, id, _)| fz.ids.get(*i as usize).copied().flatten() != *id)
+            .map(|(i, id, _)| pb::ChunkChange {
+                index: *i,
+                id: id.map(|c| Bytes::copy_from_slice(&c.0)).unwrap_or_default(),
+            })
+            .collect();
+        changes.sort_by_key(|c| c.index);
+        let data_of: HashMap<ChunkId, Bytes> = hashed
+            .iter()
+            .filter_map(|(_, id, d)| id.map(|id| (id, d.clone())))
+            .collect();
+        let n_changes = changes.len() as u64;
+        let version = if changes.is_empty() && fz.size == fz.base_size {
+            fz.version
+        } else {
+            let mut req = pb::PublishRequest {
+                name: name.clone(),
+                create: false,
+                chunk_size: self.chunk_size as u32,
+                base_version: fz.version,
+                size: fz.size,
+                changes,
+                label: String::new(),
+                gc_epoch: epoch,
+            };
+            let mut done = None;
+            for _ in 0..5 {
+                match self.repo.publish(req.clone()).await {
+                    Ok(Publish::Done(v)) => {
+                        done = Some(v);
+                        break;
+                    }
+                    Ok(Publish::Reupload(ids)) => {
+                        for id in ids {
+                            let d = data_of.get(&id).cloned().ok_or_else(|| MirrorError::Invalid {
+                                name: name.clone(),
+                                msg: format!("poold asked to upload chunk {id} again, which this commit did not send"),
+                            })?;
+                            uploaded.fetch_add(d.len() as u64, Ordering::Relaxed);
+                            self.repo
+                                .put_chunk(id, d)
+                                .await
+                                .map_err(|e| MirrorError::repo(&name, e))?;
+                        }
+                        req.gc_epoch = self.repo.gc_epoch();
+                    }
+                    Err(e) if e.code() == Some(tonic::Code::FailedPrecondition) => {
+                        return Err(MirrorError::Stale {
+                            name: name.clone(),
+                            version: fz.version,
+                        })
+                    }
+                    Err(e) => return Err(MirrorError::repo(&name, e)),
+                }
+            }
+            done.ok_or_else(|| MirrorError::Invalid {
+                name: name.clone(),
+                msg: "garbage collection kept reclaiming the chunks being committed; commit again"
+                    .into(),
+            })?
+        };
+        {
+            let mut inner = lock(&self.inner);
+            inner.version = version;
+            inner.base_size = fz.size;
+            for (i, id, _) in &hashed {
+                let u = *i as usize;
+                if u < inner.ids.len() {
+                    inner.ids[u] = *id;
+                    if !inner.dirty.contains(i) && inner.st[u] == ChunkState::Dirty {
+                        inner.st[u] = ChunkState::Present;
+                    }
+                }
+            }
+            inner.changed = true;
+        }
+        let bytes = uploaded.load(Ordering::Relaxed);
+        self.stats
+            .bytes_committed
+            .fetch_add(bytes, Ordering::Relaxed);
+        self.stats.commits.fetch_add(1, Ordering::Relaxed);
+        self.flush_state(false)?;
+        tracing::info!(volume = %name, version, chunks = n_changes, bytes, freeze_us = fz.freeze_us, "committed");
+        Ok(CommitOutcome {
+            version,
+            published: version != fz.version,
+            chunks_changed: n_changes,
+            bytes_uploaded: bytes,
+            freeze_us: fz.freeze_us,
+        })
+    }
+
+    /// CLONE: makes the mirror's base version a new volume `new` (O(1) on
+    /// poold), switches the mirror to it and commits the local changes
+    /// into it. The old volume is unchanged.
+    pub async fn clone_to(
+        self: &Arc<Self>,
+        vols: &std::path::Path,
+        new: &str,
+    ) -> Result<CommitOutcome, MirrorError> {
+        let _c = self.commit_lock.lock().await;
+        let old = self.name();
+        let version = self.version();
+        let info = self
+            .repo
+            .clone_blob(&old, version, new)
+            .await
+            .map_err(|e| match e.code() {
+                Some(tonic::Code::NotFound) => MirrorError::UnknownVolume(old.clone()),
+                _ => MirrorError::repo(new, e),
+            })?;
+        let new_dir = vols.join(super::attach::dir_name(new));
+        {
+            let _g = self.gate.write().unwrap_or_else(|e| e.into_inner());
+            let mut inner = lock(&self.inner);
+            let _ = std::fs::remove_dir_all(&new_dir);
+            let old_dir = self.dir();
+            std::fs::rename(&old_dir, &new_dir)
+                .map_err(|e| MirrorError::io("rename", &old_dir, e))?;
+            *self.dir.write().unwrap_or_else(|e| e.into_inner()) = new_dir;
+            *self.name.write().unwrap_or_else(|e| e.into_inner()) = new.to_string();
+            inner.blob_id = info.id;
+            inner.version = info.latest_version;
+            inner.pinned = false;
+            inner.changed = true;
+        }
+        self.flush_state(false)?;
+        tracing::info!(volume = %old, clone = %new, version, "cloned; the mirror continues on the clone");
+        let fz = self.freeze();
+        self.finish(fz).await
+    }
+
+    /// Changes the size of the mirror; the caller commits it. The chunk
+    /// that straddles the old or new end is made local and dirty so its
+    /// bytes past the end read as zeros and its new length is published.
+    pub async fn resize(self: &Arc<Self>, new_size: u64) -> Result<(), MirrorError> {
+        let cs = self.chunk_size;
+        let name = self.name();
+        let _c = self.commit_lock.lock().await;
+        let old_size = self.size();
+        if new_size == old_size {
+            return Ok(());
+        }
+        let edge = old_size.min(new_size);
+        let straddle = (edge % cs != 0).then_some(edge / cs);
+        if let Some(i) = straddle {
+            if self
+                .ensure(i, false)
+                .await
+                .map_err(|e| MirrorError::Io {
+                    op: "fetch",
+                    path: format!("chunk {i} of {name}"),
+                    source: std::io::Error::from_raw_os_error(e),
+                })?
+                .is_some()
+            {
+                return Err(MirrorError::io(
+                    "store",
+                    &self.dir().join("data"),
+                    std::io::Error::from_raw_os_error(libc::ENOSPC),
+                ));
+            }
+        }
+        let _g = self.gate.write().unwrap_or_else(|e| e.into_inner());
+        let mut inner = lock(&self.inner);
+        let path = self.dir().join("data");
+        if let Some(i) = straddle {
+            if !inner.st[i as usize].is_local() && inner.ids[i as usize].is_some() {
+                return Err(MirrorError::Invalid {
+                    name,
+                    msg: "the last chunk changed while resizing; try again".into(),
+                });
+            }
+            if !inner.st[i as usize].is_local() {
+                self.punch_local_chunk(i, old_size)?;
+            }
+        }
+        // Cut the data file to the smaller size first so the tail is zero.
+        self.data
+            .set_len(edge)
+            .and_then(|_| self.data.set_len(new_size))
+            .map_err(|e| MirrorError::io("resize", &path, e))?;
+        let n = chunk_count(new_size, cs as u32) as usize;
+        inner.st.resize(n, ChunkState::Absent);
+        inner.ids.resize(n, None);
+        inner.seen.resize(n, false);
+        inner.dirty.retain(|&i| (i as usize) < n);
+        if let Some(i) = straddle {
+            inner.st[i as usize] = ChunkState::Dirty;
+            inner.dirty.insert(i);
+        }
+        inner.size = new_size;
+        inner.changed = true;
+        Ok(())
+    }
+
+    fn punch_local_chunk(&self, i: u64, size: u64) -> Result<(), MirrorError> {
+        let cs = self.chunk_size;
+        let len = chunk_len(size, cs, i) as usize;
+        use std::os::unix::fs::FileExt;
+        self.data
+            .write_all_at(&vec![0u8; len], i * cs)
+            .map_err(|e| MirrorError::io("write", &self.dir().join("data"), e))
+    }
+}

@@ -1,0 +1,351 @@
+//! One local mirror of a volume: a sparse data file and a chunk-state map in
+//! `CACHE/vols/NAME/`, the base version's chunk map, and the bookkeeping that
+//! the read/write path (`io`), COMMIT/CLONE (`commit`) and attach/restart
+//! (`attach`) share.
+//!
+//! Concurrency model:
+//! * `inner` (a short-held mutex) owns the chunk states, the base chunk map,
+//!   the dirty set and the in-flight fetch map; no I/O is done under it except
+//!   the rare zeroing of a hole chunk that a write only partly covers.
+//! * `gate` is held shared by every local write for the whole
+//!   check-mark-write sequence, and exclusively by COMMIT phase 1 (and
+//!   resize/rebase), so phase 1 sees no half-done write.
+//! * `shadow` holds the chunks frozen by phase 1 that phase 2 has not read
+//!   yet, and the copies writers made of them before overwriting them.
+//! * a fetch is one `OnceCell` per chunk in `inner.inflight`: every reader of
+//!   the chunk awaits the same cell, so each chunk is fetched once.
+
+mod attach;
+mod commit;
+mod io;
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+
+use blobvirt_core::{ChunkId, Repo, RepoError};
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+use crate::statemap::{ChunkState, StateError, StateMap};
+
+pub use commit::CommitOutcome;
+
+/// An errno value (`libc::E*`) for the FUSE layer.
+pub type Errno = i32;
+
+/// What one fetch produced: `None` when the chunk is now local, the bytes
+/// when they could not be stored (cache disk full) and must be served from
+/// memory, an errno on failure.
+type Fetched = Result<Option<Bytes>, Errno>;
+
+/// What happens to local changes when the last writer closes the volume.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnClose {
+    /// Commit them as a new version (close-to-open; the default).
+    #[default]
+    Commit,
+    /// Keep them in the local mirror only.
+    Keep,
+    /// Throw them away; the mirror returns to its base version.
+    Discard,
+}
+
+/// Errors of mirror operations.
+#[derive(Debug, thiserror::Error)]
+pub enum MirrorError {
+    #[error("volume {0} does not exist; list volumes with blobvirt vol-list")]
+    UnknownVolume(String),
+    #[error("volume {name}: {source}")]
+    Repo {
+        name: String,
+        #[source]
+        source: RepoError,
+    },
+    #[error("cannot {op} {path}: {source}")]
+    Io {
+        op: &'static str,
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("volume {name} has a newer version than {version} made elsewhere, and this mirror holds uncommitted changes based on {version}; export them with vol-export of the mounted file or discard them with set-policy discard")]
+    Stale { name: String, version: u64 },
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error("volume {name}: {msg}")]
+    Invalid { name: String, msg: String },
+}
+
+impl MirrorError {
+    pub fn errno(&self) -> Errno {
+        match self {
+            MirrorError::UnknownVolume(_) => libc::ENOENT,
+            MirrorError::Repo { source, .. } => match source.code() {
+                Some(tonic::Code::NotFound) => libc::ENOENT,
+                Some(tonic::Code::AlreadyExists) => libc::EEXIST,
+                Some(tonic::Code::InvalidArgument) => libc::EINVAL,
+                Some(tonic::Code::FailedPrecondition) => libc::ESTALE,
+                _ => libc::EIO,
+            },
+            MirrorError::Io { source, .. } => source.raw_os_error().unwrap_or(libc::EIO),
+            MirrorError::Stale { .. } => libc::ESTALE,
+            MirrorError::State(_) => libc::EIO,
+            MirrorError::Invalid { .. } => libc::EINVAL,
+        }
+    }
+
+    pub(crate) fn repo(name: &str, source: RepoError) -> Self {
+        if source.code() == Some(tonic::Code::NotFound) {
+            return MirrorError::UnknownVolume(name.to_string());
+        }
+        MirrorError::Repo {
+            name: name.to_string(),
+            source,
+        }
+    }
+
+    pub(crate) fn io(op: &'static str, path: &Path, source: std::io::Error) -> Self {
+        MirrorError::Io {
+            op,
+            path: path.display().to_string(),
+            source,
+        }
+    }
+}
+
+/// Counters shown by `status`.
+#[derive(Default, Debug)]
+pub struct Stats {
+    pub bytes_fetched: AtomicU64,
+    pub fetches: AtomicU64,
+    pub bytes_committed: AtomicU64,
+    pub prefetched: AtomicU64,
+    pub last_freeze_us: AtomicU64,
+    pub commits: AtomicU64,
+}
+
+/// One attached volume as `status` reports it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VolumeStatus {
+    pub name: String,
+    pub version: u64,
+    pub size: u64,
+    pub chunk_size: u32,
+    pub chunks: u64,
+    pub chunks_present: u64,
+    pub chunks_dirty: u64,
+    pub bytes_fetched: u64,
+    pub bytes_committed: u64,
+    pub fetches: u64,
+    pub prefetched: u64,
+    pub commits: u64,
+    /// Duration of the last COMMIT phase 1, in microseconds.
+    pub last_freeze_us: u64,
+    pub open_handles: u64,
+    pub writers: u64,
+    pub on_close: OnClose,
+    /// The last background commit's error, if it failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+}
+
+pub(crate) struct Inner {
+    pub(crate) blob_id: u64,
+    pub(crate) version: u64,
+    /// Size of the base version (a commit is needed when `size` differs).
+    pub(crate) base_size: u64,
+    /// Current size of the mirror.
+    pub(crate) size: u64,
+    /// Attached at an explicit older version: no automatic rebase.
+    pub(crate) pinned: bool,
+    /// Chunk map of the base version, extended with holes to `size`.
+    pub(crate) ids: Vec<Option<ChunkId>>,
+    pub(crate) st: Vec<ChunkState>,
+    /// Chunks written since the last COMMIT phase 1.
+    pub(crate) dirty: BTreeSet<u64>,
+    pub(crate) inflight: HashMap<u64, Arc<tokio::sync::OnceCell<Fetched>>>,
+    /// The state map changed since it was last written.
+    pub(crate) changed: bool,
+    /// First-read order since attach (boot profile).
+    pub(crate) seen: Vec<bool>,
+    pub(crate) order: Vec<u64>,
+    pub(crate) profile_saved_len: usize,
+}
+
+#[derive(Default)]
+pub(crate) struct Shadow {
+    /// Frozen chunks phase 2 has not read yet.
+    pub(crate) frozen: HashSet<u64>,
+    /// Size of the volume at phase 1.
+    pub(crate) size: u64,
+    /// Phase-1 content of frozen chunks that were overwritten since.
+    pub(crate) copies: HashMap<u64, Bytes>,
+}
+
+/// A mirrored volume.
+pub struct Mirror {
+    repo: Repo,
+    name: RwLock<String>,
+    dir: RwLock<PathBuf>,
+    data: File,
+    chunk_size: u64,
+    pub(crate) inner: Mutex<Inner>,
+    gate: RwLock<()>,
+    shadow: Mutex<Shadow>,
+    commit_lock: Arc<tokio::sync::Mutex<()>>,
+    flush_lock: Mutex<()>,
+    pub stats: Stats,
+    /// On-demand fetches being awaited (prefetch yields to them).
+    demand: AtomicUsize,
+    pub(crate) policy: Mutex<OnClose>,
+    pub(crate) last_error: Mutex<Option<String>>,
+    /// Open FUSE handles and writable ones (maintained by the volume table).
+    pub(crate) handles: AtomicU64,
+    pub(crate) writers: AtomicU64,
+    /// Serialises lease acquisition and release for this volume.
+    pub(crate) lease: tokio::sync::Mutex<Option<crate::lease::Lease>>,
+}
+
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Length of chunk `i` of a volume of `size` bytes.
+pub(crate) fn chunk_len(size: u64, cs: u64, i: u64) -> u64 {
+    cs.min(size.saturating_sub(i * cs))
+}
+
+impl Mirror {
+    pub fn name(&self) -> String {
+        self.name.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    pub fn dir(&self) -> PathBuf {
+        self.dir.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    pub fn chunk_size(&self) -> u64 {
+        self.chunk_size
+    }
+
+    pub fn size(&self) -> u64 {
+        lock(&self.inner).size
+    }
+
+    pub fn version(&self) -> u64 {
+        lock(&self.inner).version
+    }
+
+    pub fn blob_id(&self) -> u64 {
+        lock(&self.inner).blob_id
+    }
+
+    pub fn repo(&self) -> &Repo {
+        &self.repo
+    }
+
+    pub fn policy(&self) -> OnClose {
+        *lock(&self.policy)
+    }
+
+    pub fn set_policy(&self, p: OnClose) {
+        *lock(&self.policy) = p;
+    }
+
+    /// True when local changes exist that no version holds yet.
+    pub fn has_changes(&self) -> bool {
+        let i = lock(&self.inner);
+        !i.dirty.is_empty() || i.st.contains(&ChunkState::Dirty) || i.size != i.base_size
+    }
+
+    /// Allocated size in 512-byte blocks (chunks that are not holes).
+    pub fn blocks(&self) -> u64 {
+        let i = lock(&self.inner);
+        let n =
+            i.st.iter()
+                .zip(&i.ids)
+                .filter(|(s, id)| s.is_local() || id.is_some())
+                .count() as u64;
+        (n * self.chunk_size).min(i.size.div_ceil(512) * 512) / 512
+    }
+
+    pub fn status(&self) -> VolumeStatus {
+        let i = lock(&self.inner);
+        let s = &self.stats;
+        VolumeStatus {
+            name: self.name(),
+            version: i.version,
+            size: i.size,
+            chunk_size: self.chunk_size as u32,
+            chunks: i.st.len() as u64,
+            chunks_present: i.st.iter().filter(|s| s.is_local()).count() as u64,
+            chunks_dirty: i.st.iter().filter(|s| **s == ChunkState::Dirty).count() as u64,
+            bytes_fetched: s.bytes_fetched.load(Ordering::Relaxed),
+            bytes_committed: s.bytes_committed.load(Ordering::Relaxed),
+            fetches: s.fetches.load(Ordering::Relaxed),
+            prefetched: s.prefetched.load(Ordering::Relaxed),
+            commits: s.commits.load(Ordering::Relaxed),
+            last_freeze_us: s.last_freeze_us.load(Ordering::Relaxed),
+            open_handles: self.handles.load(Ordering::Relaxed),
+            writers: self.writers.load(Ordering::Relaxed),
+            on_close: self.policy(),
+            last_error: lock(&self.last_error).clone(),
+        }
+    }
+
+    /// Makes the data file and then the state map durable. With `clean`,
+    /// marks the map as written at a clean shutdown (no verify on restart).
+    pub fn flush_state(&self, clean: bool) -> Result<(), MirrorError> {
+        let _f = lock(&self.flush_lock);
+        let map = {
+            let mut i = lock(&self.inner);
+            i.changed = false;
+            StateMap {
+                clean,
+                chunk_size: self.chunk_size as u32,
+                blob_id: i.blob_id,
+                version: i.version,
+                size: i.size,
+                name: self.name(),
+                states: i.st.clone(),
+            }
+        };
+        let dir = self.dir();
+        let res = self
+            .data
+            .sync_data()
+            .map_err(|e| MirrorError::io("sync", &dir.join("data"), e))
+            .and_then(|_| {
+                map.write(&dir.join("state"))
+                    .map_err(|e| MirrorError::io("write", &dir.join("state"), e))
+            });
+        if res.is_err() {
+            lock(&self.inner).changed = true;
+        }
+        res
+    }
+
+    /// Flushes the state map if it changed since the last flush.
+    pub fn flush_if_changed(&self) -> Result<(), MirrorError> {
+        if lock(&self.inner).changed {
+            self.flush_state(false)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// The recorded first-read order, if it grew since the last call.
+    pub(crate) fn take_profile(&self) -> Option<Vec<u64>> {
+        let mut i = lock(&self.inner);
+        if i.order.len() > i.profile_saved_len {
+            i.profile_saved_len = i.order.len();
+            Some(i.order.clone())
+        } else {
+            None
+        }
+    }
+}

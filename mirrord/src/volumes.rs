@@ -1,0 +1,542 @@
+//! The volume table shared by the FUSE file system and the control API:
+//! the listing of the repository (refreshed from poold), inode numbers,
+//! attached mirrors, open handles, writer leases and close-to-open commits.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use blobvirt_core::chunk::DEFAULT_CHUNK_SIZE;
+use blobvirt_core::proto as pb;
+use blobvirt_core::Repo;
+
+use crate::lease::{self, LeaseError};
+use crate::mirror::{lock, Errno, Mirror, MirrorError, OnClose};
+
+/// A volume as the file system shows it.
+#[derive(Clone, Debug)]
+pub struct Entry {
+    pub ino: u64,
+    pub name: String,
+    /// Size of the latest version (an attached mirror's own size wins).
+    pub size: u64,
+    pub mtime: SystemTime,
+    pub perm: u16,
+    pub uid: u32,
+    pub gid: u32,
+}
+
+/// An open file.
+pub struct Handle {
+    pub mirror: Arc<Mirror>,
+    pub writable: bool,
+}
+
+#[derive(Default)]
+struct Table {
+    inos: HashMap<String, u64>,
+    entries: HashMap<u64, Entry>,
+    next_ino: u64,
+}
+
+/// Everything mirrord knows about volumes.
+pub struct Volumes {
+    pub repo: Repo,
+    pub vols_dir: PathBuf,
+    /// Lease holder name: `mirrord@HOST:MOUNT`.
+    pub holder: String,
+    table: Mutex<Table>,
+    mirrors: Mutex<HashMap<String, Arc<Mirror>>>,
+    attach_lock: tokio::sync::Mutex<()>,
+    handles: Mutex<HashMap<u64, Arc<Handle>>>,
+    next_fh: AtomicU64,
+}
+
+/// An error with the errno the file system answers and a sentence for logs
+/// and the control API.
+#[derive(Debug)]
+pub struct OpError {
+    pub errno: Errno,
+    pub msg: String,
+}
+
+impl std::fmt::Display for OpError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.msg)
+    }
+}
+
+impl std::error::Error for OpError {}
+
+impl From<MirrorError> for OpError {
+    fn from(e: MirrorError) -> Self {
+        OpError {
+            errno: e.errno(),
+            msg: e.to_string(),
+        }
+    }
+}
+
+impl From<LeaseError> for OpError {
+    fn from(e: LeaseError) -> Self {
+        let errno = match e {
+            LeaseError::Held { .. } => libc::EBUSY,
+            LeaseError::Pool { .. } => libc::EIO,
+        };
+        OpError {
+            errno,
+            msg: e.to_string(),
+        }
+    }
+}
+
+impl OpError {
+    pub fn new(errno: Errno, msg: impl Into<String>) -> Self {
+        OpError {
+            errno,
+            msg: msg.into(),
+        }
+    }
+}
+
+fn entry_of(b: &pb::BlobInfo, ino: u64) -> Entry {
+    let latest = b.versions.iter().find(|v| v.version == b.latest_version);
+    Entry {
+        ino,
+        name: b.name.clone(),
+        size: latest.map_or(0, |v| v.size),
+        mtime: UNIX_EPOCH + Duration::from_secs(latest.map_or(0, |v| v.created.max(0) as u64)),
+        perm: 0o666,
+        uid: 0,
+        gid: 0,
+    }
+}
+
+impl Volumes {
+    pub fn new(repo: Repo, vols_dir: PathBuf, holder: String) -> Self {
+        Volumes {
+            repo,
+            vols_dir,
+            holder,
+            table: Mutex::new(Table {
+                next_ino: 2,
+                ..Default::default()
+            }),
+            mirrors: Mutex::default(),
+            attach_lock: tokio::sync::Mutex::new(()),
+            handles: Mutex::default(),
+            next_fh: AtomicU64::new(1),
+        }
+    }
+
+    fn upsert(&self, b: &pb::BlobInfo) -> Entry {
+        let mut t = lock(&self.table);
+        let ino = match t.inos.get(&b.name) {
+            Some(&i) => i,
+            None => {
+                let i = t.next_ino;
+                t.next_ino += 1;
+                t.inos.insert(b.name.clone(), i);
+                i
+            }
+        };
+        let mut e = entry_of(b, ino);
+        if let Some(old) = t.entries.get(&ino) {
+            (e.perm, e.uid, e.gid) = (old.perm, old.uid, old.gid);
+        }
+        t.entries.insert(ino, e.clone());
+        e
+    }
+
+    /// Reloads the listing from poold: new volumes appear, deleted ones
+    /// disappear (unless this node has them open).
+    pub async fn refresh(&self) -> Result<(), MirrorError> {
+        let blobs = self
+            .repo
+            .list_blobs()
+            .await
+            .map_err(|e| MirrorError::repo("(listing)", e))?;
+        let names: std::collections::HashSet<&str> =
+            blobs.iter().map(|b| b.name.as_str()).collect();
+        for b in &blobs {
+            self.upsert(b);
+        }
+        let open: std::collections::HashSet<String> = lock(&self.mirrors)
+            .iter()
+            .filter(|(_, m)| m.handles.load(Ordering::Relaxed) > 0)
+            .map(|(n, _)| n.clone())
+            .collect();
+        lock(&self.table)
+            .entries
+            .retain(|_, e| names.contains(e.name.as_str()) || open.contains(&e.name));
+        Ok(())
+    }
+
+    /// Looks a volume up in poold (for names not listed yet).
+    pub async fn fetch_entry(&self, name: &str) -> Result<Entry, MirrorError> {
+        let b = self
+            .repo
+            .get_blob(name)
+            .await
+            .map_err(|e| MirrorError::repo(name, e))?;
+        Ok(self.upsert(&b))
+    }
+
+    pub fn by_name(&self, name: &str) -> Option<Entry> {
+        let t = lock(&self.table);
+        t.inos.get(name).and_then(|i| t.entries.get(i)).cloned()
+    }
+
+    pub fn by_ino(&self, ino: u64) -> Option<Entry> {
+        lock(&self.table).entries.get(&ino).cloned()
+    }
+
+    pub fn list(&self) -> Vec<Entry> {
+        let mut v: Vec<Entry> = lock(&self.table).entries.values().cloned().collect();
+        v.sort_by_key(|e| e.ino);
+        v
+    }
+
+    pub fn set_owner(&self, ino: u64, perm: Option<u16>, uid: Option<u32>, gid: Option<u32>) {
+        if let Some(e) = lock(&self.table).entries.get_mut(&ino) {
+            e.perm = perm.unwrap_or(e.perm);
+            e.uid = uid.unwrap_or(e.uid);
+            e.gid = gid.unwrap_or(e.gid);
+        }
+    }
+
+    pub fn attached(&self, name: &str) -> Option<Arc<Mirror>> {
+        lock(&self.mirrors).get(name).cloned()
+    }
+
+    pub fn mirrors(&self) -> Vec<Arc<Mirror>> {
+        lock(&self.mirrors).values().cloned().collect()
+    }
+
+    pub fn handle(&self, fh: u64) -> Option<Arc<Handle>> {
+        lock(&self.handles).get(&fh).cloned()
+    }
+
+    /// The attached mirror of `name`, attaching it (and starting the boot
+    /// prefetch) when needed.
+    pub async fn mirror(
+        self: &Arc<Self>,
+        name: &str,
+        version: Option<u64>,
+    ) -> Result<Arc<Mirror>, OpError> {
+        if let Some(m) = self.attached(name) {
+            if let Some(v) = version.filter(|v| *v != m.version()) {
+                if m.handles.load(Ordering::Relaxed) > 0 || m.has_changes() {
+                    return Err(OpError::new(libc::EBUSY, format!("volume {name} is attached at version {} with open files or local changes; close and commit them before attaching version {v}", m.version())));
+                }
+                m.rebase(v, true).await?;
+            }
+            return Ok(m);
+        }
+        let _a = self.attach_lock.lock().await;
+        if let Some(m) = self.attached(name) {
+            return Ok(m);
+        }
+        let m = Mirror::attach(&self.repo, &self.vols_dir, name, version).await?;
+        lock(&self.mirrors).insert(name.to_string(), m.clone());
+        tracing::info!(volume = name, version = m.version(), "attached");
+        let me = self.clone();
+        let mm = m.clone();
+        tokio::spawn(async move {
+            let n = me.prefetch(&mm, false).await;
+            if n > 0 {
+                tracing::info!(volume = %mm.name(), chunks = n, "prefetching the boot profile");
+            }
+        });
+        Ok(m)
+    }
+
+    /// Opens volume `name`; a writable open takes the writer lease.
+    pub async fn open(
+        self: &Arc<Self>,
+        name: &str,
+        writable: bool,
+    ) -> Result<(u64, Arc<Mirror>), OpError> {
+        let m = self.mirror(name, None).await?;
+        if m.handles.load(Ordering::SeqCst) == 0 && !lock(&m.inner).pinned && !m.has_changes() {
+            if let Ok(b) = self.repo.get_blob(name).await {
+                if b.latest_version > m.version() && b.id == m.blob_id() {
+                    m.rebase(b.latest_version, false).await?;
+                }
+            }
+        }
+        if writable {
+            if lock(&m.inner).pinned {
+                return Err(OpError::new(libc::EROFS, format!("volume {name} is attached at the older version {}; attach the latest version to write", m.version())));
+            }
+            let mut l = m.lease.lock().await;
+            if l.is_none() {
+                *l = Some(lease::acquire(&self.repo, name, &self.holder).await?);
+            }
+            m.writers.fetch_add(1, Ordering::SeqCst);
+        }
+        m.handles.fetch_add(1, Ordering::SeqCst);
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        lock(&self.handles).insert(
+            fh,
+            Arc::new(Handle {
+                mirror: m.clone(),
+                writable,
+            }),
+        );
+        Ok((fh, m))
+    }
+
+    /// Closes a handle. The last writer's close commits (or keeps or
+    /// discards) the changes per policy and then gives the lease back.
+    pub fn release(self: &Arc<Self>, fh: u64) {
+        let Some(h) = lock(&self.handles).remove(&fh) else {
+            return;
+        };
+        let m = h.mirror.clone();
+        let last = m.handles.fetch_sub(1, Ordering::SeqCst) == 1;
+        let last_writer = h.writable && m.writers.fetch_sub(1, Ordering::SeqCst) == 1;
+        let me = self.clone();
+        if last_writer {
+            tokio::spawn(async move { me.close_writer(&m).await });
+        } else if last {
+            tokio::spawn(async move { me.save_profile(&m).await });
+        }
+    }
+
+    async fn close_writer(&self, m: &Arc<Mirror>) {
+        let name = m.name();
+        match m.policy() {
+            OnClose::Commit => match m.commit().await {
+                Ok(o) if o.published => {
+                    tracing::info!(volume = %name, version = o.version, "close-to-open commit done")
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::error!(volume = %name, "close-to-open commit failed; the changes stay in the local mirror: {e}")
+                }
+            },
+            OnClose::Keep => {}
+            OnClose::Discard => {
+                if let Err(e) = m.discard().await {
+                    tracing::error!(volume = %name, "cannot discard local changes: {e}");
+                }
+            }
+        }
+        if let Err(e) = m.flush_state(false) {
+            tracing::error!(volume = %name, "cannot save the mirror state: {e}");
+        }
+        let mut l = m.lease.lock().await;
+        if m.writers.load(Ordering::SeqCst) == 0 {
+            if let Some(lease) = l.take() {
+                lease.release().await;
+            }
+        }
+        drop(l);
+        self.save_profile(m).await;
+    }
+
+    /// Stores the first-read order recorded since attach as the volume's
+    /// boot profile.
+    pub async fn save_profile(&self, m: &Mirror) {
+        if let Some(chunks) = m.take_profile() {
+            let p = pb::Profile {
+                name: m.name(),
+                chunks,
+            };
+            if let Err(s) = self.repo.pool().put_profile(p).await {
+                tracing::warn!(volume = %m.name(), "cannot store the boot profile: {}", s.message());
+            }
+        }
+    }
+
+    async fn get_profile(&self, name: &str) -> Vec<u64> {
+        let req = pb::GetProfileRequest { name: name.into() };
+        match self.repo.pool().get_profile(req).await {
+            Ok(p) => p.into_inner().chunks,
+            Err(_) => Vec::new(),
+        }
+    }
+
+    /// Fetches the volume's boot profile (or its origin's) in the
+    /// background, behind on-demand reads; with `all`, then every other
+    /// chunk. Returns how many chunks were queued.
+    pub async fn prefetch(&self, m: &Arc<Mirror>, all: bool) -> usize {
+        let name = m.name();
+        let mut order = self.get_profile(&name).await;
+        if order.is_empty() {
+            if let Ok(b) = self.repo.get_blob(&name).await {
+                if let Ok((origin, _)) = blobvirt_core::parse_spec(&b.origin) {
+                    if !origin.is_empty() {
+                        order = self.get_profile(&origin).await;
+                    }
+                }
+            }
+        }
+        let n = lock(&m.inner).st.len() as u64;
+        order.retain(|&i| i < n);
+        if all {
+            let mut seen = vec![false; n as usize];
+            order.iter().for_each(|&i| seen[i as usize] = true);
+            order.extend((0..n).filter(|&i| !seen[i as usize]));
+        }
+        let queued = order.len();
+        let m = m.clone();
+        tokio::spawn(async move {
+            use futures::stream::{self, StreamExt};
+            stream::iter(order)
+                .for_each_concurrent(4, |i| {
+                    let m = m.clone();
+                    async move {
+                        m.yield_to_demand().await;
+                        let _ = m.ensure(i, true).await;
+                    }
+                })
+                .await;
+        });
+        queued
+    }
+
+    /// Stops mirroring `name` (no open files allowed): saves the profile
+    /// and a clean state; the cache stays for the next attach.
+    pub async fn detach(&self, name: &str) -> Result<(), OpError> {
+        let m = self
+            .attached(name)
+            .ok_or_else(|| OpError::new(libc::ENOENT, format!("volume {name} is not attached; see the attached volumes with blobvirt mirror-status")))?;
+        if m.handles.load(Ordering::SeqCst) > 0 {
+            return Err(OpError::new(libc::EBUSY, format!("volume {name} is still open on this node; close it (stop the domain) before detaching")));
+        }
+        m.wait_commit().await.ok();
+        self.save_profile(&m).await;
+        m.flush_state(true)?;
+        lock(&self.mirrors).remove(name);
+        tracing::info!(volume = name, "detached");
+        Ok(())
+    }
+
+    /// Creates an empty volume (size 0, default chunk size).
+    pub async fn create(&self, name: &str) -> Result<Entry, OpError> {
+        let req = pb::PublishRequest {
+            name: name.into(),
+            create: true,
+            chunk_size: DEFAULT_CHUNK_SIZE,
+            base_version: 0,
+            size: 0,
+            changes: vec![],
+            label: String::new(),
+            gc_epoch: self.repo.gc_epoch(),
+        };
+        self.repo
+            .publish(req)
+            .await
+            .map_err(|e| MirrorError::repo(name, e))?;
+        Ok(self.fetch_entry(name).await?)
+    }
+
+    /// Deletes volume `name` from the repository and its local mirror.
+    pub async fn unlink(&self, name: &str) -> Result<(), OpError> {
+        if let Some(m) = self.attached(name) {
+            if m.handles.load(Ordering::SeqCst) > 0 {
+                return Err(OpError::new(
+                    libc::EBUSY,
+                    format!("volume {name} is open on this node; close it before deleting it"),
+                ));
+            }
+        }
+        self.repo
+            .delete(name, 0)
+            .await
+            .map_err(|e| MirrorError::repo(name, e))?;
+        if let Some(m) = lock(&self.mirrors).remove(name) {
+            let _ = std::fs::remove_dir_all(m.dir());
+        }
+        let mut t = lock(&self.table);
+        if let Some(ino) = t.inos.get(name).copied() {
+            t.entries.remove(&ino);
+        }
+        Ok(())
+    }
+
+    /// CLONE: the mirror of `name` continues as the new volume `new`.
+    pub async fn clone_volume(self: &Arc<Self>, name: &str, new: &str) -> Result<u64, OpError> {
+        let m = self.mirror(name, None).await?;
+        let mut l = m.lease.lock().await;
+        let new_lease = if l.is_some() {
+            Some(lease::acquire(&self.repo, new, &self.holder).await?)
+        } else {
+            None
+        };
+        let out = m.clone_to(&self.vols_dir, new).await;
+        {
+            let mut ms = lock(&self.mirrors);
+            if ms.get(name).is_some_and(|x| Arc::ptr_eq(x, &m)) && m.name() == new {
+                ms.remove(name);
+                ms.insert(new.to_string(), m.clone());
+            }
+        }
+        if m.name() == new {
+            if let Some(old) = l.take() {
+                old.release().await;
+            }
+            *l = new_lease;
+        } else if let Some(nl) = new_lease {
+            nl.release().await;
+        }
+        drop(l);
+        let _ = self.fetch_entry(new).await;
+        let _ = self.fetch_entry(name).await;
+        Ok(out?.version)
+    }
+
+    /// Sets the size of `name` and publishes it at once (with any other
+    /// local changes), taking the writer lease for the duration if no
+    /// writer holds it.
+    pub async fn set_size(self: &Arc<Self>, name: &str, size: u64) -> Result<Entry, OpError> {
+        let m = self.mirror(name, None).await?;
+        let l = m.lease.lock().await;
+        let temp = if l.is_none() {
+            Some(lease::acquire(&self.repo, name, &self.holder).await?)
+        } else {
+            None
+        };
+        let res = async {
+            m.resize(size).await?;
+            m.commit().await
+        }
+        .await;
+        if let Some(t) = temp {
+            t.release().await;
+        }
+        drop(l);
+        res?;
+        let e = self.fetch_entry(name).await?;
+        Ok(e)
+    }
+
+    /// SIGTERM: commit or keep per policy, save clean states, release leases.
+    pub async fn shutdown(&self) {
+        for m in self.mirrors() {
+            let name = m.name();
+            if m.policy() == OnClose::Commit && m.has_changes() {
+                match m.commit().await {
+                    Ok(o) => {
+                        tracing::info!(volume = %name, version = o.version, "committed at shutdown")
+                    }
+                    Err(e) => {
+                        tracing::error!(volume = %name, "commit at shutdown failed; the changes stay in the local mirror: {e}")
+                    }
+                }
+            }
+            let _ = m.wait_commit().await;
+            self.save_profile(&m).await;
+            if let Err(e) = m.flush_state(true) {
+                tracing::error!(volume = %name, "cannot save the mirror state: {e}");
+            }
+            if let Some(l) = m.lease.lock().await.take() {
+                l.release().await;
+            }
+        }
+    }
+}
