@@ -47,7 +47,13 @@ fn status_up_restart_down() {
         assert!(n["addr"].as_str().unwrap().starts_with("127.0.0.1:"), "{n}");
         assert_eq!(n["chunks"], 0);
         assert_eq!(n["bytes"], 0);
+        let (free, total) = (
+            n["free_bytes"].as_u64().unwrap(),
+            n["total_bytes"].as_u64().unwrap(),
+        );
+        assert!(total > 0 && free <= total, "{n}");
     }
+    assert_eq!(s["nodes_alive"], 3);
     assert_eq!(s["stored_bytes"], 0);
     assert!(s["meta_nodes"].is_u64(), "{s}");
     let meta0 = s["meta_nodes"].as_u64().unwrap();
@@ -55,8 +61,18 @@ fn status_up_restart_down() {
     // 2 MiB of random data (8 chunks) and 1 MiB of holes: 16 stored copies.
     let img = c.tmp.path().join("img.raw");
     write_image(&img, 3 * MIB, &[(MIB, MIB)], 7);
-    let out = c.ok(&["vol-import", img.to_str().unwrap(), "disk"]);
-    assert!(out.contains("as disk@1"), "{out}");
+    let o = run(c.p(), &["vol-import", img.to_str().unwrap(), "disk"]);
+    assert!(o.status.success());
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        out.contains("as disk@1") && out.contains("4 holes"),
+        "{out}"
+    );
+    assert_eq!(out.lines().count(), 1, "one summary line: {out}");
+    assert!(
+        o.stderr.is_empty(),
+        "no progress bar when stdout is not a terminal"
+    );
     let s = c.status();
     assert_eq!(s["stored_chunks"], 16, "{s}");
     assert_eq!(s["stored_bytes"], 2 * 2 * MIB, "{s}");
