@@ -3,7 +3,7 @@
 //! them over gRPC (`ChunkStore` in `core/proto/blobvirt.proto`).
 //!
 //! - [`store`]: disk layout, atomic Put, verified Get, quarantine, counters;
-//! - [`durable`]: group commit of the directory fsyncs that make Puts durable;
+//! - [`durable`]: how Puts are made durable (per-Put fsyncs or syncfs group commit);
 //! - [`service`]: the gRPC service over the store;
 //! - [`membership`]: registration and heartbeats with poold;
 //! - this module: options, node identity, startup and graceful shutdown.
@@ -11,6 +11,16 @@
 //! Startup: lock `DIR/chunkd.lock`, open the store (emptying `DIR/tmp/`,
 //! counting chunks), bind, write `DIR/chunkd.addr` (tmp + rename), start
 //! membership in the background, serve until SIGTERM/SIGINT.
+//!
+//! Throughput (measured on the 2-core dev VM, ext4 on virtio, other builds
+//! running, so ±50 %): `cargo run --release -p chunkd --example put_bench --
+//! store|grpc MODE 256 256 16` puts 256 MiB of random 256 KiB chunks, 16 at a
+//! time. Store level: per-put 225–465 MiB/s, syncfs group commit 257–476
+//! MiB/s, group commit of directory fsyncs 88–164 MiB/s (dropped, see
+//! [`durable`]). Over gRPC (client and server in one process): per-put
+//! 112–189 MiB/s, syncfs 84–162 MiB/s. Per-put is the default: as fast as
+//! syncfs here, and not slowed by other writers on the same file system.
+//! For reference `dd conv=fsync` of 256 MiB took 0.57–0.72 s (~400 MiB/s).
 
 pub mod durable;
 pub mod membership;
@@ -48,8 +58,13 @@ pub struct Opts {
     /// Node id; default: the one persisted in DIR/node-id (created once).
     #[arg(long)]
     pub id: Option<String>,
-    /// How Puts are made durable: group, per-put or syncfs (for measurement).
-    #[arg(long, env = "CHUNKD_DURABILITY", default_value = "group", hide = true)]
+    /// How Puts are made durable: per-put or syncfs (see the durable module).
+    #[arg(
+        long,
+        env = "CHUNKD_DURABILITY",
+        default_value = "per-put",
+        hide = true
+    )]
     pub durability: Durability,
 }
 

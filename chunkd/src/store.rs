@@ -7,9 +7,9 @@
 //! - `tmp/` — Puts in progress (emptied at open);
 //! - `corrupt/` — chunks whose bytes no longer match their id.
 //!
-//! A Put writes a temp file, fdatasyncs it, renames it into place with
+//! A Put writes a temp file, makes it durable, renames it into place with
 //! `RENAME_NOREPLACE` (so concurrent Puts of one id count it once) and makes
-//! the rename durable through [`DirSync`] before it returns: a chunk is either
+//! the rename durable through [`Syncer`] before it returns: a chunk is either
 //! fully there or absent. All methods block; call them from blocking threads.
 
 use std::fs::{self, File};
@@ -21,7 +21,7 @@ use blobvirt_core::ChunkId;
 use bytes::Bytes;
 use nix::errno::Errno;
 
-use crate::durable::{DirSync, Durability};
+use crate::durable::{Durability, Syncer};
 
 /// Errors of store operations; the service maps them to gRPC codes.
 #[derive(Debug, thiserror::Error)]
@@ -69,7 +69,7 @@ pub struct Store {
     chunks: AtomicU64,
     bytes: AtomicU64,
     seq: AtomicU64,
-    sync: DirSync,
+    sync: Syncer,
 }
 
 impl Store {
@@ -120,7 +120,7 @@ impl Store {
             chunks: AtomicU64::new(0),
             bytes: AtomicU64::new(0),
             seq: AtomicU64::new(0),
-            sync: DirSync::new(dirs, mode),
+            sync: Syncer::new(dirs, mode),
         };
         let (n, b) = store.scan()?;
         store.chunks.store(n, Ordering::Relaxed);
@@ -210,7 +210,7 @@ impl Store {
             self.chunks.fetch_add(1, Ordering::Relaxed);
             self.bytes.fetch_add(data.len() as u64, Ordering::Relaxed);
             self.sync
-                .sync(id.0[0])
+                .names(id.0[0])
                 .map_err(|e| self.io_err("sync the directory of", &dst, e))?;
         }
         Ok(stored)
@@ -222,7 +222,9 @@ impl Store {
         let mut f = File::create_new(tmp).map_err(|e| self.io_err("create", tmp, e))?;
         f.write_all(data)
             .map_err(|e| self.io_err("write", tmp, e))?;
-        f.sync_data().map_err(|e| self.io_err("sync", tmp, e))?;
+        self.sync
+            .data(&f)
+            .map_err(|e| self.io_err("sync", tmp, e))?;
         drop(f);
         rename_noreplace(tmp, dst).map_err(|e| self.io_err("rename into", dst, e))
     }

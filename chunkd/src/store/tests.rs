@@ -22,7 +22,7 @@ fn tmp_entries(dir: &Path) -> usize {
 
 #[test]
 fn put_get_round_trip_in_every_mode() {
-    for mode in [Durability::Group, Durability::PerPut, Durability::Syncfs] {
+    for mode in [Durability::PerPut, Durability::Syncfs] {
         let t = tempfile::tempdir().unwrap();
         let s = Store::open_with(t.path(), "n1", mode).unwrap();
         let (id, data) = chunk(1, 256 * 1024);
