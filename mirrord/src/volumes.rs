@@ -463,11 +463,6 @@ impl Volumes {
     pub async fn clone_volume(self: &Arc<Self>, name: &str, new: &str) -> Result<u64, OpError> {
         let m = self.mirror(name, None).await?;
         let mut l = m.lease.lock().await;
-        let new_lease = if l.is_some() {
-            Some(lease::acquire(&self.repo, new, &self.holder).await?)
-        } else {
-            None
-        };
         let out = m.clone_to(&self.vols_dir, new).await;
         {
             let mut ms = lock(&self.mirrors);
@@ -476,13 +471,19 @@ impl Volumes {
                 ms.insert(new.to_string(), m.clone());
             }
         }
-        if m.name() == new {
-            if let Some(old) = l.take() {
-                old.release().await;
+        // Writers go on writing into the clone: move the lease over.
+        if m.name() == new && l.is_some() {
+            match lease::acquire(&self.repo, new, &self.holder).await {
+                Ok(nl) => {
+                    if let Some(old) = l.replace(nl) {
+                        old.release().await;
+                    }
+                }
+                Err(e) => tracing::error!(
+                    volume = new,
+                    "cannot take the writer lease of the clone: {e}"
+                ),
             }
-            *l = new_lease;
-        } else if let Some(nl) = new_lease {
-            nl.release().await;
         }
         drop(l);
         let _ = self.fetch_entry(new).await;

@@ -261,7 +261,9 @@ impl Mirror {
             .fetch_add(bytes, Ordering::Relaxed);
         self.stats.commits.fetch_add(1, Ordering::Relaxed);
         self.flush_state(false)?;
-        tracing::info!(volume = %name, version, chunks = n_changes, bytes, freeze_us = fz.freeze_us, "committed");
+        if version != fz.version {
+            tracing::info!(volume = %name, version, chunks = n_changes, bytes, freeze_us = fz.freeze_us, "committed");
+        }
         Ok(CommitOutcome {
             version,
             published: version != fz.version,

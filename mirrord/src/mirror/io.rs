@@ -246,6 +246,7 @@ impl Mirror {
                 read_full_at(&self.data, &mut buf, i * self.chunk_size)
                     .map_err(|e| errno_of(&e))?;
                 sh.copies.insert(i, Bytes::from(buf));
+                self.stats.cow_copies.fetch_add(1, Ordering::Relaxed);
             }
         }
         Ok(())

@@ -126,6 +126,8 @@ pub struct Stats {
     pub prefetched: AtomicU64,
     pub last_freeze_us: AtomicU64,
     pub commits: AtomicU64,
+    /// Frozen chunks copied aside because a write hit them during phase 2.
+    pub cow_copies: AtomicU64,
 }
 
 /// One attached volume as `status` reports it.
@@ -143,6 +145,7 @@ pub struct VolumeStatus {
     pub fetches: u64,
     pub prefetched: u64,
     pub commits: u64,
+    pub cow_copies: u64,
     /// Duration of the last COMMIT phase 1, in microseconds.
     pub last_freeze_us: u64,
     pub open_handles: u64,
@@ -289,6 +292,7 @@ impl Mirror {
             fetches: s.fetches.load(Ordering::Relaxed),
             prefetched: s.prefetched.load(Ordering::Relaxed),
             commits: s.commits.load(Ordering::Relaxed),
+            cow_copies: s.cow_copies.load(Ordering::Relaxed),
             last_freeze_us: s.last_freeze_us.load(Ordering::Relaxed),
             open_handles: self.handles.load(Ordering::Relaxed),
             writers: self.writers.load(Ordering::Relaxed),
