@@ -9,9 +9,12 @@
 //!
 //! A publish that names a deleting chunk, or an unreferenced chunk while the
 //! epoch moved past the client's, is refused with a re-upload list (see
-//! `Meta::publish`), so GC never loses a chunk a new version needs. Chunks
-//! on nodes that are down during a pass are not deleted there (they stay as
-//! unreferenced files on that node).
+//! `Meta::publish`), so GC never loses a chunk a new version needs.
+//!
+//! Background passes wait while a registered chunkd is dead, so a node that
+//! is rebooting does not keep garbage forever; an explicit `Gc` RPC runs
+//! anyway and deletes on the live nodes only (the chunks then stay as
+//! unreferenced files on the dead node).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -106,6 +109,27 @@ impl Gc {
     /// number of chunks reclaimed.
     pub async fn pass(&self, force: bool) -> Result<u64> {
         let _one = self.running.lock().await;
+        self.pass_locked(force).await
+    }
+
+    /// A background pass: skipped while some registered chunkd is dead.
+    pub async fn background_pass(&self) -> Result<u64> {
+        let _one = self.running.lock().await;
+        let dead: Vec<String> = self
+            .members
+            .nodes()
+            .into_iter()
+            .filter(|n| !n.alive)
+            .map(|n| n.id)
+            .collect();
+        if !dead.is_empty() {
+            tracing::debug!(?dead, "garbage collection waits for dead chunkd nodes");
+            return Ok(0);
+        }
+        self.pass_locked(false).await
+    }
+
+    async fn pass_locked(&self, force: bool) -> Result<u64> {
         let meta = self.meta.clone();
         let grace = self.grace_secs;
         let ids = blocking(move || meta.gc_mark(grace, force)).await?;
@@ -128,7 +152,7 @@ impl Gc {
         tick.tick().await;
         loop {
             tick.tick().await;
-            if let Err(e) = self.pass(false).await {
+            if let Err(e) = self.background_pass().await {
                 tracing::warn!("garbage collection pass failed: {e}");
             }
         }

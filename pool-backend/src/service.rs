@@ -168,11 +168,20 @@ impl Pool for PoolService {
     ) -> Result<Response<pb::PublishReply>, Status> {
         let meta = self.meta.clone();
         let r = req.into_inner();
+        let (name, n_changes) = (r.name.clone(), r.changes.len());
         let (out, epoch) = blocking(move || {
             let out = meta.publish(&r)?;
             Ok((out, meta.gc_epoch()?))
         })
         .await?;
+        match &out {
+            PublishOutcome::Published(v) => {
+                tracing::info!(volume = %name, version = v, changes = n_changes, "published")
+            }
+            PublishOutcome::Reupload { chunks, .. } => {
+                tracing::info!(volume = %name, chunks = chunks.len(), "publish refused: chunks must be uploaded again")
+            }
+        }
         ok(match out {
             PublishOutcome::Published(version) => pb::PublishReply {
                 version,
@@ -196,7 +205,9 @@ impl Pool for PoolService {
     ) -> Result<Response<pb::BlobInfo>, Status> {
         let meta = self.meta.clone();
         let r = req.into_inner();
-        ok(blocking(move || meta.clone_volume(&r.src, r.version, &r.dst)).await?)
+        let info = blocking(move || meta.clone_volume(&r.src, r.version, &r.dst)).await?;
+        tracing::info!(volume = %info.name, origin = %info.origin, "cloned");
+        ok(info)
     }
 
     async fn delete_volume(
@@ -207,6 +218,7 @@ impl Pool for PoolService {
         let r = req.into_inner();
         let name = r.name.clone();
         blocking(move || meta.delete_volume(&r.name, r.version)).await?;
+        tracing::info!(volume = %name, version = r.version, "deleted (version 0 = whole volume)");
         if r.version == 0 {
             self.leases.forget(&name);
         }

@@ -501,3 +501,46 @@ async fn background_gc_drains_the_queue_after_the_grace_delay() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn background_gc_waits_for_dead_nodes_but_explicit_gc_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let args = [
+        "--gc-interval-secs",
+        "1",
+        "--gc-grace-secs",
+        "1",
+        "--heartbeat-timeout-ms",
+        "300",
+    ];
+    let p = Poold::start(dir.path(), "redb", &args).await;
+    let mut c = p.client();
+    // A node that registers and then never heartbeats again.
+    c.register(pb::RegisterRequest {
+        id: "ghost".into(),
+        addr: "127.0.0.1:1".into(),
+    })
+    .await
+    .unwrap();
+    let id = ChunkId::of(b"wait").0;
+    c.publish(publish_req("v", true, 0, 1, &[(0, &id)]))
+        .await
+        .unwrap();
+    c.delete_volume(pb::DeleteVolumeRequest {
+        name: "v".into(),
+        version: 0,
+    })
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    let s = c.stats(pb::PoolStatsRequest {}).await.unwrap().into_inner();
+    assert_eq!(s.gc_pending, 1, "background GC must wait for the dead node");
+    let r = c
+        .gc(pb::GcRequest { now: false })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.chunks_deleted, 1);
+    let s = c.stats(pb::PoolStatsRequest {}).await.unwrap().into_inner();
+    assert_eq!(s.gc_pending, 0);
+}
