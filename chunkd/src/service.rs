@@ -102,3 +102,51 @@ impl ChunkStore for ChunkService {
         }))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tonic::Code;
+
+    #[test]
+    fn store_errors_map_to_the_codes_clients_match_on() {
+        let id = ChunkId::of(b"x");
+        let node = "n7".to_string();
+        let cases = [
+            (StoreError::BadId(3), Code::InvalidArgument),
+            (
+                StoreError::HashMismatch { chunk: id, len: 1 },
+                Code::InvalidArgument,
+            ),
+            (
+                StoreError::NotFound {
+                    chunk: id,
+                    node: node.clone(),
+                },
+                Code::NotFound,
+            ),
+            (
+                StoreError::Corrupt {
+                    chunk: id,
+                    node: node.clone(),
+                },
+                Code::DataLoss,
+            ),
+            (
+                StoreError::NoSpace { node: node.clone() },
+                Code::ResourceExhausted,
+            ),
+        ];
+        for (e, code) in cases {
+            let msg = e.to_string();
+            let s = to_status(e);
+            assert_eq!(s.code(), code, "{msg}");
+            assert_eq!(s.message(), msg);
+        }
+        let s = to_status(StoreError::NoSpace { node });
+        assert_eq!(
+            s.message(),
+            "chunkd node n7 is out of disk space; free space or add nodes"
+        );
+    }
+}
