@@ -285,15 +285,21 @@ async fn wait_registered(c: &ClusterFile, deadline: Instant) -> Result<()> {
     }
 }
 
-/// Sends `sig` to the running processes among `ps`, then waits up to
-/// `wait` for them to go; returns the ones still running.
+/// Sends `sig` to the processes among `ps` that are ours and run, then
+/// waits up to `wait` for them to be gone; returns the ones still there.
 fn signal_and_wait(ps: &[Proc], sig: Signal, wait: Duration) -> Vec<&Proc> {
-    for p in ps.iter().filter(|p| p.running()) {
+    let signalled: Vec<&Proc> = ps.iter().filter(|p| p.running()).collect();
+    for p in &signalled {
         procs::signal(p.pid, sig);
     }
     let deadline = Instant::now() + wait;
     loop {
-        let left: Vec<&Proc> = ps.iter().filter(|p| p.running()).collect();
+        // Checked by pid alone: an exiting process has no command line.
+        let left: Vec<&Proc> = signalled
+            .iter()
+            .copied()
+            .filter(|p| procs::is_running(p.pid))
+            .collect();
         if left.is_empty() || Instant::now() > deadline {
             return left;
         }
@@ -374,9 +380,21 @@ pub async fn restart(a: ClusterRestart) -> Result<()> {
             continue;
         }
         let p = &mut c.processes[i];
+        // A killed process may still be tearing down its threads and sockets.
+        let gone = Instant::now() + Duration::from_secs(5);
+        while procs::is_running(p.pid) && Instant::now() < gone {
+            std::thread::sleep(Duration::from_millis(20));
+        }
         let listen = p.addr.clone();
-        // The child is not waited for: it keeps running after we exit.
-        let _child = p.start(&listen, deadline)?;
+        // The child is not waited for: it keeps running after we exit. One
+        // retry covers an address that is still briefly in use.
+        let _child = match p.start(&listen, deadline) {
+            Ok(c) => c,
+            Err(_) => {
+                std::thread::sleep(Duration::from_secs(1));
+                p.start(&listen, deadline)?
+            }
+        };
         restarted.push(format!("{} (pid {}, {})", p.name, p.pid, p.addr));
         save(&c)?;
     }

@@ -68,16 +68,21 @@ fn read_cmdline(pid: u32) -> Option<Vec<String>> {
     )
 }
 
-/// True when `pid` runs and is not a zombie.
+/// True when `pid` runs: not a zombie, or a zombie thread-group leader
+/// whose other threads are still exiting (and may still hold its sockets).
 pub fn is_running(pid: u32) -> bool {
-    let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
+    let Ok(status) = fs::read_to_string(format!("/proc/{pid}/status")) else {
         return false;
     };
-    // The state follows the command name, which is in parentheses.
-    match stat.rsplit_once(')') {
-        Some((_, rest)) => !matches!(rest.trim_start().chars().next(), Some('Z' | 'X') | None),
-        None => false,
-    }
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .map(str::trim)
+            .unwrap_or("")
+    };
+    let zombie = matches!(field("State:").chars().next(), Some('Z' | 'X') | None);
+    !zombie || field("Threads:").parse::<u32>().unwrap_or(0) > 1
 }
 
 /// True when `pid` runs the binary `binary` with `dir` among its arguments:

@@ -174,10 +174,18 @@ fn failed_up_stops_what_it_started_and_restart_reports_the_log() {
         .unwrap()
         .to_string();
     c.kill9("chunkd-2");
-    let blocker = std::net::TcpListener::bind(&addr).expect("take the port");
+    // SO_REUSEADDR (as tokio sets it), since the port may be in TIME_WAIT.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .build()
+        .unwrap();
+    let blocker = rt
+        .block_on(tokio::net::TcpListener::bind(&addr))
+        .expect("take the port");
     let e = fail(None, &["cluster", "restart", "--dir", &d, "chunkd-2"]);
     assert!(e.contains("chunkd-2.log"), "{e}");
     drop(blocker);
+    drop(rt);
     // Naming a running process or an unknown one is refused.
     let e = fail(None, &["cluster", "restart", "--dir", &d, "poold"]);
     assert!(e.contains("poold") && e.contains("runs"), "{e}");

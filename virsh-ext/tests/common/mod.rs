@@ -87,19 +87,31 @@ pub fn fail(pool: Option<&str>, args: &[&str]) -> String {
 /// True when `pid` is a running (non-zombie) process whose command line
 /// mentions `dir` (so a reused pid is never taken for ours).
 pub fn running_in(pid: u32, dir: &Path) -> bool {
-    let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return false;
-    };
-    let state = stat
-        .rsplit_once(')')
-        .and_then(|(_, r)| r.trim_start().chars().next());
-    if matches!(state, Some('Z' | 'X') | None) {
+    if !alive(pid) {
         return false;
     }
     let Ok(cmd) = fs::read(format!("/proc/{pid}/cmdline")) else {
         return false;
     };
     String::from_utf8_lossy(&cmd).contains(&*dir.to_string_lossy())
+}
+
+/// True while `pid` exists and is not a fully exited zombie.
+pub fn alive(pid: u32) -> bool {
+    // A zombie leader whose other threads still exit may hold sockets.
+    let Ok(status) = fs::read_to_string(format!("/proc/{pid}/status")) else {
+        return false;
+    };
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .map(str::trim)
+            .unwrap_or("")
+            .to_string()
+    };
+    let zombie = matches!(field("State:").chars().next(), Some('Z' | 'X') | None);
+    !zombie || field("Threads:").parse::<u32>().unwrap_or(0) > 1
 }
 
 pub fn sigkill(pid: u32) {
@@ -109,10 +121,10 @@ pub fn sigkill(pid: u32) {
     );
 }
 
-/// Waits until `pid` is gone (at most `secs`).
-pub fn wait_gone(pid: u32, dir: &Path, secs: u64) -> bool {
+/// Waits until `pid` (checked to be ours before) is gone (at most `secs`).
+pub fn wait_gone(pid: u32, secs: u64) -> bool {
     let deadline = Instant::now() + Duration::from_secs(secs);
-    while running_in(pid, dir) {
+    while alive(pid) {
         if Instant::now() > deadline {
             return false;
         }
@@ -262,7 +274,7 @@ impl Cluster {
             "{name} (pid {pid}) does not run"
         );
         sigkill(pid);
-        assert!(wait_gone(pid, &self.dir, 10), "{name} survived SIGKILL");
+        assert!(wait_gone(pid, 10), "{name} survived SIGKILL");
     }
 
     pub fn status(&self) -> Value {
