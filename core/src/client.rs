@@ -165,35 +165,38 @@ impl Repo {
         c
     }
 
-    /// Stores one chunk on its home nodes. A home that fails is replaced by
-    /// the next live node of the ranking.
+    /// Stores one chunk on its home nodes, all replicas at once. A home that
+    /// fails is replaced by the next live node of the ranking.
     pub async fn put_chunk(&self, id: ChunkId, data: Bytes) -> Result<()> {
         let p = self.placement();
-        let want = p
-            .replicas()
-            .min(p.members().iter().filter(|m| m.alive).count());
+        let live: Vec<&Member> = p.ranking(&id).into_iter().filter(|m| m.alive).collect();
+        let want = p.replicas().min(live.len());
         if want == 0 {
             return Err(RepoError::NoLiveNodes);
         }
-        let mut stored = 0;
-        let mut tried = Vec::new();
-        for m in p.ranking(&id).into_iter().filter(|m| m.alive) {
-            let req = pb::PutRequest {
-                id: Bytes::copy_from_slice(&id.0),
-                data: data.clone(),
-            };
-            match self.node(&m.addr).put(req).await {
-                Ok(_) => stored += 1,
-                Err(s) => tried.push(format!("{}: {}", m.id, s.message())),
-            }
+        let put = |m: &Member| {
+            let req = pb::PutRequest { id: Bytes::copy_from_slice(&id.0), data: data.clone() };
+            let mut c = self.node(&m.addr);
+            let node = m.id.clone();
+            async move { c.put(req).await.map_err(|s| format!("{node}: {}", s.message())) }
+        };
+        let first = futures::future::join_all(live[..want].iter().map(|m| put(m))).await;
+        let mut tried: Vec<String> = first.into_iter().filter_map(|r| r.err()).collect();
+        let mut stored = want - tried.len();
+        for m in &live[want..] {
             if stored == want {
-                return Ok(());
+                break;
+            }
+            match put(m).await {
+                Ok(_) => stored += 1,
+                Err(e) => tried.push(e),
             }
         }
-        Err(RepoError::ChunkNotStored {
-            chunk: id,
-            tried: tried.join("; "),
-        })
+        if stored == want {
+            Ok(())
+        } else {
+            Err(RepoError::ChunkNotStored { chunk: id, tried: tried.join("; ") })
+        }
     }
 
     /// Stores many chunks, `concurrency` at a time.
