@@ -73,6 +73,7 @@ fn errors_leave_the_pool_unchanged() {
 
     // A duplicate name.
     check(&["vol-import", imgs, "a"], &["a", "already exists"]);
+    check(&["vol-clone", "a", "a"], &["a", "already exists"]);
 
     // Unknown volumes.
     check(&["vol-export", "ghost", outs], &["ghost"]);

@@ -171,6 +171,12 @@ fn crash_during_publishes(engine: &str) {
             "{name}: no version number was acknowledged twice"
         );
         assert!(acked.len() >= 6, "{name}: {} acknowledged", acked.len());
+        eprintln!(
+            "[poold_crash {engine}] {name}: {} attempts, {} acknowledged, {failed} failed, {} versions",
+            log.len(),
+            acked.len(),
+            versions.len()
+        );
         for v in versions {
             let got = c.export_sha(&format!("{name}@{v}"));
             match acked.get(&v) {
