@@ -213,7 +213,12 @@ pub fn run(opts: Options) -> Result<()> {
             tracing::warn!("unmount failed ({e}); detaching the mount lazily");
             let _ = nix::mount::umount2(&mount, nix::mount::MntFlags::MNT_DETACH);
         }
-        let _ = fuse_thread.join();
+        // With files still open the lazily detached session lingers until
+        // they close; do not wait for it beyond a moment.
+        let t = std::time::Instant::now();
+        while !fuse_thread.is_finished() && t.elapsed() < Duration::from_secs(2) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
     let _ = std::fs::remove_file(&control);
     rt.shutdown_timeout(Duration::from_secs(2));

@@ -8,6 +8,7 @@ fn main() {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let opts = mirrord::daemon::Options::parse();
     if let Err(e) = mirrord::daemon::run(opts) {

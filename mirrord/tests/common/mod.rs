@@ -221,6 +221,9 @@ impl Mirrord {
     pub fn start_with(pool: &str, mount: &Path, cache: &Path, log: &Path) -> Mirrord {
         std::fs::create_dir_all(mount).ok();
         std::fs::create_dir_all(cache).unwrap();
+        let log_start = std::fs::metadata(log)
+            .map(|m| m.len() as usize)
+            .unwrap_or(0);
         let logf = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -245,7 +248,12 @@ impl Mirrord {
             pool: pool.to_string(),
         };
         let t = Instant::now();
-        while !(mirrord::daemon::is_mounted(mount) && cache.join("control.sock").exists()) {
+        while !m
+            .log_text()
+            .get(log_start..)
+            .unwrap_or("")
+            .contains("mirrord ready")
+        {
             assert!(
                 t.elapsed() < Duration::from_secs(20),
                 "mirrord did not mount: {}",
