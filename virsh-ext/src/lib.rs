@@ -52,6 +52,24 @@ fn init_tracing() {
 /// The error as one line: its message, then any cause it does not already
 /// contain (gRPC statuses are never appended: their message is the sentence).
 pub fn sentence(e: &anyhow::Error) -> String {
+    // poold's own refusals carry user sentences; transport failures do not.
+    if let Some(st) = e.chain().find_map(|c| c.downcast_ref::<tonic::Status>()) {
+        use tonic::Code;
+        if matches!(
+            st.code(),
+            Code::Unavailable | Code::Unknown | Code::Cancelled | Code::DeadlineExceeded
+        ) {
+            let top = e.to_string();
+            let why = if top == st.message() || top.is_empty() {
+                st.message().to_string()
+            } else {
+                top
+            };
+            return format!(
+                "poold did not answer ({why}); check that it runs with blobvirt cluster status and try again"
+            );
+        }
+    }
     let mut out = e.to_string();
     for cause in e.chain().skip(1) {
         if cause.is::<tonic::Status>() {

@@ -155,6 +155,14 @@ pub async fn import(pool: Option<&str>, a: VolImport) -> Result<()> {
 
 pub async fn export(pool: Option<&str>, a: VolExport) -> Result<()> {
     let (name, version) = parse_spec(&a.spec).map_err(|e| anyhow!(e))?;
+    if let Some(dir) = a.file.parent().filter(|d| !d.as_os_str().is_empty()) {
+        if !dir.is_dir() {
+            bail!(
+                "directory {} does not exist; create it or export to another path",
+                dir.display()
+            );
+        }
+    }
     let repo = connect(pool).await?;
     let (bar, cb) = if std::io::stdout().is_terminal() {
         let info = repo.get_blob(&name).await?;

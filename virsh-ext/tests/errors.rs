@@ -71,6 +71,13 @@ fn errors_leave_the_pool_unchanged() {
     check(&["vol-import", missings, "b"], &[missings]);
     check(&["vol-import", "--new-version", missings, "a"], &[missings]);
 
+    // An export into a directory that does not exist.
+    let nodir = c.tmp.path().join("no-dir").join("x.raw");
+    check(
+        &["vol-export", "a", nodir.to_str().unwrap()],
+        &["no-dir", "does not exist"],
+    );
+
     // A duplicate name.
     check(&["vol-import", imgs, "a"], &["a", "already exists"]);
     check(&["vol-clone", "a", "a"], &["a", "already exists"]);

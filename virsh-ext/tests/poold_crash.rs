@@ -64,6 +64,11 @@ fn publisher(
         if acked_v.is_some() {
             acked.fetch_add(1, Ordering::SeqCst);
         } else {
+            // Even a crash mid-import ends in one clear sentence.
+            let err = String::from_utf8_lossy(&o.stderr);
+            let last = err.trim_end().lines().last().unwrap_or("");
+            assert_eq!(o.status.code(), Some(1), "{err}");
+            assert!(last.starts_with("error: ") && last.contains("; "), "{err}");
             std::thread::sleep(Duration::from_millis(20));
         }
         log.lock().unwrap().push(Attempt {
