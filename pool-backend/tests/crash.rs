@@ -175,6 +175,13 @@ async fn crash_run(engine: &str, seed: u64) {
         assert!(n > 0, "round {round}: no publish was acknowledged");
         acked = shared.lock().unwrap().clone();
         let inflight = inflight.lock().unwrap().clone();
+        // Every reference count and counter on disk is consistent.
+        {
+            use clap::ValueEnum;
+            let e = pool_backend::kv::Engine::from_str(engine, true).unwrap();
+            let meta = pool_backend::Meta::open(e, dir.path()).unwrap();
+            assert_eq!(meta.check().unwrap(), Vec::<String>::new(), "round {round}");
+        }
         p = Poold::start(dir.path(), engine, &args).await;
         verify(&p, &mut acked, inflight).await;
         eprintln!(

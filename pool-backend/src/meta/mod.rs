@@ -7,6 +7,7 @@
 //! the engine's single writer. Operations block (they fsync); async callers
 //! run them with `spawn_blocking`.
 
+mod check;
 mod txn;
 mod write;
 

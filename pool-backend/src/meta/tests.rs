@@ -464,6 +464,7 @@ fn matches_model(m: Meta) {
                 vs.push((v, next));
             }
         }
+        assert_eq!(m.check().unwrap(), Vec::<String>::new(), "step {step}");
         for (name, vs) in &vols {
             for (v, model) in vs {
                 let want: Vec<_> = model.iter().map(|c| c.map(cid)).collect();
@@ -502,14 +503,18 @@ macro_rules! on_engines {
         mod redb {
             $( #[test] fn $t() {
                 let d = tempfile::tempdir().unwrap();
-                super::$t(super::Meta::open(super::Engine::Redb, d.path()).unwrap());
+                let m = super::Meta::open(super::Engine::Redb, d.path()).unwrap();
+                super::$t(m.clone());
+                assert_eq!(m.check().unwrap(), Vec::<String>::new());
             } )*
             #[test] fn reopen() { super::reopen_keeps_everything(super::Engine::Redb) }
         }
         mod sled {
             $( #[test] fn $t() {
                 let d = tempfile::tempdir().unwrap();
-                super::$t(super::Meta::open(super::Engine::Sled, d.path()).unwrap());
+                let m = super::Meta::open(super::Engine::Sled, d.path()).unwrap();
+                super::$t(m.clone());
+                assert_eq!(m.check().unwrap(), Vec::<String>::new());
             } )*
             #[test] fn reopen() { super::reopen_keeps_everything(super::Engine::Sled) }
         }
@@ -526,3 +531,29 @@ on_engines!(
     profiles,
     matches_model
 );
+
+#[test]
+fn check_finds_damage() {
+    let d = tempfile::tempdir().unwrap();
+    let m = Meta::open(Engine::Redb, d.path()).unwrap();
+    publish(&m, &req("a", None, 8, &[(0, Some(1)), (5, Some(2))]));
+    assert!(m.check().unwrap().is_empty());
+    let damage = |f: &dyn Fn(&mut MetaTx) -> Result<()>| {
+        m.write(|t| f(t)).unwrap();
+        let problems = m.check().unwrap();
+        assert!(!problems.is_empty());
+        problems
+    };
+    let p = damage(&|t| Ok(t.tx.put(&key::chunk(&cid(1)), &codec::enc_u64(5))?));
+    assert_eq!(p, vec!["1 chunk reference counts are wrong".to_string()]);
+    m.write(|t| Ok(t.tx.put(&key::chunk(&cid(1)), &codec::enc_u64(1))?))
+        .unwrap();
+    assert!(m.check().unwrap().is_empty());
+    let nodes = m.stats().unwrap().meta_nodes;
+    assert_eq!(nodes, 5, "the paths to chunks 0 and 5 of 8");
+    let p = damage(&|t| {
+        t.c.nodes += 1;
+        Ok(())
+    });
+    assert_eq!(p, vec!["counter nodes is 6, found 5".to_string()]);
+}
