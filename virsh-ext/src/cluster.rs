@@ -14,114 +14,14 @@ use anyhow::{anyhow, bail, Context, Result};
 use blobvirt_core::client::{channel, pool_client};
 use blobvirt_core::proto as pb;
 use nix::sys::signal::Signal;
-use serde::{Deserialize, Serialize};
 
 use crate::cli::{ClusterDown, ClusterRestart, ClusterUp};
+use crate::cluster_file::save;
+pub use crate::cluster_file::{cluster_file, load, ClusterFile, Proc};
 use crate::output::Table;
-use crate::procs::{self, find_binary, is_ours, spawn, wait_addr};
+use crate::procs::{self, find_binary};
 
 const STARTUP: Duration = Duration::from_secs(30);
-
-/// Contents of `DIR/cluster.json`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct ClusterFile {
-    /// Pool URL, `http://127.0.0.1:PORT`.
-    pub pool: String,
-    pub dir: PathBuf,
-    pub replicas: u32,
-    pub processes: Vec<Proc>,
-}
-
-/// One daemon of the cluster.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Proc {
-    /// `poold` or `chunkd-<i>`.
-    pub name: String,
-    /// Binary name, `poold` or `chunkd`.
-    pub binary: String,
-    pub pid: u32,
-    /// `127.0.0.1:PORT` it listens on.
-    pub addr: String,
-    pub dir: PathBuf,
-    pub log: PathBuf,
-    pub exe: PathBuf,
-    /// Arguments, without `--listen`.
-    pub args: Vec<String>,
-    /// Node id of a chunkd.
-    #[serde(default)]
-    pub node_id: Option<String>,
-}
-
-impl Proc {
-    pub fn running(&self) -> bool {
-        is_ours(self.pid, &self.binary, &self.dir)
-    }
-
-    fn addr_file(&self) -> PathBuf {
-        self.dir.join(format!("{}.addr", self.binary))
-    }
-
-    /// Starts it on `listen` and waits for its address file.
-    fn start(&mut self, listen: &str, deadline: Instant) -> Result<Child> {
-        fs::create_dir_all(&self.dir).map_err(|e| {
-            anyhow!(
-                "cannot create the directory {} of {}: {e}; remove what is in the way or pick another --dir",
-                self.dir.display(),
-                self.name
-            )
-        })?;
-        let _ = fs::remove_file(self.addr_file());
-        let mut args = self.args.clone();
-        args.extend(["--listen".to_string(), listen.to_string()]);
-        let mut child = spawn(&self.exe, &args, &self.log)?;
-        self.pid = child.id();
-        match wait_addr(
-            &self.addr_file(),
-            &mut child,
-            &self.name,
-            &self.log,
-            deadline,
-        ) {
-            Ok(a) => {
-                self.addr = a;
-                Ok(child)
-            }
-            Err(e) => {
-                procs::stop_children(std::slice::from_mut(&mut child));
-                Err(e)
-            }
-        }
-    }
-}
-
-pub fn cluster_file(dir: &Path) -> PathBuf {
-    dir.join("cluster.json")
-}
-
-pub fn load(dir: &Path) -> Result<ClusterFile> {
-    let p = cluster_file(dir);
-    let s = fs::read_to_string(&p).map_err(|_| {
-        anyhow!(
-            "no cluster is recorded in {} ({} is missing); start one with blobvirt cluster up --dir {}",
-            dir.display(),
-            p.display(),
-            dir.display()
-        )
-    })?;
-    serde_json::from_str(&s).map_err(|e| {
-        anyhow!(
-            "{} is not a valid cluster file ({e}); remove it and start the cluster again",
-            p.display()
-        )
-    })
-}
-
-fn save(c: &ClusterFile) -> Result<()> {
-    procs::write_atomic(
-        &cluster_file(&c.dir),
-        serde_json::to_string_pretty(c)?.as_bytes(),
-    )
-}
 
 fn abs_dir(dir: &Path) -> Result<PathBuf> {
     fs::create_dir_all(dir).map_err(|e| {

@@ -2,8 +2,8 @@
 //!
 //! [`run`] executes a parsed command; [`main`] parses the arguments, runs
 //! the command and prints a failure as `error: <one sentence>` on stderr
-//! with exit status 1. Modules: `cli` (clap types), `cluster`/`procs`/
-//! `status` (local clusters), `vol` (volumes), `output` (tables, sizes).
+//! with exit status 1. Modules: `cli` (clap types), `cluster`/`cluster_file`/
+//! `procs`/`status` (local clusters), `vol` (volumes), `output` (tables, sizes).
 
 use std::process::ExitCode;
 
@@ -12,6 +12,7 @@ use clap::Parser;
 
 pub mod cli;
 pub mod cluster;
+pub mod cluster_file;
 pub mod output;
 pub mod procs;
 pub mod status;
