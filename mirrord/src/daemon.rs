@@ -126,7 +126,7 @@ async fn background(vols: Arc<Volumes>) {
             if let Ok(Err(e)) = r {
                 tracing::warn!(volume = %m.name(), "cannot save the mirror state: {e}");
             }
-            if tick % 15 == 0 {
+            if tick.is_multiple_of(15) {
                 vols.save_profile(&m).await;
             }
         }

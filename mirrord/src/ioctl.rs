@@ -72,10 +72,10 @@ mod tests {
     fn numbers_match_the_linux_encoding() {
         assert_eq!(COMMIT, 0x8008_4201);
         assert_eq!(CLONE, 0xC100_4202);
-        assert_eq!(COMMIT as u64, nix::request_code_read!(b'B', 1, 8) as u64);
+        assert_eq!(COMMIT as u64, nix::request_code_read!(b'B', 1, 8));
         assert_eq!(
             CLONE as u64,
-            nix::request_code_readwrite!(b'B', 2, NAME_MAX) as u64
+            nix::request_code_readwrite!(b'B', 2, NAME_MAX)
         );
     }
 

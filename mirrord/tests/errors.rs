@@ -29,8 +29,7 @@ fn second_mirrord_gets_ebusy_until_the_first_closes() {
     let err = open_rw(&b.path("shared")).unwrap_err();
     assert_eq!(err.raw_os_error(), Some(libc::EBUSY), "{err}");
     assert!(
-        b.log_text().contains(&format!("mirrord@"))
-            && b.log_text().contains(&a.mount.display().to_string()),
+        b.log_text().contains("mirrord@") && b.log_text().contains(&a.mount.display().to_string()),
         "the refusal must name the holder: {}",
         b.log_text()
     );

@@ -239,7 +239,8 @@ impl Mirror {
             });
         }
         let n = chunk_count(r.size, r.chunk_size) as usize;
-        let last_old = (inner.size % self.chunk_size != 0).then(|| inner.size / self.chunk_size);
+        let last_old =
+            (!inner.size.is_multiple_of(self.chunk_size)).then(|| inner.size / self.chunk_size);
         for i in 0..inner.st.len().min(n) {
             let short_changed = last_old == Some(i as u64) && r.size != inner.size;
             if inner.ids[i] != r.chunks[i] || short_changed {

@@ -325,7 +325,7 @@ impl Mirror {
             return Ok(());
         }
         let edge = old_size.min(new_size);
-        let straddle = (edge % cs != 0).then_some(edge / cs);
+        let straddle = (!edge.is_multiple_of(cs)).then_some(edge / cs);
         if let Some(i) = straddle {
             if self
                 .ensure(i, false)
