@@ -49,9 +49,16 @@ fn want(map: &Map) -> Vec<Bytes> {
     map.iter().map(|c| bytes_of(*c)).collect()
 }
 
-/// Checks the restarted poold against what the client saw; adopts the
-/// in-flight version into `acked` if it exists.
-async fn verify(p: &Poold, acked: &mut BTreeMap<u64, Map>, inflight: Option<(u64, Map)>) {
+/// The operation a client had in flight when poold died.
+#[derive(Clone, Debug)]
+enum Op {
+    Publish(u64, Map),
+    Delete(u64),
+}
+
+/// Checks the restarted poold against what the client saw, and brings
+/// `acked` up to date with the in-flight operation if it happened.
+async fn verify(p: &Poold, acked: &mut BTreeMap<u64, Map>, inflight: Option<Op>) {
     let info = p
         .client()
         .get_blob(pb::GetBlobRequest { name: "vol".into() })
@@ -59,6 +66,11 @@ async fn verify(p: &Poold, acked: &mut BTreeMap<u64, Map>, inflight: Option<(u64
         .expect("get_blob")
         .into_inner();
     let present: BTreeSet<u64> = info.versions.iter().map(|v| v.version).collect();
+    if let Some(Op::Delete(v)) = &inflight {
+        if !present.contains(v) {
+            acked.remove(v);
+        }
+    }
     for (v, map) in acked.iter() {
         assert!(present.contains(v), "acknowledged version {v} is gone");
         assert_eq!(resolve(p, *v).await, want(map), "version {v} differs");
@@ -67,7 +79,7 @@ async fn verify(p: &Poold, acked: &mut BTreeMap<u64, Map>, inflight: Option<(u64
         if acked.contains_key(v) {
             continue;
         }
-        let Some((fv, map)) = &inflight else {
+        let Some(Op::Publish(fv, map)) = &inflight else {
             panic!("version {v} exists but was never published");
         };
         assert_eq!(v, fv, "version {v} exists but only {fv} was in flight");
@@ -77,7 +89,7 @@ async fn verify(p: &Poold, acked: &mut BTreeMap<u64, Map>, inflight: Option<(u64
             "in-flight version {v} is partial"
         );
     }
-    if let Some((fv, map)) = inflight {
+    if let Some(Op::Publish(fv, map)) = inflight {
         if present.contains(&fv) {
             acked.insert(fv, map);
         }
@@ -117,7 +129,7 @@ async fn crash_run(engine: &str, seed: u64) {
 
     for round in 0..4 {
         let shared = Arc::new(Mutex::new(acked.clone()));
-        let inflight: Arc<Mutex<Option<(u64, Map)>>> = Arc::default();
+        let inflight: Arc<Mutex<Option<Op>>> = Arc::default();
         let stream = {
             let (shared, inflight) = (shared.clone(), inflight.clone());
             let mut client = p.client();
@@ -125,11 +137,29 @@ async fn crash_run(engine: &str, seed: u64) {
             tokio::spawn(async move {
                 let mut n = 0u32;
                 loop {
-                    let (base, map) = {
+                    let (base, map, old) = {
                         let a = shared.lock().unwrap();
                         let (v, m) = a.last_key_value().unwrap();
-                        (*v, m.clone())
+                        let old: Vec<u64> = a.keys().copied().filter(|o| o != v).collect();
+                        (*v, m.clone(), old)
                     };
+                    // Now and then drop an old version (never the latest).
+                    if old.len() > 3 && rng.gen_bool(0.15) {
+                        let v = old[rng.gen_range(0..old.len())];
+                        *inflight.lock().unwrap() = Some(Op::Delete(v));
+                        let req = pb::DeleteVolumeRequest {
+                            name: "vol".into(),
+                            version: v,
+                        };
+                        match client.delete_volume(req).await {
+                            Ok(_) => {
+                                shared.lock().unwrap().remove(&v);
+                                *inflight.lock().unwrap() = None;
+                                continue;
+                            }
+                            Err(_) => return n,
+                        }
+                    }
                     let mut next = map.clone();
                     if rng.gen_bool(0.1) {
                         next.resize(rng.gen_range(300..800), None);
@@ -144,7 +174,7 @@ async fn crash_run(engine: &str, seed: u64) {
                             id: bytes_of(c),
                         });
                     }
-                    *inflight.lock().unwrap() = Some((base + 1, next.clone()));
+                    *inflight.lock().unwrap() = Some(Op::Publish(base + 1, next.clone()));
                     let req = pb::PublishRequest {
                         name: "vol".into(),
                         base_version: base,
