@@ -39,9 +39,15 @@ impl SledKv {
                     tries += 1;
                     std::thread::sleep(std::time::Duration::from_millis(100));
                 }
+                Err(sled::Error::Io(e)) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    return Err(KvError::Engine(format!(
+                        "sled cannot lock {}; another process uses it",
+                        path.display()
+                    )))
+                }
                 Err(e) => {
                     return Err(KvError::Engine(format!(
-                        "sled cannot open {} ({e}); is another poold using this --dir?",
+                        "sled cannot open {}: {e}",
                         path.display()
                     )))
                 }
