@@ -157,7 +157,9 @@ fn fio(path: &std::path::Path, direct: bool) {
             "--do_verify=1",
             "--randrepeat=0",
             "--group_reporting",
+            "--verify_state_save=0",
         ])
+        .current_dir(path.parent().unwrap().parent().unwrap())
         .arg(format!("--direct={}", direct as u8))
         .arg(format!("--filename={}", path.display()))
         .output()
