@@ -69,6 +69,10 @@ fn one_gib_image_on_four_nodes() {
         data_chunks * CS * REPLICAS,
         "only non-zero chunks, each twice"
     );
+    let alloc: u64 = c.chunkd_dirs().iter().map(|d| chunk_alloc_bytes(d)).sum();
+    let alloc_ratio = alloc as f64 / want as f64;
+    eprintln!("[large_image] allocated on disk (du) {alloc} B, ratio {alloc_ratio:.4}");
+    assert!((0.99..=1.05).contains(&alloc_ratio), "du {alloc} vs {want}");
     let s = c.status();
     assert_eq!(
         s["stored_bytes"].as_u64().unwrap(),
@@ -152,4 +156,5 @@ fn one_gib_image_on_four_nodes() {
     }
     t.lap("4 exports with a node down");
     c.down();
+    t.lap("cluster down");
 }

@@ -35,6 +35,16 @@ pub fn chunk_files(chunkd_dir: &Path) -> Vec<(PathBuf, u64)> {
     out
 }
 
+/// Bytes allocated on disk (st_blocks × 512, as `du` counts) by the chunk
+/// files under a chunkd dir.
+pub fn chunk_alloc_bytes(chunkd_dir: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    chunk_files(chunkd_dir)
+        .iter()
+        .map(|(p, _)| fs::metadata(p).map(|m| m.blocks() * 512).unwrap_or(0))
+        .sum()
+}
+
 pub fn sha256_file(path: &Path) -> [u8; 32] {
     let mut f = File::open(path).unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
     let mut h = Sha256::new();
