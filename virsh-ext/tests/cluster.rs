@@ -88,6 +88,19 @@ fn status_up_restart_down() {
     assert_eq!(s["blobs"], 1);
     assert_eq!(s["versions"], 1);
 
+    // The export is exact and sparse where the volume has holes.
+    let out = c.tmp.path().join("disk.out");
+    c.ok(&["vol-export", "disk", out.to_str().unwrap()]);
+    assert_eq!(sha256_file(&out), sha256_file(&img));
+    let m = std::fs::metadata(&out).unwrap();
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(m.len(), 3 * MIB);
+    assert!(
+        m.blocks() * 512 <= 2 * MIB + 64 * KIB,
+        "not sparse: {} B allocated",
+        m.blocks() * 512
+    );
+
     // Human output is a table; --dir works without a pool URL.
     let human = c.ok(&["cluster", "status"]);
     assert!(
