@@ -171,6 +171,33 @@ impl Volumes {
         lock(&self.table)
             .entries
             .retain(|_, e| names.contains(e.name.as_str()) || open.contains(&e.name));
+        // A volume deleted (or deleted and made again) elsewhere: drop an
+        // idle mirror of it with its cache.
+        let ids: HashMap<&str, u64> = blobs.iter().map(|b| (b.name.as_str(), b.id)).collect();
+        let candidates: Vec<(String, u64)> = lock(&self.mirrors)
+            .iter()
+            .filter(|(n, m)| ids.get(n.as_str()) != Some(&m.blob_id()))
+            .map(|(n, m)| (n.clone(), m.blob_id()))
+            .collect();
+        let mut gone = Vec::new();
+        for (n, id) in candidates {
+            // Ask again: the listing may predate a create on this node.
+            let deleted = match self.repo.get_blob(&n).await {
+                Ok(b) => b.id != id,
+                Err(e) => e.code() == Some(tonic::Code::NotFound),
+            };
+            let mut ms = lock(&self.mirrors);
+            let idle = ms.get(&n).is_some_and(|m| {
+                m.blob_id() == id && m.handles.load(Ordering::SeqCst) == 0 && !m.has_changes()
+            });
+            if deleted && idle {
+                gone.extend(ms.remove(&n));
+            }
+        }
+        for m in gone {
+            tracing::info!(volume = %m.name(), "volume was deleted elsewhere; dropping its mirror");
+            let _ = std::fs::remove_dir_all(m.dir());
+        }
         Ok(())
     }
 
@@ -259,10 +286,21 @@ impl Volumes {
         name: &str,
         writable: bool,
     ) -> Result<(u64, Arc<Mirror>), OpError> {
-        let m = self.mirror(name, None).await?;
-        if m.handles.load(Ordering::SeqCst) == 0 && !lock(&m.inner).pinned && !m.has_changes() {
+        let mut m = self.mirror(name, None).await?;
+        if m.handles.load(Ordering::SeqCst) == 0 && !m.has_changes() {
             if let Ok(b) = self.repo.get_blob(name).await {
-                if b.latest_version > m.version() && b.id == m.blob_id() {
+                if b.id != m.blob_id() {
+                    // Deleted and made again elsewhere: start a new mirror.
+                    let stale = {
+                        let mut ms = lock(&self.mirrors);
+                        let same = ms.get(name).is_some_and(|x| Arc::ptr_eq(x, &m));
+                        same.then(|| ms.remove(name)).flatten()
+                    };
+                    if let Some(old) = stale {
+                        let _ = std::fs::remove_dir_all(old.dir());
+                    }
+                    m = self.mirror(name, None).await?;
+                } else if b.latest_version > m.version() && !lock(&m.inner).pinned {
                     m.rebase(b.latest_version, false).await?;
                 }
             }

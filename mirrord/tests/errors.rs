@@ -214,3 +214,33 @@ fn full_cache_disk_gives_enospc_and_loses_nothing_committed() {
     assert!(b == first);
     drop(f);
 }
+
+#[test]
+fn listing_follows_volumes_created_and_deleted_elsewhere() {
+    let c = Cluster::start(1, 1);
+    let m = Mirrord::start(&c.pool, c.dir.path());
+    let one = common::random_bytes(1, MIB);
+    c.import("elsewhere", &one, CS as u32);
+    m.wait_for("elsewhere");
+    assert!(std::fs::read(m.path("elsewhere")).unwrap() == one);
+    let listed = |name: &str| {
+        std::fs::read_dir(&m.mount)
+            .unwrap()
+            .any(|e| e.unwrap().file_name().to_str() == Some(name))
+    };
+    assert!(listed("elsewhere"));
+    c.rt.block_on(c.repo.delete("elsewhere", 0)).unwrap();
+    let t = Instant::now();
+    while listed("elsewhere") || m.path("elsewhere").exists() {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "a deleted volume stayed in the mount"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Same name, new volume: the old mirror must not leak into it.
+    let two = common::random_bytes(2, 2 * MIB);
+    c.import("elsewhere", &two, CS as u32);
+    m.wait_for("elsewhere");
+    assert!(std::fs::read(m.path("elsewhere")).unwrap() == two);
+}
