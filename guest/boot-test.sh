@@ -4,7 +4,10 @@
 # wrote into its own disk.
 #
 # usage: guest/boot-test.sh [options] IMAGE
-#   --serial NAME      SMBIOS system serial = guest name (default plainqemu)
+#   --serial NAME      SMBIOS system serial = guest name (default plainqemu;
+#                      "" = no SMBIOS serial)
+#   --expect-name N    name the marker must show (default: the serial, or
+#                      "unknown" without one)
 #   --expect-boots N   boot count the marker must show (default: the image's
 #                      current count + 1, i.e. 1 for a fresh image)
 #   --timeout S        give up after S seconds (default 120)
@@ -29,6 +32,7 @@ usage() { sed -n '2,/^set -e/{s/^# \{0,1\}//p}' "${BASH_SOURCE[0]}" >&2; exit 2;
 
 serial=plainqemu
 expect=
+expect_name=
 timeout_s=120
 logfile=
 stay=
@@ -36,7 +40,8 @@ stop=acpi
 quiet=0
 while [ $# -gt 0 ]; do
   case "$1" in
-    --serial) serial=${2:?}; shift 2 ;;
+    --serial) serial=${2?}; shift 2 ;;
+    --expect-name) expect_name=${2:?}; shift 2 ;;
     --expect-boots) expect=${2:?}; shift 2 ;;
     --timeout) timeout_s=${2:?}; shift 2 ;;
     --log) logfile=${2:?}; shift 2 ;;
@@ -74,7 +79,8 @@ trap 'exit 130' INT TERM
 before=$("$here/read-marker.sh" "$image" boots 2>/dev/null || echo 0)
 case "$before" in '' | *[!0-9]*) before=0 ;; esac
 [ -n "$expect" ] || expect=$((before + 1))
-want="name=$serial boots=$expect"
+[ -n "$expect_name" ] || expect_name=${serial:-unknown}
+want="name=$expect_name boots=$expect"
 
 if [ -n "$stay" ]; then
   if ! "$here/read-marker.sh" "$image" stay >/dev/null 2>&1; then
@@ -92,9 +98,9 @@ exec 3<>"$work/monitor"
 qemu_args=(
   -machine accel=tcg -m 256 -nographic -no-reboot
   -drive "file=$image,format=raw,if=virtio"
-  -smbios "type=1,serial=$serial"
   -serial "file:$logfile" -monitor stdio
 )
+[ -z "$serial" ] || qemu_args+=(-smbios "type=1,serial=$serial")
 show_log() {
   echo "---- serial console ----" >&2
   tr -d '\r' <"$logfile" >&2

@@ -220,7 +220,8 @@ dd if="$mbr_bin" of="$out.tmp" bs=440 count=1 conv=notrunc status=none
 # The boot sector's "hidden sectors" field (offset 28, 32-bit little endian)
 # must hold the partition's start sector: the boot sector adds it to every
 # sector it reads. extlinux cannot learn it from a loop device (no
-# HDIO_GETGEO) and writes 0, so set it here.
+# HDIO_GETGEO) and writes 0, so set it here. (mbr.bin also passes the
+# partition entry, which the boot sector prefers, but other loaders may not.)
 vbr=$((part_start * 512))
 printf "$(printf '\\x%02x\\x%02x\\x%02x\\x%02x' $((part_start & 255)) $(((part_start >> 8) & 255)) \
   $(((part_start >> 16) & 255)) $(((part_start >> 24) & 255)))" |
