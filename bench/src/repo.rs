@@ -164,6 +164,8 @@ async fn publish_latency(repo: &Repo, gib: u64, runs: usize) -> Result<(Vec<f64>
         }
         changes.sort_by_key(|c| c.index);
         changes.dedup_by_key(|c| c.index);
+        // Take the GC epoch before uploading, as every writer must.
+        repo.refresh().await?;
         repo.put_chunks(chunks).await?;
         req.create = false;
         req.base_version = version;

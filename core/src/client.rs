@@ -54,6 +54,10 @@ pub fn channel(addr: &str) -> Result<Channel, String> {
         .map_err(|e| e.to_string())?
         .connect_timeout(Duration::from_secs(3))
         .tcp_nodelay(true)
+        // Chunks are up to 4 MiB: HTTP/2's default 64 KiB windows would
+        // stall every transfer on window updates.
+        .initial_stream_window_size(4 << 20)
+        .initial_connection_window_size(32 << 20)
         .connect_lazy())
 }
 

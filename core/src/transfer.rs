@@ -102,6 +102,8 @@ pub async fn import_file(
     };
     let cs = chunk_size as u64;
     let n = chunk::chunk_count(size, chunk_size);
+    // The GC epoch must be read before any chunk is checked or uploaded.
+    repo.refresh().await?;
     let epoch = repo.gc_epoch();
 
     // Read sequentially on a blocking thread; hash and upload in parallel.
