@@ -155,8 +155,10 @@ else
     show_log
     fail "guest did not power off within $timeout_s s"
   fi
-  wait "$qpid" || fail "qemu exited with status $?"
+  rc=0
+  wait "$qpid" || rc=$?
   qpid=
+  [ "$rc" = 0 ] || { show_log; fail "qemu exited with status $rc"; }
   grep -q 'blobvirt-guest: powering off (done)' "$logfile" || { show_log; fail "guest did not finish its boot script"; }
 fi
 t_total=$(elapsed)

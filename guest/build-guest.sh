@@ -26,7 +26,7 @@ size_mib=${2:-64}
 case "$size_mib" in '' | *[!0-9]*) fail "SIZE_MIB must be a number of MiB, got '$size_mib'" ;; esac
 [ "$size_mib" -ge 24 ] || fail "SIZE_MIB $size_mib is too small; the kernel and initramfs need at least 24 MiB"
 [ "$(id -u)" = 0 ] || fail "must run as root (extlinux needs a loop mount); rerun with sudo"
-for t in apt-get dpkg-deb sfdisk mke2fs losetup mount umount extlinux cpio gzip modinfo partx; do
+for t in perl apt-get dpkg-deb sfdisk mke2fs losetup mount umount extlinux cpio gzip modinfo partx; do
   command -v "$t" >/dev/null || fail "$t is missing; run guest/install-deps.sh"
 done
 busybox_bin=/bin/busybox
@@ -220,11 +220,11 @@ dd if="$mbr_bin" of="$out.tmp" bs=440 count=1 conv=notrunc status=none
 # The boot sector's "hidden sectors" field (offset 28, 32-bit little endian)
 # must hold the partition's start sector: the boot sector adds it to every
 # sector it reads. extlinux cannot learn it from a loop device (no
-# HDIO_GETGEO) and writes 0, so set it here. (mbr.bin also passes the
-# partition entry, which the boot sector prefers, but other loaders may not.)
+# HDIO_GETGEO) and writes 0, so set it here. (mbr.bin also hands the
+# partition entry to the boot sector, which then boots even with 0 here, but
+# other chain loaders may not.)
 vbr=$((part_start * 512))
-printf "$(printf '\\x%02x\\x%02x\\x%02x\\x%02x' $((part_start & 255)) $(((part_start >> 8) & 255)) \
-  $(((part_start >> 16) & 255)) $(((part_start >> 24) & 255)))" |
+perl -e 'print pack("V", $ARGV[0])' "$part_start" |
   dd of="$out.tmp" bs=1 seek=$((vbr + 28)) conv=notrunc status=none
 hidden=$(od -An -tu4 -j $((vbr + 28)) -N4 "$out.tmp" | tr -d ' ')
 [ "$hidden" = "$part_start" ] || fail "could not set the boot sector's partition offset ($hidden != $part_start)"
