@@ -26,7 +26,7 @@ size_mib=${2:-64}
 case "$size_mib" in '' | *[!0-9]*) fail "SIZE_MIB must be a number of MiB, got '$size_mib'" ;; esac
 [ "$size_mib" -ge 24 ] || fail "SIZE_MIB $size_mib is too small; the kernel and initramfs need at least 24 MiB"
 [ "$(id -u)" = 0 ] || fail "must run as root (extlinux needs a loop mount); rerun with sudo"
-for t in perl apt-get dpkg-deb sfdisk mke2fs losetup mount umount extlinux cpio gzip modinfo partx; do
+for t in perl flock apt-get dpkg-deb sfdisk mke2fs losetup mount umount extlinux cpio gzip modinfo; do
   command -v "$t" >/dev/null || fail "$t is missing; run guest/install-deps.sh"
 done
 busybox_bin=/bin/busybox
@@ -59,6 +59,9 @@ trap 'exit 130' INT TERM
 # --- kernel -------------------------------------------------------------
 cache=${BLOBVIRT_GUEST_CACHE:-/var/cache/blobvirt-guest}
 mkdir -p "$cache"
+# Builds running at the same time share the cache: one downloads/unpacks.
+exec 9>"$cache/.lock"
+flock 9
 deb=${BLOBVIRT_GUEST_KERNEL_DEB:-}
 if [ -z "$deb" ]; then
   pkg=$(apt-cache depends linux-image-cloud-amd64 2>/dev/null |
@@ -95,6 +98,7 @@ moddir=$kroot/lib/modules/$kver
 vmlinuz=$kroot/boot/vmlinuz-$kver
 [ -f "$vmlinuz" ] || fail "no kernel image boot/vmlinuz-$kver in $deb"
 log "kernel version: $kver"
+flock -u 9
 
 # --- initramfs ----------------------------------------------------------
 ird=$work/initramfs
@@ -201,15 +205,13 @@ mke2fs -q -F -t ext4 -O ^64bit -b 4096 -E lazy_itable_init=0,lazy_journal_init=0
 dd if="$part" of="$out.tmp" bs=1M seek=1 conv=notrunc,sparse status=none
 rm -f "$part"
 
-# extlinux must see a partition of a disk (it records the partition offset).
-# (Partition scanning on loop devices is unreliable here; partx adds it.)
-loopdev=$(losetup --find --show "$out.tmp")
-p1=${loopdev}p1
-partx -a "$loopdev" 2>/dev/null || true
-for _ in $(seq 50); do [ -b "$p1" ] && break; sleep 0.1; done
-[ -b "$p1" ] || fail "partition device $p1 did not appear"
+# Mount the partition through a loop device at its offset. (Partition
+# devices of loop devices are unreliable here: `losetup --partscan` creates
+# none and ones added with partx can outlive the loop device with a stale
+# size. extlinux could not read the offset from them anyway, see below.)
+loopdev=$(losetup --find --show --offset $((part_start * 512)) --sizelimit $((part_sectors * 512)) "$out.tmp")
 mkdir -p "$mnt"
-mount -t ext4 -o noinit_itable "$p1" "$mnt"
+mount -t ext4 -o noinit_itable "$loopdev" "$mnt"
 extlinux --install "$mnt/boot/extlinux" >/dev/null 2>"$work/extlinux.err" ||
   { cat "$work/extlinux.err" >&2; fail "extlinux --install failed"; }
 sync
