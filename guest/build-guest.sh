@@ -220,11 +220,10 @@ losetup -d "$loopdev"
 loopdev=
 dd if="$mbr_bin" of="$out.tmp" bs=440 count=1 conv=notrunc status=none
 # The boot sector's "hidden sectors" field (offset 28, 32-bit little endian)
-# must hold the partition's start sector: the boot sector adds it to every
-# sector it reads. extlinux cannot learn it from a loop device (no
-# HDIO_GETGEO) and writes 0, so set it here. (mbr.bin also hands the
-# partition entry to the boot sector, which then boots even with 0 here, but
-# other chain loaders may not.)
+# should hold the partition's start sector. extlinux cannot learn it from a
+# loop device (no HDIO_GETGEO) and writes 0, so set it here. (mbr.bin hands
+# the partition entry to the boot sector, which then boots even with 0 here
+# - tried - but other chain loaders may not.)
 vbr=$((part_start * 512))
 perl -e 'print pack("V", $ARGV[0])' "$part_start" |
   dd of="$out.tmp" bs=1 seek=$((vbr + 28)) conv=notrunc status=none
