@@ -337,6 +337,32 @@ impl Repo {
         Ok(self.pool.clone().clone_volume(req).await?.into_inner())
     }
 
+    /// Publishes a new latest version of `name` with the content of
+    /// `name@version` (O(1) on poold); returns the new version.
+    pub async fn revert(&self, name: &str, version: u64, label: &str) -> Result<u64> {
+        let req = pb::RevertRequest {
+            name: name.into(),
+            version,
+            label: label.into(),
+        };
+        Ok(self.pool.clone().revert_volume(req).await?.into_inner().version)
+    }
+
+    /// Sets the label of `name@version` (0 = latest).
+    pub async fn label_version(
+        &self,
+        name: &str,
+        version: u64,
+        label: &str,
+    ) -> Result<pb::VersionInfo> {
+        let req = pb::LabelRequest {
+            name: name.into(),
+            version,
+            label: label.into(),
+        };
+        Ok(self.pool.clone().label_version(req).await?.into_inner())
+    }
+
     pub async fn delete(&self, name: &str, version: u64) -> Result<()> {
         let req = pb::DeleteVolumeRequest {
             name: name.into(),

@@ -225,6 +225,27 @@ impl Pool for PoolService {
         ok(pb::DeleteVolumeReply {})
     }
 
+    async fn revert_volume(
+        &self,
+        req: Request<pb::RevertRequest>,
+    ) -> Result<Response<pb::RevertReply>, Status> {
+        let meta = self.meta.clone();
+        let r = req.into_inner();
+        let (name, from) = (r.name.clone(), r.version);
+        let version = blocking(move || meta.revert_volume(&r.name, r.version, &r.label)).await?;
+        tracing::info!(volume = %name, version, from, "reverted");
+        ok(pb::RevertReply { version })
+    }
+
+    async fn label_version(
+        &self,
+        req: Request<pb::LabelRequest>,
+    ) -> Result<Response<pb::VersionInfo>, Status> {
+        let meta = self.meta.clone();
+        let r = req.into_inner();
+        ok(blocking(move || meta.label_version(&r.name, r.version, &r.label)).await?)
+    }
+
     async fn acquire_lease(
         &self,
         req: Request<pb::LeaseRequest>,

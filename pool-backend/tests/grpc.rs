@@ -544,3 +544,39 @@ async fn background_gc_waits_for_dead_nodes_but_explicit_gc_runs() {
     let s = c.stats(pb::PoolStatsRequest {}).await.unwrap().into_inner();
     assert_eq!(s.gc_pending, 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revert_and_label_over_grpc() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = Poold::start(dir.path(), "redb", &[]).await;
+    let repo = Repo::connect(&p.url()).await.unwrap();
+    let mut c = p.client();
+    let (a, b) = (ChunkId::of(b"a").0, ChunkId::of(b"b").0);
+    c.publish(publish_req("v", true, 0, 4, &[(1, &a)]))
+        .await
+        .unwrap();
+    let mut r2 = publish_req("v", false, 1, 6, &[(1, &b)]);
+    r2.label = "snapshot:dom/s1".into();
+    c.publish(r2).await.unwrap();
+    assert_eq!(repo.revert("v", 1, "revert:dom/s0").await.unwrap(), 3);
+    let info = repo.get_blob("v").await.unwrap();
+    assert_eq!(info.latest_version, 3);
+    let labels: Vec<_> = info.versions.iter().map(|v| v.label.as_str()).collect();
+    assert_eq!(labels, ["", "snapshot:dom/s1", "revert:dom/s0"]);
+    let latest = repo.resolve("v", 0).await.unwrap();
+    let v1 = repo.resolve("v", 1).await.unwrap();
+    assert_eq!((latest.size, &latest.chunks), (v1.size, &v1.chunks));
+    let vi = repo.label_version("v", 2, "").await.unwrap();
+    assert_eq!(
+        (vi.version, vi.label.as_str(), vi.size),
+        (2, "", 6 * CS as u64)
+    );
+    let e = repo.revert("v", 7, "").await.unwrap_err();
+    assert_eq!(e.code(), Some(Code::NotFound));
+    assert!(e.to_string().contains("its versions are 1, 2, 3"), "{e}");
+    let e = repo.revert("nope", 1, "").await.unwrap_err();
+    assert_eq!(e.code(), Some(Code::NotFound));
+    let e = repo.revert("v", 0, "").await.unwrap_err();
+    assert_eq!(e.code(), Some(Code::InvalidArgument));
+    assert_eq!(repo.get_blob("v").await.unwrap().versions.len(), 3);
+}

@@ -8,6 +8,7 @@
 //! run them with `spawn_blocking`.
 
 mod check;
+mod revert;
 mod txn;
 mod write;
 

@@ -498,6 +498,69 @@ fn reopen_keeps_everything(engine: Engine) {
     assert_eq!(publish(&m, &req("p", Some(1), 3, &[])), 2);
 }
 
+fn revert_and_label(m: Meta) {
+    publish(&m, &req("a", None, 20, &[(0, Some(1)), (7, Some(2))]));
+    publish(&m, &req("a", Some(1), 24, &[(7, Some(3)), (21, Some(4))]));
+    let nodes = m.stats().unwrap().meta_nodes;
+    // Revert to version 1: a new version 3 with version 1's content and size.
+    let v = m.revert_volume("a", 1, "revert:x").unwrap();
+    assert_eq!(v, 3);
+    assert_eq!(m.stats().unwrap().meta_nodes, nodes, "revert adds no nodes");
+    assert_eq!(resolve_all(&m, "a", 0), resolve_all(&m, "a", 1));
+    assert_eq!(m.resolve("a", 0, 0, 0).unwrap().size, 20 * CS as u64);
+    let info = m.get_blob("a").unwrap();
+    assert_eq!(info.latest_version, 3);
+    assert_eq!(info.versions[2].label, "revert:x");
+    // The shared root survives deleting the version it came from.
+    m.delete_volume("a", 1).unwrap();
+    assert_eq!(resolve_all(&m, "a", 3), expect(20, &[(0, 1), (7, 2)]));
+    assert_eq!(m.chunk_refs(&cid(2)).unwrap(), 1);
+    // Publishing on top of the reverted version works as usual.
+    assert_eq!(publish(&m, &req("a", Some(3), 20, &[(1, Some(5))])), 4);
+    assert_eq!(resolve_all(&m, "a", 3), expect(20, &[(0, 1), (7, 2)]));
+    // Labels change in place; 0 = latest.
+    let vi = m.label_version("a", 2, "snapshot:d/s1").unwrap();
+    assert_eq!((vi.version, vi.label.as_str()), (2, "snapshot:d/s1"));
+    assert_eq!(m.label_version("a", 0, "").unwrap().version, 4);
+    let labels: Vec<_> = m
+        .get_blob("a")
+        .unwrap()
+        .versions
+        .into_iter()
+        .map(|v| (v.version, v.label))
+        .collect();
+    assert_eq!(
+        labels,
+        vec![
+            (2, "snapshot:d/s1".to_string()),
+            (3, "revert:x".to_string()),
+            (4, String::new())
+        ]
+    );
+    // Errors: unknown volume or version, version 0; nothing changes.
+    let before = m.stats().unwrap();
+    assert_eq!(
+        code(m.revert_volume("nope", 1, "").unwrap_err()).0,
+        "not_found"
+    );
+    let (c, msg) = code(m.revert_volume("a", 1, "").unwrap_err());
+    assert_eq!(c, "not_found");
+    assert!(msg.contains("versions are 2, 3, 4"), "{msg}");
+    assert_eq!(code(m.revert_volume("a", 0, "").unwrap_err()).0, "invalid");
+    assert_eq!(
+        code(m.label_version("a", 9, "x").unwrap_err()).0,
+        "not_found"
+    );
+    let after = m.stats().unwrap();
+    assert_eq!(
+        (before.versions, before.meta_nodes),
+        (after.versions, after.meta_nodes)
+    );
+    // Deleting everything releases the shared root exactly once per version.
+    m.delete_volume("a", 0).unwrap();
+    assert_eq!(m.stats().unwrap().live_chunks, 0);
+}
+
 macro_rules! on_engines {
     ($($t:ident),*) => {
         mod redb {
@@ -529,7 +592,8 @@ on_engines!(
     errors,
     reupload_protocol,
     profiles,
-    matches_model
+    matches_model,
+    revert_and_label
 );
 
 #[test]
