@@ -39,6 +39,7 @@ fn lazy_reads_fetch_only_covering_chunks_and_no_holes() {
         "fetched {} bytes for a 10 MiB read covering {covering} chunks",
         st.bytes_fetched
     );
+    assert_eq!(st.readahead, 0, "one 10 MiB read started read-ahead");
 
     // The last quarter is a hole: reading it fetches nothing.
     let before = m.status(&c.rt, "lazy").bytes_fetched;
@@ -63,6 +64,10 @@ fn lazy_reads_fetch_only_covering_chunks_and_no_holes() {
     assert_eq!(
         st.fetches, non_hole,
         "each non-hole chunk is fetched exactly once"
+    );
+    assert!(
+        st.readahead > 0,
+        "a 64 MiB sequential read fetched nothing ahead"
     );
     assert_eq!(st.chunks_dirty, 0);
 
@@ -116,7 +121,62 @@ fn concurrent_readers_share_fetches() {
         .chunks(CS)
         .filter(|c| c.iter().any(|&b| b != 0))
         .count() as u64;
-    assert_eq!(m.status(&c.rt, "shared").fetches, non_hole);
+    let st = m.status(&c.rt, "shared");
+    assert_eq!(st.fetches, non_hole);
+    assert_eq!(st.readahead, 0, "8 MiB of reads started read-ahead");
+}
+
+#[test]
+fn sequential_direct_reads_fetch_ahead_once_per_chunk() {
+    let c = Cluster::start(2, 2);
+    let img = image(4, 96 * MIB, CS);
+    c.import("seq", &img, CS as u32);
+    let m = Mirrord::start(&c.pool, c.dir.path());
+    m.wait_for("seq");
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(m.path("seq"))
+        .unwrap();
+    let mut buf = AlignedBuf::new(MIB);
+    // 40 MiB from 8 MiB on, in 1 MiB requests.
+    for k in 8..48 {
+        f.read_exact_at(buf.as_mut(), (k * MIB) as u64).unwrap();
+        assert!(
+            buf.as_mut() == &img[k * MIB..(k + 1) * MIB],
+            "MiB {k} differs"
+        );
+    }
+    let st = m.status(&c.rt, "seq");
+    assert!(
+        st.readahead > 0,
+        "a 40 MiB sequential read fetched nothing ahead"
+    );
+    // Every fetch is of a distinct non-hole chunk, none beyond the window.
+    let window_end = 48 * MIB / CS + 64;
+    let possible = img[8 * MIB..window_end * CS]
+        .chunks(CS)
+        .filter(|c| c.iter().any(|&b| b != 0))
+        .count() as u64;
+    let read = img[8 * MIB..48 * MIB]
+        .chunks(CS)
+        .filter(|c| c.iter().any(|&b| b != 0))
+        .count() as u64;
+    assert!(
+        st.fetches >= read && st.fetches <= possible,
+        "{} fetches for {read} chunks read (at most {possible} with read-ahead)",
+        st.fetches
+    );
+    // A random read far away then reads nothing ahead of itself.
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let before = m.status(&c.rt, "seq");
+    f.read_exact_at(buf.as_mut(), (70 * MIB) as u64).unwrap();
+    let after = m.status(&c.rt, "seq");
+    assert_eq!(
+        after.readahead, before.readahead,
+        "a random read fetched ahead"
+    );
+    assert!(after.fetches - before.fetches <= 4);
 }
 
 use std::os::unix::fs::OpenOptionsExt;

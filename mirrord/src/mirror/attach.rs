@@ -146,6 +146,7 @@ impl Mirror {
             flush_lock: Mutex::new(()),
             stats: Stats::default(),
             demand: AtomicUsize::new(0),
+            ra: super::readahead::ReadAhead::new(),
             policy: Mutex::default(),
             last_error: Mutex::default(),
             handles: AtomicU64::new(0),

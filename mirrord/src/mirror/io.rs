@@ -109,8 +109,12 @@ impl Mirror {
         Ok(Ok(buf))
     }
 
-    /// Reads without waiting: `None` when a chunk must be fetched first.
-    pub fn try_read_local(&self, off: u64, len: u64) -> Option<Result<Vec<u8>, Errno>> {
+    /// Reads without waiting: `None` when a chunk must be fetched first
+    /// (then call [`Mirror::read`]). This is the entry of every read of the
+    /// mounted file: it also feeds the sequential read-ahead, so call it
+    /// once per request.
+    pub fn try_read_local(self: &Arc<Self>, off: u64, len: u64) -> Option<Result<Vec<u8>, Errno>> {
+        self.read_ahead(off, len);
         match self.read_with(off, len, &HashMap::new()) {
             Ok(Ok(b)) => Some(Ok(b)),
             Ok(Err(_)) => None,
@@ -145,6 +149,17 @@ impl Mirror {
     /// Makes chunk `i` local unless it is local already or a hole. Concurrent
     /// callers for the same chunk share one fetch.
     pub(crate) async fn ensure(self: &Arc<Self>, i: u64, prefetch: bool) -> Fetched {
+        let counter = prefetch.then_some(&self.stats.prefetched);
+        self.ensure_counted(i, counter).await
+    }
+
+    /// [`Mirror::ensure`] that adds one to `counter` when this call did
+    /// the fetch (not when it joined another caller's).
+    pub(crate) async fn ensure_counted(
+        self: &Arc<Self>,
+        i: u64,
+        counter: Option<&std::sync::atomic::AtomicU64>,
+    ) -> Fetched {
         let (cell, id) = {
             let mut inner = lock(&self.inner);
             let u = i as usize;
@@ -164,8 +179,8 @@ impl Mirror {
             })
             .await
             .clone();
-        if leader && prefetch && r.is_ok() {
-            self.stats.prefetched.fetch_add(1, Ordering::Relaxed);
+        if let Some(c) = counter.filter(|_| leader && r.is_ok()) {
+            c.fetch_add(1, Ordering::Relaxed);
         }
         r
     }
@@ -182,9 +197,13 @@ impl Mirror {
                 let m = self.clone();
                 let d = data.clone();
                 let stored = tokio::task::spawn_blocking(move || {
+                    let at = i * m.chunk_size;
+                    if d.len() == len {
+                        return m.data.write_all_at(&d, at);
+                    }
                     let mut buf = d.to_vec();
                     buf.resize(len, 0);
-                    m.data.write_all_at(&buf, i * m.chunk_size)
+                    m.data.write_all_at(&buf, at)
                 })
                 .await
                 .unwrap_or_else(|e| Err(std::io::Error::other(e)));

@@ -14,10 +14,12 @@
 //!   yet, and the copies writers made of them before overwriting them.
 //! * a fetch is one `OnceCell` per chunk in `inner.inflight`: every reader of
 //!   the chunk awaits the same cell, so each chunk is fetched once.
+//! * `ra` detects sequential streams and fetches ahead of them (`readahead`).
 
 mod attach;
 mod commit;
 mod io;
+mod readahead;
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fs::File;
@@ -124,6 +126,8 @@ pub struct Stats {
     pub fetches: AtomicU64,
     pub bytes_committed: AtomicU64,
     pub prefetched: AtomicU64,
+    /// Chunks fetched by sequential read-ahead.
+    pub readahead: AtomicU64,
     pub last_freeze_us: AtomicU64,
     pub commits: AtomicU64,
     /// Frozen chunks copied aside because a write hit them during phase 2.
@@ -144,6 +148,10 @@ pub struct VolumeStatus {
     pub bytes_committed: u64,
     pub fetches: u64,
     pub prefetched: u64,
+    /// Chunks fetched by sequential read-ahead (also counted in `fetches`
+    /// and `bytes_fetched`; boot-profile prefetches are `prefetched`).
+    #[serde(default)]
+    pub readahead: u64,
     pub commits: u64,
     pub cow_copies: u64,
     /// Duration of the last COMMIT phase 1, in microseconds.
@@ -204,6 +212,8 @@ pub struct Mirror {
     pub stats: Stats,
     /// On-demand fetches being awaited (prefetch yields to them).
     demand: AtomicUsize,
+    /// Sequential read-ahead.
+    ra: readahead::ReadAhead,
     pub(crate) policy: Mutex<OnClose>,
     pub(crate) last_error: Mutex<Option<String>>,
     /// Open FUSE handles and writable ones (maintained by the volume table).
@@ -291,6 +301,7 @@ impl Mirror {
             bytes_committed: s.bytes_committed.load(Ordering::Relaxed),
             fetches: s.fetches.load(Ordering::Relaxed),
             prefetched: s.prefetched.load(Ordering::Relaxed),
+            readahead: s.readahead.load(Ordering::Relaxed),
             commits: s.commits.load(Ordering::Relaxed),
             cow_copies: s.cow_copies.load(Ordering::Relaxed),
             last_freeze_us: s.last_freeze_us.load(Ordering::Relaxed),
