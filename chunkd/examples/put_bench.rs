@@ -105,6 +105,7 @@ async fn grpc(
                 let req = blobvirt_core::proto::PutRequest {
                     id: Bytes::copy_from_slice(&id.0),
                     data,
+                    staged: false,
                 };
                 c.put(req).await
             }

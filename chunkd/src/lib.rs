@@ -25,6 +25,7 @@
 pub mod durable;
 pub mod membership;
 pub mod service;
+pub mod staged;
 pub mod store;
 
 use std::future::Future;
@@ -140,12 +141,28 @@ pub async fn run_until(opts: Opts, shutdown: impl Future<Output = ()>) -> anyhow
         id.clone(),
         addr.clone(),
     ));
+    let store = Arc::new(store);
+    // Staged chunks nobody flushed (a writer that died) still become durable.
+    let flusher = tokio::spawn({
+        let store = store.clone();
+        async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs(5)).await;
+                if !store.staged().is_empty() {
+                    let s = store.clone();
+                    if let Ok(Err(e)) = tokio::task::spawn_blocking(move || s.flush()).await {
+                        tracing::error!("background flush of staged chunks failed: {e}");
+                    }
+                }
+            }
+        }
+    });
     let stop = Arc::new(tokio::sync::Notify::new());
     let serve = tonic::transport::Server::builder()
         .initial_stream_window_size(Some(4 << 20))
         .initial_connection_window_size(Some(32 << 20))
         .tcp_nodelay(true)
-        .add_service(ChunkService::new(Arc::new(store)).into_server())
+        .add_service(ChunkService::new(store.clone()).into_server())
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), {
             let stop = stop.clone();
             async move { stop.notified().await }
@@ -165,6 +182,13 @@ pub async fn run_until(opts: Opts, shutdown: impl Future<Output = ()>) -> anyhow
         }
     };
     member.abort();
+    flusher.abort();
+    if let Err(e) = tokio::task::spawn_blocking(move || store.flush())
+        .await
+        .expect("flush task")
+    {
+        tracing::error!("flush of staged chunks at shutdown failed: {e}");
+    }
     let _ = std::fs::remove_file(&addr_file);
     res.context("serve gRPC")?;
     tracing::info!(node = %id, "chunkd stopped");

@@ -5,8 +5,8 @@ use std::sync::Arc;
 
 use blobvirt_core::proto::chunk_store_server::{ChunkStore, ChunkStoreServer};
 use blobvirt_core::proto::{
-    DeleteReply, DeleteRequest, GetReply, GetRequest, HasReply, HasRequest, PutReply, PutRequest,
-    StatsReply, StatsRequest,
+    DeleteReply, DeleteRequest, FlushReply, FlushRequest, GetReply, GetRequest, HasReply,
+    HasRequest, PutReply, PutRequest, StatsReply, StatsRequest,
 };
 use blobvirt_core::{ChunkId, MAX_MESSAGE};
 use tonic::{Request, Response, Status};
@@ -67,9 +67,13 @@ fn parse_ids(ids: &[bytes::Bytes]) -> Result<Vec<ChunkId>, Status> {
 #[tonic::async_trait]
 impl ChunkStore for ChunkService {
     async fn put(&self, req: Request<PutRequest>) -> Result<Response<PutReply>, Status> {
-        let PutRequest { id, data } = req.into_inner();
+        let PutRequest { id, data, staged } = req.into_inner();
         let id = parse_id(&id).map_err(to_status)?;
-        let stored = self.blocking(move |s| s.put(&id, &data)).await?;
+        let stored = if staged {
+            self.blocking(move |s| s.put_staged(&id, &data)).await?
+        } else {
+            self.blocking(move |s| s.put(&id, &data)).await?
+        };
         Ok(Response::new(PutReply { stored }))
     }
 
@@ -89,6 +93,11 @@ impl ChunkStore for ChunkService {
         let ids = parse_ids(&req.into_inner().ids)?;
         let deleted = self.blocking(move |s| s.delete(&ids)).await?;
         Ok(Response::new(DeleteReply { deleted }))
+    }
+
+    async fn flush(&self, _req: Request<FlushRequest>) -> Result<Response<FlushReply>, Status> {
+        let chunks = self.blocking(|s| s.flush()).await?;
+        Ok(Response::new(FlushReply { chunks }))
     }
 
     async fn stats(&self, _req: Request<StatsRequest>) -> Result<Response<StatsReply>, Status> {

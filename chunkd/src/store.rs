@@ -22,6 +22,7 @@ use bytes::Bytes;
 use nix::errno::Errno;
 
 use crate::durable::{Durability, Syncer};
+use crate::staged::Staged;
 
 /// Errors of store operations; the service maps them to gRPC codes.
 #[derive(Debug, thiserror::Error)]
@@ -70,6 +71,7 @@ pub struct Store {
     bytes: AtomicU64,
     seq: AtomicU64,
     sync: Syncer,
+    staged: Staged,
 }
 
 impl Store {
@@ -121,6 +123,7 @@ impl Store {
             bytes: AtomicU64::new(0),
             seq: AtomicU64::new(0),
             sync: Syncer::new(dirs, mode),
+            staged: Staged::default(),
         };
         let (n, b) = store.scan()?;
         store.chunks.store(n, Ordering::Relaxed);
@@ -142,7 +145,39 @@ impl Store {
         self.chunks_dir.join(&hex[..2]).join(hex)
     }
 
-    fn io_err(&self, op: &'static str, path: &Path, source: io::Error) -> StoreError {
+    pub fn staged(&self) -> &Staged {
+        &self.staged
+    }
+
+    pub(crate) fn tmp_dir(&self) -> &Path {
+        &self.tmp_dir
+    }
+
+    /// A fresh temp file name for chunk `id`.
+    pub(crate) fn tmp_path(&self, id: &ChunkId) -> PathBuf {
+        let seq = self.seq.fetch_add(1, Ordering::Relaxed);
+        self.tmp_dir.join(format!("{}.{seq}", id.to_hex()))
+    }
+
+    /// Refuses data that does not hash to `id`.
+    pub(crate) fn check(&self, id: &ChunkId, data: &[u8]) -> Result<(), StoreError> {
+        if id.verifies(data) {
+            Ok(())
+        } else {
+            Err(StoreError::HashMismatch {
+                chunk: *id,
+                len: data.len(),
+            })
+        }
+    }
+
+    /// Counts one more stored chunk of `len` bytes.
+    pub(crate) fn count(&self, len: u64) {
+        self.chunks.fetch_add(1, Ordering::Relaxed);
+        self.bytes.fetch_add(len, Ordering::Relaxed);
+    }
+
+    pub(crate) fn io_err(&self, op: &'static str, path: &Path, source: io::Error) -> StoreError {
         if matches!(
             Errno::from_raw(source.raw_os_error().unwrap_or(0)),
             Errno::ENOSPC | Errno::EDQUOT
@@ -189,26 +224,19 @@ impl Store {
     /// Stores `data` as chunk `id`. Returns false when it was already there.
     /// Returns only once the chunk is durable.
     pub fn put(&self, id: &ChunkId, data: &[u8]) -> Result<bool, StoreError> {
-        if !id.verifies(data) {
-            return Err(StoreError::HashMismatch {
-                chunk: *id,
-                len: data.len(),
-            });
-        }
+        self.check(id, data)?;
         let dst = self.chunk_path(id);
         if dst.exists() {
             return Ok(false);
         }
-        let seq = self.seq.fetch_add(1, Ordering::Relaxed);
-        let tmp = self.tmp_dir.join(format!("{}.{seq}", id.to_hex()));
+        let tmp = self.tmp_path(id);
         let res = self.put_tmp(&tmp, &dst, data);
         if !matches!(res, Ok(true)) {
             let _ = fs::remove_file(&tmp);
         }
         let stored = res?;
         if stored {
-            self.chunks.fetch_add(1, Ordering::Relaxed);
-            self.bytes.fetch_add(data.len() as u64, Ordering::Relaxed);
+            self.count(data.len() as u64);
             self.sync
                 .names(id.0[0])
                 .map_err(|e| self.io_err("sync the directory of", &dst, e))?;
@@ -233,8 +261,18 @@ impl Store {
     /// `corrupt/` and reported as [`StoreError::Corrupt`]; its bytes are never
     /// returned.
     pub fn get(&self, id: &ChunkId) -> Result<Bytes, StoreError> {
-        let path = self.chunk_path(id);
-        let data = match fs::read(&path) {
+        let mut path = self.chunk_path(id);
+        let read = match fs::read(&path) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => match self.staged.path_of(id) {
+                Some(tmp) => {
+                    path = tmp;
+                    fs::read(&path)
+                }
+                None => Err(e),
+            },
+            r => r,
+        };
+        let data = match read {
             Ok(d) => d,
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 return Err(StoreError::NotFound {
@@ -296,6 +334,9 @@ impl Store {
     pub fn delete(&self, ids: &[ChunkId]) -> Result<u64, StoreError> {
         let mut deleted = 0;
         for id in ids {
+            if let Some(tmp) = self.staged.remove(id) {
+                let _ = fs::remove_file(tmp);
+            }
             let path = self.chunk_path(id);
             let len = match fs::metadata(&path) {
                 Ok(m) => m.len(),
@@ -330,7 +371,7 @@ impl Store {
 }
 
 /// `rename(2)` that refuses to replace: Ok(false) when `dst` exists.
-fn rename_noreplace(src: &Path, dst: &Path) -> io::Result<bool> {
+pub(crate) fn rename_noreplace(src: &Path, dst: &Path) -> io::Result<bool> {
     use nix::fcntl::{renameat2, RenameFlags};
     match renameat2(None, src, None, dst, RenameFlags::RENAME_NOREPLACE) {
         Ok(()) => Ok(true),

@@ -105,6 +105,7 @@ fn put(id: &ChunkId, data: &Bytes) -> PutRequest {
     PutRequest {
         id: Bytes::copy_from_slice(&id.0),
         data: data.clone(),
+        staged: false,
     }
 }
 
@@ -130,6 +131,7 @@ async fn serves_chunks_while_poold_is_down_and_exits_0_on_sigterm() {
     let short = PutRequest {
         id: Bytes::from_static(&[1, 2, 3]),
         data: da.clone(),
+        staged: false,
     };
     assert_eq!(
         c.put(short).await.unwrap_err().code(),

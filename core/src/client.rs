@@ -28,6 +28,8 @@ pub enum RepoError {
     ChunkUnavailable { chunk: ChunkId, tried: String },
     #[error("chunk {chunk} could not be stored on enough chunkd nodes ({tried}); check the nodes with `blobvirt cluster status`")]
     ChunkNotStored { chunk: ChunkId, tried: String },
+    #[error("chunkd node at {node} could not make the uploaded chunks durable ({reason}); check the node and try again")]
+    Flush { node: String, reason: String },
     #[error("no live chunkd node is registered; start chunkd nodes first")]
     NoLiveNodes,
 }
@@ -169,9 +171,20 @@ impl Repo {
         c
     }
 
-    /// Stores one chunk on its home nodes, all replicas at once. A home that
-    /// fails is replaced by the next live node of the ranking.
+    /// Stores one chunk durably on its home nodes, all replicas at once. A
+    /// home that fails is replaced by the next live node of the ranking.
     pub async fn put_chunk(&self, id: ChunkId, data: Bytes) -> Result<()> {
+        self.put_replicas(id, data, false).await.map(drop)
+    }
+
+    /// Stores one chunk on its home nodes without waiting for it to be
+    /// durable; returns the nodes (addresses) that took it. The caller must
+    /// [`Repo::flush`] those nodes before it publishes anything that uses it.
+    pub async fn put_chunk_staged(&self, id: ChunkId, data: Bytes) -> Result<Vec<String>> {
+        self.put_replicas(id, data, true).await
+    }
+
+    async fn put_replicas(&self, id: ChunkId, data: Bytes, staged: bool) -> Result<Vec<String>> {
         let p = self.placement();
         let live: Vec<&Member> = p.ranking(&id).into_iter().filter(|m| m.alive).collect();
         let want = p.replicas().min(live.len());
@@ -179,28 +192,64 @@ impl Repo {
             return Err(RepoError::NoLiveNodes);
         }
         let put = |m: &Member| {
-            let req = pb::PutRequest { id: Bytes::copy_from_slice(&id.0), data: data.clone() };
+            let req = pb::PutRequest {
+                id: Bytes::copy_from_slice(&id.0),
+                data: data.clone(),
+                staged,
+            };
             let mut c = self.node(&m.addr);
-            let node = m.id.clone();
-            async move { c.put(req).await.map_err(|s| format!("{node}: {}", s.message())) }
-        };
-        let first = futures::future::join_all(live[..want].iter().map(|m| put(m))).await;
-        let mut tried: Vec<String> = first.into_iter().filter_map(|r| r.err()).collect();
-        let mut stored = want - tried.len();
-        for m in &live[want..] {
-            if stored == want {
-                break;
+            let (node, addr) = (m.id.clone(), m.addr.clone());
+            async move {
+                c.put(req)
+                    .await
+                    .map(|_| addr)
+                    .map_err(|s| format!("{node}: {}", s.message()))
             }
-            match put(m).await {
-                Ok(_) => stored += 1,
+        };
+        let mut stored = Vec::new();
+        let mut tried = Vec::new();
+        for r in futures::future::join_all(live[..want].iter().map(|m| put(m))).await {
+            match r {
+                Ok(addr) => stored.push(addr),
                 Err(e) => tried.push(e),
             }
         }
-        if stored == want {
-            Ok(())
-        } else {
-            Err(RepoError::ChunkNotStored { chunk: id, tried: tried.join("; ") })
+        for m in &live[want..] {
+            if stored.len() == want {
+                break;
+            }
+            match put(m).await {
+                Ok(addr) => stored.push(addr),
+                Err(e) => tried.push(e),
+            }
         }
+        if stored.len() == want {
+            Ok(stored)
+        } else {
+            Err(RepoError::ChunkNotStored {
+                chunk: id,
+                tried: tried.join("; "),
+            })
+        }
+    }
+
+    /// Makes the staged chunks on these nodes durable.
+    pub async fn flush<'a>(&self, addrs: impl IntoIterator<Item = &'a String>) -> Result<()> {
+        let calls = addrs.into_iter().map(|addr| {
+            let mut c = self.node(addr);
+            async move {
+                c.flush(pb::FlushRequest {})
+                    .await
+                    .map_err(|s| RepoError::Flush {
+                        node: addr.clone(),
+                        reason: s.message().to_string(),
+                    })
+            }
+        });
+        for r in futures::future::join_all(calls).await {
+            r?;
+        }
+        Ok(())
     }
 
     /// Stores many chunks, `concurrency` at a time.
@@ -234,6 +283,7 @@ impl Repo {
                             let req = pb::PutRequest {
                                 id: Bytes::copy_from_slice(&id.0),
                                 data: data.clone(),
+                                staged: false,
                             };
                             tokio::spawn(async move {
                                 if let Err(e) = c.put(req).await {
@@ -345,7 +395,13 @@ impl Repo {
             version,
             label: label.into(),
         };
-        Ok(self.pool.clone().revert_volume(req).await?.into_inner().version)
+        Ok(self
+            .pool
+            .clone()
+            .revert_volume(req)
+            .await?
+            .into_inner()
+            .version)
     }
 
     /// Sets the label of `name@version` (0 = latest).

@@ -138,21 +138,22 @@ pub async fn import_file(
                 let old = base_chunks.get(i as usize).copied().flatten();
                 let changed = old != id;
                 let mut uploaded = 0;
+                let mut nodes = Vec::new();
                 if changed {
                     if let Some(id) = id {
-                        repo.put_chunk(id, data)
-                            .await
-                            .map_err(|source| TransferError::Volume {
+                        nodes = repo.put_chunk_staged(id, data).await.map_err(|source| {
+                            TransferError::Volume {
                                 volume: name.to_string(),
                                 source,
-                            })?;
+                            }
+                        })?;
                         uploaded = len;
                     }
                 }
                 if let Some(p) = &progress {
                     p(len);
                 }
-                Ok::<_, TransferError>((i, id, changed, uploaded))
+                Ok::<_, TransferError>((i, id, changed, uploaded, nodes))
             }
         })
         .buffer_unordered(repo.concurrency);
@@ -162,8 +163,10 @@ pub async fn import_file(
         size,
         ..Default::default()
     };
+    let mut staged_on = std::collections::HashSet::new();
     while let Some(r) = results.next().await {
-        let (i, id, changed, uploaded) = r?;
+        let (i, id, changed, uploaded, nodes) = r?;
+        staged_on.extend(nodes);
         report.bytes_uploaded += uploaded;
         if changed {
             changes.push(pb::ChunkChange {
@@ -179,6 +182,13 @@ pub async fn import_file(
     reader.await.expect("reader task");
     changes.sort_by_key(|c| c.index);
     report.chunks_changed = changes.len() as u64;
+    // Every chunk must be durable before the version that uses it exists.
+    repo.flush(&staged_on)
+        .await
+        .map_err(|source| TransferError::Volume {
+            volume: name.to_string(),
+            source,
+        })?;
 
     let mut req = pb::PublishRequest {
         name: name.to_string(),
