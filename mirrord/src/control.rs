@@ -3,7 +3,9 @@
 //!
 //! Requests (`op` is the tag): `attach {name, version?}`, `detach {name}`,
 //! `commit {name, wait}`, `wait {name}`, `clone {name, new}`,
-//! `prefetch {name, all?}`, `status`, `set-policy {name, on_close}`.
+//! `prefetch {name, all?}`, `status`, `set-policy {name, on_close}`,
+//! `claim {name, owner}`, `unclaim {name, owner}` (see `volumes/claim.rs`;
+//! `status` lists the claims).
 //! Replies: `{"ok":true,"result":...}` or `{"ok":false,"error":"sentence"}`.
 //! [`Client`] is the typed client the CLI and the libvirt hook use.
 
@@ -15,7 +17,7 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 
 use crate::mirror::{CommitOutcome, OnClose, VolumeStatus};
-use crate::volumes::{OpError, Volumes};
+use crate::volumes::{Claim, ClaimOutcome, OpError, UnclaimOutcome, Volumes};
 
 /// One request.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -52,6 +54,18 @@ pub enum Request {
     SetPolicy {
         name: String,
         on_close: OnClose,
+    },
+    /// Reserves the volume for `owner` on this node and takes its writer
+    /// lease; refused when another owner holds it (idempotent otherwise).
+    Claim {
+        name: String,
+        owner: String,
+    },
+    /// Waits for the close-to-open commit, then drops `owner`'s claim and
+    /// the lease; a no-op when `owner` does not hold the claim.
+    Unclaim {
+        name: String,
+        owner: String,
     },
 }
 
@@ -91,6 +105,9 @@ pub struct PrefetchReply {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StatusReply {
     pub volumes: Vec<VolumeStatus>,
+    /// Claimed volumes and their owners.
+    #[serde(default)]
+    pub claims: Vec<Claim>,
 }
 
 /// Errors of the control client.
@@ -154,12 +171,17 @@ async fn handle(vols: &Arc<Volumes>, req: Request) -> Result<serde_json::Value, 
             let mut volumes: Vec<VolumeStatus> =
                 vols.mirrors().iter().map(|m| m.status()).collect();
             volumes.sort_by(|a, b| a.name.cmp(&b.name));
-            j(&StatusReply { volumes })
+            j(&StatusReply {
+                volumes,
+                claims: vols.claim_list(),
+            })
         }
         Request::SetPolicy { name, on_close } => {
             vols.mirror(&name, None).await?.set_policy(on_close);
             serde_json::json!({})
         }
+        Request::Claim { name, owner } => j(&vols.claim(&name, &owner).await?),
+        Request::Unclaim { name, owner } => j(&vols.unclaim(&name, &owner).await?),
     })
 }
 
@@ -333,6 +355,24 @@ impl Client {
         self.call(Request::Status).await
     }
 
+    /// Claims `name` for `owner` (a domain name) and takes its writer lease.
+    pub async fn claim(&self, name: &str, owner: &str) -> Result<ClaimOutcome, ControlError> {
+        self.call(Request::Claim {
+            name: name.into(),
+            owner: owner.into(),
+        })
+        .await
+    }
+
+    /// Waits for the close-to-open commit, then drops the claim and lease.
+    pub async fn unclaim(&self, name: &str, owner: &str) -> Result<UnclaimOutcome, ControlError> {
+        self.call(Request::Unclaim {
+            name: name.into(),
+            owner: owner.into(),
+        })
+        .await
+    }
+
     pub async fn set_policy(&self, name: &str, on_close: OnClose) -> Result<(), ControlError> {
         self.call_raw(&Request::SetPolicy {
             name: name.into(),
@@ -370,5 +410,24 @@ mod tests {
             serde_json::to_string(&Request::Status).unwrap(),
             r#"{"op":"status"}"#
         );
+    }
+
+    #[test]
+    fn claim_wire_form() {
+        let r: Request =
+            serde_json::from_str(r#"{"op":"claim","name":"g1","owner":"dom-a"}"#).unwrap();
+        assert_eq!(
+            r,
+            Request::Claim {
+                name: "g1".into(),
+                owner: "dom-a".into()
+            }
+        );
+        let r: Request =
+            serde_json::from_str(r#"{"op":"unclaim","name":"g1","owner":"dom-a"}"#).unwrap();
+        assert!(matches!(r, Request::Unclaim { .. }));
+        // Replies of older mirrords (no claims) still parse.
+        let s: StatusReply = serde_json::from_str(r#"{"volumes":[]}"#).unwrap();
+        assert!(s.claims.is_empty());
     }
 }

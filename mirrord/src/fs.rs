@@ -419,7 +419,9 @@ impl Filesystem for Fs {
         _size: u32,
         reply: ReplyXattr,
     ) {
-        reply.error(Errno::ENODATA);
+        // No xattrs at all (setxattr is unimplemented, i.e. EOPNOTSUPP):
+        // libvirt's DAC driver then skips remember_owner instead of failing.
+        reply.error(Errno::EOPNOTSUPP);
     }
 
     fn listxattr(&self, _req: &Request, _ino: INodeNo, size: u32, reply: ReplyXattr) {

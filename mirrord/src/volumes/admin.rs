@@ -21,6 +21,14 @@ impl Volumes {
         if m.handles.load(Ordering::SeqCst) > 0 {
             return Err(OpError::new(libc::EBUSY, format!("volume {name} is still open on this node; close it (stop the domain) before detaching")));
         }
+        if let Some(o) = self.claim_owner(name) {
+            return Err(OpError::new(
+                libc::EBUSY,
+                format!(
+                    "volume {name} is claimed by {o}; stop {o} (or unclaim it) before detaching"
+                ),
+            ));
+        }
         m.wait_commit().await.ok();
         self.save_profile(&m).await;
         m.flush_state(true)?;

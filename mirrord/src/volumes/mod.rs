@@ -12,7 +12,10 @@ use blobvirt_core::proto as pb;
 use blobvirt_core::Repo;
 
 mod admin;
+mod claim;
 mod profile;
+
+pub use claim::{Claim, ClaimOutcome, UnclaimOutcome};
 
 use crate::lease::{self, LeaseError};
 use crate::mirror::{lock, Errno, Mirror, MirrorError, OnClose};
@@ -54,6 +57,8 @@ pub struct Volumes {
     attach_lock: tokio::sync::Mutex<()>,
     handles: Mutex<HashMap<u64, Arc<Handle>>>,
     next_fh: AtomicU64,
+    /// Volume name -> owner of its claim (see `claim.rs`).
+    claims: Mutex<HashMap<String, String>>,
 }
 
 /// An error with the errno the file system answers and a sentence for logs
@@ -130,6 +135,7 @@ impl Volumes {
             attach_lock: tokio::sync::Mutex::new(()),
             handles: Mutex::default(),
             next_fh: AtomicU64::new(1),
+            claims: Mutex::default(),
         }
     }
 
@@ -369,7 +375,8 @@ impl Volumes {
             tracing::error!(volume = %name, "cannot save the mirror state: {e}");
         }
         let mut l = m.lease.lock().await;
-        if m.writers.load(Ordering::SeqCst) == 0 {
+        // A claimed volume keeps its lease until unclaim.
+        if m.writers.load(Ordering::SeqCst) == 0 && self.claim_owner(&name).is_none() {
             if let Some(lease) = l.take() {
                 lease.release().await;
             }
