@@ -36,6 +36,16 @@ pub enum Command {
     VolClone(VolClone),
     /// Delete a volume, or one version of it.
     VolDelete(VolDelete),
+    /// Show the volumes attached to mirrord: version, local and dirty chunks.
+    MirrorStatus(MirrorStatus),
+    /// Publish a mirrored volume's local changes as its next version.
+    Commit(MirrorCommit),
+    /// Make a mirrored volume's current content a new volume; the mirror goes on with it.
+    Clone(MirrorClone),
+    /// Attach a volume to mirrord (at its latest or a given version).
+    Attach(MirrorAttach),
+    /// Detach a volume from mirrord (it must not be open).
+    Detach(MirrorDetach),
 }
 
 #[derive(Debug, Subcommand)]
@@ -82,6 +92,12 @@ pub struct ClusterUp {
     /// Seconds an unreferenced chunk survives before GC deletes it.
     #[arg(long)]
     pub gc_grace_secs: Option<u64>,
+    /// Also start mirrord, showing every volume as a raw file under DIR.
+    #[arg(long, value_name = "DIR")]
+    pub mount: Option<PathBuf>,
+    /// Cache directory of mirrord (default: <--dir>/mirror-cache).
+    #[arg(long, value_name = "DIR", requires = "mount")]
+    pub cache: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -104,7 +120,7 @@ pub struct ClusterRestart {
 #[derive(Debug, Args)]
 pub struct ClusterStatus {
     /// Read the pool URL from DIR/cluster.json when --pool is not given.
-    #[arg(long)]
+    #[arg(long, env = "BLOBVIRT_CLUSTER_DIR")]
     pub dir: Option<PathBuf>,
     #[arg(long)]
     pub json: bool,
@@ -161,4 +177,60 @@ pub struct VolClone {
 pub struct VolDelete {
     /// NAME (the whole volume) or NAME@VERSION.
     pub spec: String,
+}
+
+/// Where mirrord's control socket is: `--control`, `BLOBVIRT_CONTROL`, the
+/// cluster.json of `--dir`/`BLOBVIRT_CLUSTER_DIR`, else the default.
+#[derive(Debug, Args)]
+pub struct ControlArgs {
+    /// mirrord's control socket.
+    #[arg(long, env = "BLOBVIRT_CONTROL", value_name = "SOCKET")]
+    pub control: Option<PathBuf>,
+    /// Take the control socket from DIR/cluster.json (cluster up --mount).
+    #[arg(long, env = "BLOBVIRT_CLUSTER_DIR", value_name = "DIR")]
+    pub dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct MirrorStatus {
+    #[command(flatten)]
+    pub ctl: ControlArgs,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct MirrorCommit {
+    pub name: String,
+    /// Return after phase 1 (the snapshot point); phase 2 runs in the background.
+    #[arg(long)]
+    pub no_wait: bool,
+    #[command(flatten)]
+    pub ctl: ControlArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct MirrorClone {
+    /// The mirrored volume.
+    pub name: String,
+    /// Name of the new volume.
+    pub new: String,
+    #[command(flatten)]
+    pub ctl: ControlArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct MirrorAttach {
+    /// NAME or NAME@VERSION (default: latest).
+    pub spec: String,
+    #[command(flatten)]
+    pub ctl: ControlArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct MirrorDetach {
+    pub name: String,
+    #[command(flatten)]
+    pub ctl: ControlArgs,
 }

@@ -2,7 +2,8 @@
 //! on this machine, recorded in `DIR/cluster.json`.
 //!
 //! Layout of DIR: `poold/` (metadata), `chunkd-<i>/` (chunks of node
-//! `node-<i>`, i from 1), `logs/<name>.log`, `cluster.json`.
+//! `node-<i>`, i from 1), `logs/<name>.log`, `cluster.json`, and with
+//! `--mount` the mirrord cache `mirror-cache/` (see `mirror.rs`).
 
 use std::collections::HashSet;
 use std::fs;
@@ -70,6 +71,10 @@ pub async fn up(a: ClusterUp) -> Result<()> {
         ]);
     }
     t.print();
+    if let Some(m) = &c.mirror {
+        println!("mounted every volume under {}", m.mount.display());
+        println!("BLOBVIRT_CONTROL={}", m.control.display());
+    }
     println!("BLOBVIRT_POOL={}", c.pool);
     Ok(())
 }
@@ -82,6 +87,14 @@ async fn start_all(
     chunkd_exe: &Path,
     children: &mut Vec<Child>,
 ) -> Result<ClusterFile> {
+    let mirrord_exe = a
+        .mount
+        .as_ref()
+        .map(|_| find_binary("mirrord"))
+        .transpose()?;
+    if let Some(m) = &a.mount {
+        crate::mirror::check_mount(m)?;
+    }
     let deadline = Instant::now() + STARTUP;
     let pdir = dir.join("poold");
     let mut args = vec![
@@ -133,13 +146,21 @@ async fn start_all(
         children.push(p.start("127.0.0.1:0", deadline)?);
         procs.push(p);
     }
-    let c = ClusterFile {
+    let mut c = ClusterFile {
         pool,
         dir: dir.to_path_buf(),
         replicas: a.replicas,
         processes: procs,
+        mirror: None,
     };
     wait_registered(&c, deadline).await?;
+    if let (Some(mount), Some(exe)) = (&a.mount, &mirrord_exe) {
+        let cache = a.cache.clone().unwrap_or_else(|| dir.join("mirror-cache"));
+        let (mut p, rec) = crate::mirror::plan(mount, &cache, &c.pool, exe, logs)?;
+        children.push(p.start("", Instant::now() + STARTUP)?);
+        c.processes.push(p);
+        c.mirror = Some(rec);
+    }
     Ok(c)
 }
 
@@ -207,13 +228,9 @@ fn signal_and_wait(ps: &[Proc], sig: Signal, wait: Duration) -> Vec<&Proc> {
     }
 }
 
-pub async fn down(a: ClusterDown) -> Result<()> {
-    let dir = a.dir.canonicalize().map_err(|_| {
-        anyhow!("directory {} does not exist; give the --dir of a cluster started with blobvirt cluster up", a.dir.display())
-    })?;
-    let c = load(&dir)?;
-    let running = c.processes.iter().filter(|p| p.running()).count();
-    let left = signal_and_wait(&c.processes, Signal::SIGTERM, Duration::from_secs(10));
+/// SIGTERM to `ps`, `wait`, then SIGKILL; returns how many needed SIGKILL.
+fn stop_all(ps: &[Proc], wait: Duration) -> Result<usize> {
+    let left = signal_and_wait(ps, Signal::SIGTERM, wait);
     let killed = left.len();
     if killed > 0 {
         let names: Vec<Proc> = left.into_iter().cloned().collect();
@@ -226,6 +243,28 @@ pub async fn down(a: ClusterDown) -> Result<()> {
             );
         }
     }
+    Ok(killed)
+}
+
+pub async fn down(a: ClusterDown) -> Result<()> {
+    let dir = a.dir.canonicalize().map_err(|_| {
+        anyhow!("directory {} does not exist; give the --dir of a cluster started with blobvirt cluster up", a.dir.display())
+    })?;
+    let c = load(&dir)?;
+    let running = c.processes.iter().filter(|p| p.running()).count();
+    // mirrord first: it commits (per policy) and unmounts while the pool runs.
+    let (mirrors, rest): (Vec<Proc>, Vec<Proc>) = c
+        .processes
+        .iter()
+        .cloned()
+        .partition(|p| p.binary == "mirrord");
+    let mut killed = stop_all(&mirrors, crate::mirror::STOP_WAIT)?;
+    let unmounted = match &c.mirror {
+        Some(m) => crate::mirror::unmount_stale(&m.mount),
+        None => Ok(()),
+    };
+    killed += stop_all(&rest, Duration::from_secs(10))?;
+    unmounted?;
     fs::remove_file(cluster_file(&dir))
         .with_context(|| format!("remove {}", cluster_file(&dir).display()))?;
     if a.purge {

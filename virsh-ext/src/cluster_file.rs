@@ -19,17 +19,31 @@ pub struct ClusterFile {
     pub dir: PathBuf,
     pub replicas: u32,
     pub processes: Vec<Proc>,
+    /// The mirrord of `cluster up --mount`, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mirror: Option<MirrorRec>,
+}
+
+/// Where the cluster's mirrord mounts and listens.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MirrorRec {
+    /// Mount point: every volume is `MOUNT/NAME`.
+    pub mount: PathBuf,
+    /// Cache directory of the local mirrors.
+    pub cache: PathBuf,
+    /// Control socket.
+    pub control: PathBuf,
 }
 
 /// One daemon of the cluster.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Proc {
-    /// `poold` or `chunkd-<i>`.
+    /// `poold`, `chunkd-<i>` or `mirrord`.
     pub name: String,
-    /// Binary name, `poold` or `chunkd`.
+    /// Binary name, `poold`, `chunkd` or `mirrord`.
     pub binary: String,
     pub pid: u32,
-    /// `127.0.0.1:PORT` it listens on.
+    /// `127.0.0.1:PORT` it listens on (mirrord: its control socket).
     pub addr: String,
     pub dir: PathBuf,
     pub log: PathBuf,
@@ -50,8 +64,12 @@ impl Proc {
         self.dir.join(format!("{}.addr", self.binary))
     }
 
-    /// Starts it on `listen` and waits for its address file.
+    /// Starts it on `listen` and waits for its address file (mirrord:
+    /// waits for its mount instead; `listen` is unused).
     pub fn start(&mut self, listen: &str, deadline: Instant) -> Result<Child> {
+        if self.binary == "mirrord" {
+            return crate::mirror::start(self, deadline);
+        }
         fs::create_dir_all(&self.dir).map_err(|e| {
             anyhow!(
                 "cannot create the directory {} of {}: {e}; remove what is in the way or pick another --dir",

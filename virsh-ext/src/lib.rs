@@ -3,7 +3,8 @@
 //! [`run`] executes a parsed command; [`main`] parses the arguments, runs
 //! the command and prints a failure as `error: <one sentence>` on stderr
 //! with exit status 1. Modules: `cli` (clap types), `cluster`/`cluster_file`/
-//! `procs`/`status` (local clusters), `vol` (volumes), `output` (tables, sizes).
+//! `procs`/`status` (local clusters), `vol` (volumes), `mirror` (mirrord:
+//! mount, control commands), `output` (tables, sizes).
 
 use std::process::ExitCode;
 
@@ -13,6 +14,7 @@ use clap::Parser;
 pub mod cli;
 pub mod cluster;
 pub mod cluster_file;
+pub mod mirror;
 pub mod output;
 pub mod procs;
 pub mod status;
@@ -36,6 +38,11 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::VolInfo(a) => vol::info(pool, a).await,
         Command::VolClone(a) => vol::clone(pool, a).await,
         Command::VolDelete(a) => vol::delete(pool, a).await,
+        Command::MirrorStatus(a) => mirror::status(a).await,
+        Command::Commit(a) => mirror::commit(a).await,
+        Command::Clone(a) => mirror::clone(a).await,
+        Command::Attach(a) => mirror::attach(a).await,
+        Command::Detach(a) => mirror::detach(a).await,
     }
 }
 

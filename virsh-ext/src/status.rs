@@ -4,7 +4,8 @@
 //! its Stats answered, `registered_alive` = poold's heartbeat view, `chunks`,
 //! `bytes`, `free_bytes`, `total_bytes`), `nodes_alive`, `stored_chunks`,
 //! `stored_bytes` (sums over the nodes, replicas included), and poold's
-//! `blobs`, `versions`, `meta_nodes`, `live_chunks`, `gc_pending`.
+//! `blobs`, `versions`, `meta_nodes`, `live_chunks`, `gc_pending`; with a
+//! cluster dir whose mirrord runs, `mirror` (see `mirror::MountStatus`).
 
 use std::time::Duration;
 
@@ -41,6 +42,9 @@ pub struct Status {
     pub meta_nodes: u64,
     pub live_chunks: u64,
     pub gc_pending: u64,
+    /// The cluster's mirrord, when `--dir` names a cluster started with `--mount`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mirror: Option<crate::mirror::MountStatus>,
 }
 
 const RPC_TIMEOUT: Duration = Duration::from_secs(5);
@@ -101,6 +105,7 @@ pub async fn collect(url: &str) -> Result<Status> {
         meta_nodes: stats.meta_nodes,
         live_chunks: stats.live_chunks,
         gc_pending: stats.gc_pending,
+        mirror: None,
     })
 }
 
@@ -121,7 +126,10 @@ pub async fn status(pool: Option<&str>, a: ClusterStatus) -> Result<()> {
             ))
         }
     };
-    let s = collect(&url).await?;
+    let mut s = collect(&url).await?;
+    if let Some(c) = a.dir.as_deref().and_then(|d| crate::cluster::load(d).ok()) {
+        s.mirror = crate::mirror::mount_status(&c).await;
+    }
     if a.json {
         return print_json(&s);
     }
@@ -149,5 +157,8 @@ pub async fn status(pool: Option<&str>, a: ClusterStatus) -> Result<()> {
         s.live_chunks,
         s.gc_pending
     );
+    if let Some(m) = &s.mirror {
+        crate::mirror::print_mount_status(m);
+    }
     Ok(())
 }
