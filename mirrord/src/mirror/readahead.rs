@@ -19,6 +19,12 @@
 //!   at most [`IN_FLIGHT`] of them run at once per volume, issued in order,
 //!   while on-demand fetches are never queued behind them. They are
 //!   counted in `readahead` of the volume status.
+//! * Local chunks are cheaper: once a stream has read [`WARM_START`] bytes
+//!   in sequence (a 1 MiB reader's second read), the next
+//!   [`WARM_AHEAD`] bytes of chunks that are already local are handed to
+//!   the kernel (`POSIX_FADV_WILLNEED` on the cache file, from a blocking
+//!   task), so the page cache is filled off the FUSE threads and the
+//!   reads find their data in memory. Nothing is fetched for this.
 
 use std::ops::Range;
 use std::sync::{Arc, Mutex};
@@ -37,6 +43,21 @@ pub const MAX_BYTES: u64 = 32 << 20;
 pub const IN_FLIGHT: usize = 16;
 /// Streams tracked per volume.
 const STREAMS: usize = 4;
+/// Bytes of local chunks warmed ahead of a sequential stream.
+pub const WARM_AHEAD: u64 = 8 << 20;
+/// Sequential bytes a stream reads before local chunks are warmed.
+pub const WARM_START: u64 = 1 << 20;
+/// Smallest step by which warming advances (fewer, larger advices).
+const WARM_STEP: u64 = 2 << 20;
+
+/// What one read asks for.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Plan {
+    /// Chunks to fetch ahead.
+    pub fetch: Option<Range<u64>>,
+    /// Bytes of the cache file to warm (where the chunks are local).
+    pub warm: Option<Range<u64>>,
+}
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 struct Stream {
@@ -51,6 +72,8 @@ struct Stream {
     issued: u64,
     /// Furthest chunk the stream's reads touched.
     chunk: u64,
+    /// Bytes below this offset were warmed already.
+    warmed: u64,
     /// Logical clock of the last read (least recently used is replaced).
     used: u64,
 }
@@ -64,8 +87,26 @@ pub struct Detector {
 
 impl Detector {
     /// Records a read of `[off, end)` of a volume of `chunks` chunks of
-    /// `cs` bytes; returns the chunks to read ahead now, if any.
-    pub fn observe(&mut self, off: u64, end: u64, cs: u64, chunks: u64) -> Option<Range<u64>> {
+    /// `cs` bytes; returns what to fetch and warm ahead now.
+    pub fn observe(&mut self, off: u64, end: u64, cs: u64, chunks: u64) -> Plan {
+        let Some(k) = self.track(off, end, cs) else {
+            return Plan::default();
+        };
+        let s = &mut self.streams[k];
+        let (from, to) = (s.warmed.max(s.next), s.next + WARM_AHEAD);
+        let warm = (s.run >= WARM_START && to >= from + WARM_STEP).then(|| {
+            s.warmed = to;
+            from..to
+        });
+        Plan {
+            fetch: self.fetch_ahead(k, end, cs, chunks),
+            warm,
+        }
+    }
+
+    /// The stream `[off, end)` continues (its index), or `None` when the
+    /// read starts a new one.
+    fn track(&mut self, off: u64, end: u64, cs: u64) -> Option<usize> {
         if end <= off || cs == 0 {
             return None;
         }
@@ -75,7 +116,6 @@ impl Detector {
             .streams
             .iter()
             .position(|s| s.live && off + cs >= s.next && off <= s.next + cs);
-        let c = (end - 1) / cs;
         let Some(k) = found else {
             let lru = (0..STREAMS)
                 .min_by_key(|&k| (self.streams[k].live, self.streams[k].used))
@@ -84,7 +124,7 @@ impl Detector {
                 live: true,
                 next: end,
                 run: end - off,
-                chunk: c,
+                chunk: (end - 1) / cs,
                 used: clock,
                 ..Stream::default()
             };
@@ -96,6 +136,13 @@ impl Detector {
             s.run += end - s.next;
             s.next = end;
         }
+        Some(k)
+    }
+
+    /// Chunks stream `k`, just read up to `end`, should fetch ahead now.
+    fn fetch_ahead(&mut self, k: usize, end: u64, cs: u64, chunks: u64) -> Option<Range<u64>> {
+        let s = &mut self.streams[k];
+        let c = (end - 1) / cs;
         if s.run < START_RUN {
             s.chunk = s.chunk.max(c);
             return None;
@@ -148,7 +195,11 @@ impl Mirror {
                 inner.st.len() as u64,
             )
         };
-        let Some(range) = lock(&self.ra.detector).observe(off, end, cs, chunks) else {
+        let plan = lock(&self.ra.detector).observe(off, end, cs, chunks);
+        if let Some(w) = plan.warm {
+            self.warm(w);
+        }
+        let Some(range) = plan.fetch else {
             return;
         };
         let todo: Vec<u64> = {
@@ -184,6 +235,44 @@ impl Mirror {
     }
 }
 
+impl Mirror {
+    /// Asks the kernel to read the local chunks of `[w.start, w.end)` of
+    /// the cache file into the page cache, from a blocking task.
+    fn warm(self: &Arc<Self>, w: Range<u64>) {
+        let cs = self.chunk_size;
+        let runs: Vec<(u64, u64)> = {
+            let inner = lock(&self.inner);
+            let end = w.end.min(inner.size);
+            let mut runs: Vec<(u64, u64)> = Vec::new();
+            let mut i = w.start / cs;
+            while i * cs < end {
+                let u = i as usize;
+                if inner.st[u].is_local() {
+                    let (a, b) = ((i * cs).max(w.start), ((i + 1) * cs).min(end));
+                    match runs.last_mut() {
+                        Some(r) if r.1 == a => r.1 = b,
+                        _ => runs.push((a, b)),
+                    }
+                }
+                i += 1;
+            }
+            runs
+        };
+        if runs.is_empty() {
+            return;
+        }
+        let m = self.clone();
+        self.ra.rt.spawn_blocking(move || {
+            use nix::fcntl::{posix_fadvise, PosixFadviseAdvice};
+            use std::os::fd::AsRawFd;
+            for (a, b) in runs {
+                let advice = PosixFadviseAdvice::POSIX_FADV_WILLNEED;
+                let _ = posix_fadvise(m.data.as_raw_fd(), a as i64, (b - a) as i64, advice);
+            }
+        });
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -197,7 +286,7 @@ mod tests {
         let mut out = Vec::new();
         for k in 0..n {
             let off = start + k * step;
-            if let Some(r) = d.observe(off, off + step, CS, chunks) {
+            if let Some(r) = d.observe(off, off + step, CS, chunks).fetch {
                 out.extend(r);
             }
         }
@@ -236,7 +325,7 @@ mod tests {
         let big = 4 * MIB;
         let mut last = 0;
         for k in 0..40 {
-            if let Some(r) = d.observe(k * big, (k + 1) * big, big, 1000) {
+            if let Some(r) = d.observe(k * big, (k + 1) * big, big, 1000).fetch {
                 last = r.end;
             }
         }
@@ -255,11 +344,11 @@ mod tests {
         for k in 1..=3u64 {
             assert_eq!(
                 d.observe(k * 1000 * MIB, k * 1000 * MIB + 4096, CS, chunks),
-                None
+                Plan::default()
             );
         }
         // The sequential stream continues where it was.
-        assert!(d.observe(20 * MIB, 21 * MIB, CS, chunks).is_some());
+        assert!(d.observe(20 * MIB, 21 * MIB, CS, chunks).fetch.is_some());
         // A random reader alone never starts read-ahead.
         let mut d = Detector::default();
         let mut x = 12345u64;
@@ -268,8 +357,28 @@ mod tests {
                 .wrapping_mul(6364136223846793005)
                 .wrapping_add(1442695040888963407);
             let off = (x >> 20) % (1 << 30) / 4096 * 4096;
-            assert_eq!(d.observe(off, off + 4096, CS, chunks), None);
+            assert_eq!(d.observe(off, off + 4096, CS, chunks), Plan::default());
         }
+    }
+
+    #[test]
+    fn local_data_is_warmed_ahead_from_the_second_sequential_read() {
+        let mut d = Detector::default();
+        assert_eq!(d.observe(0, MIB, CS, 4096).warm, None, "first read");
+        assert_eq!(
+            d.observe(MIB, 2 * MIB, CS, 4096).warm,
+            Some(2 * MIB..2 * MIB + WARM_AHEAD)
+        );
+        // Then in steps of at least WARM_STEP, contiguous, never twice.
+        let mut warmed = 2 * MIB + WARM_AHEAD;
+        for k in 2..40 {
+            if let Some(w) = d.observe(k * MIB, (k + 1) * MIB, CS, 4096).warm {
+                assert_eq!(w.start, warmed);
+                assert!(w.end - w.start >= WARM_STEP);
+                warmed = w.end;
+            }
+        }
+        assert_eq!(warmed, 40 * MIB + WARM_AHEAD);
     }
 
     #[test]
@@ -281,7 +390,7 @@ mod tests {
             // Pairs of 128 KiB requests arriving swapped.
             let j = k ^ 1;
             let off = j * 128 * 1024;
-            if let Some(r) = d.observe(off, off + 128 * 1024, CS, chunks) {
+            if let Some(r) = d.observe(off, off + 128 * 1024, CS, chunks).fetch {
                 got.extend(r);
             }
         }
@@ -289,7 +398,7 @@ mod tests {
         for k in 64..256u64 {
             let j = k ^ 1;
             let off = j * 128 * 1024;
-            if let Some(r) = d.observe(off, off + 128 * 1024, CS, chunks) {
+            if let Some(r) = d.observe(off, off + 128 * 1024, CS, chunks).fetch {
                 got.extend(r);
             }
         }
