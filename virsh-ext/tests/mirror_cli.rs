@@ -475,3 +475,27 @@ fn killed_mirrord_restart_and_down() {
     assert!(!mounted(&m.mnt), "cluster down left the stale mount");
     assert!(!running_in(pid2, &m.mnt));
 }
+
+#[test]
+fn guard_unmounts_and_stops_everything_on_panic() {
+    let seen = std::sync::Mutex::new(None);
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let mut m = Mounted::up(1, 1, &[]);
+        let mirrord = m.mirrord_pid();
+        *seen.lock().unwrap() = Some((m.mnt.clone(), m.c.dir.clone(), m.c.pids()));
+        // A killed mirrord leaves a stale mount behind.
+        sigkill(mirrord);
+        assert!(wait_gone(mirrord, 10));
+        panic!("a failing test");
+    }));
+    assert!(r.is_err());
+    let (mnt, dir, pids) = seen.lock().unwrap().take().unwrap();
+    assert_eq!(pids.len(), 3, "{pids:?}");
+    assert!(!mounted(&mnt), "the guard left the mount");
+    for pid in pids {
+        assert!(
+            !running_in(pid, &dir) && !running_in(pid, &mnt),
+            "pid {pid} left"
+        );
+    }
+}
