@@ -112,6 +112,13 @@ pub fn plan(
     let mount = mk(&m, "mount point")?;
     let cache = mk(cache, "mirror cache directory")?;
     let control = cache.join("control.sock");
+    // sockaddr_un holds 108 bytes with the final NUL.
+    if control.as_os_str().len() > 107 {
+        bail!(
+            "the control socket path {} is longer than 107 bytes; pass a shorter --cache",
+            control.display()
+        );
+    }
     let args = vec![
         "--pool".to_string(),
         pool.to_string(),
