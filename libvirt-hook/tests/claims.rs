@@ -1,0 +1,217 @@
+//! The hook against real mirrords (no libvirt): claims per domain, refusal
+//! of a second domain and of a second node (writer lease), rollback of a
+//! half-done prepare, and release waiting for the close-to-open commit.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::fs::FileExt;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+
+use blobvirt_hook::config::{HookConfig, PoolConfig};
+use common::*;
+use serde_json::Value;
+
+fn hook(cfg: &Path, dom: &str, op: &str, sub: &str, xml: &str) -> Output {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_blobvirt-hook"))
+        .args([dom, op, sub, "-"])
+        .env("BLOBVIRT_HOOK_CONFIG", cfg)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    c.stdin.take().unwrap().write_all(xml.as_bytes()).unwrap();
+    c.wait_with_output().unwrap()
+}
+
+fn xml(dom: &str, vols: &[&str]) -> String {
+    let disks: String = vols
+        .iter()
+        .enumerate()
+        .map(|(i, v)| {
+            format!(
+                "<disk type='volume'><source pool='bvcl' volume='{v}'/><target dev='vd{}'/></disk>",
+                (b'a' + i as u8) as char
+            )
+        })
+        .collect();
+    format!("<domain type='qemu'><name>{dom}</name><devices>{disks}</devices></domain>")
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).trim_end().to_string()
+}
+
+/// One control request straight to a mirrord socket.
+fn ctl(sock: &Path, req: &str) -> Value {
+    let mut s = UnixStream::connect(sock).expect("connect");
+    s.write_all(format!("{req}\n").as_bytes()).unwrap();
+    let mut line = String::new();
+    BufReader::new(s).read_line(&mut line).unwrap();
+    serde_json::from_str(&line).expect("json")
+}
+
+/// A second mirrord ("another node") on the same repository.
+struct Node2 {
+    child: Child,
+    mount: PathBuf,
+    control: PathBuf,
+}
+
+impl Node2 {
+    fn start(lab: &Lab) -> Node2 {
+        let (mount, cache) = (lab.tmp.path().join("mnt2"), lab.tmp.path().join("cache2"));
+        let log = std::fs::File::create(lab.tmp.path().join("mirrord2.log")).unwrap();
+        let child = Command::new(lab.bin("mirrord"))
+            .arg("--pool")
+            .arg(&lab.pool_url)
+            .arg("--mount")
+            .arg(&mount)
+            .arg("--cache")
+            .arg(&cache)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let n = Node2 {
+            child,
+            control: cache.join("control.sock"),
+            mount,
+        };
+        assert!(
+            wait_until(20, || mirrord::daemon::is_mounted(&n.mount)
+                && n.control.exists()),
+            "the second mirrord did not come up"
+        );
+        n
+    }
+}
+
+impl Drop for Node2 {
+    fn drop(&mut self) {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        if !wait_until(10, || matches!(self.child.try_wait(), Ok(Some(_)))) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+        if mirrord::daemon::is_mounted(&self.mount) {
+            let _ = nix::mount::umount2(&self.mount, nix::mount::MntFlags::MNT_DETACH);
+        }
+    }
+}
+
+fn latest(lab: &Lab, vol: &str) -> u64 {
+    let v: Value = serde_json::from_str(&lab.ok(&["vol-info", vol, "--json"])).unwrap();
+    v["latest_version"].as_u64().unwrap()
+}
+
+#[test]
+fn claims_leases_and_close_to_open_commit() {
+    let lab = Lab::cluster("cl");
+    let img = lab.tmp.path().join("v.raw");
+    std::fs::write(&img, vec![7u8; 2 << 20]).unwrap();
+    let p = img.display().to_string();
+    lab.ok(&["vol-import", &p, "v1"]);
+    lab.ok(&["vol-import", &p, "v2"]);
+    let cfg = lab.tmp.path().join("hook.json");
+    HookConfig::upsert(
+        &cfg,
+        PoolConfig {
+            name: "bvcl".into(),
+            mount: lab.mount.clone(),
+            control: lab.control.clone(),
+            pool_url: lab.pool_url.clone(),
+            connect: String::new(),
+        },
+    )
+    .unwrap();
+
+    // A missing volume fails the start with mirrord's sentence.
+    let o = hook(&cfg, "d0", "prepare", "begin", &xml("d0", &["nope"]));
+    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(
+        stderr(&o),
+        "blobvirt: domain d0 cannot start: volume nope does not exist; list volumes with blobvirt vol-list"
+    );
+
+    // d1 claims v1 (twice: idempotent).
+    for _ in 0..2 {
+        let o = hook(&cfg, "d1", "prepare", "begin", &xml("d1", &["v1"]));
+        assert!(o.status.success(), "{}", stderr(&o));
+    }
+    assert_eq!(lab.claims(), vec![("v1".to_string(), "d1".to_string())]);
+
+    // d2 is refused, naming d1; its release (libvirt runs it after a
+    // failed start) leaves d1's claim alone.
+    let o = hook(&cfg, "d2", "prepare", "begin", &xml("d2", &["v1"]));
+    assert_eq!(o.status.code(), Some(1));
+    let e = stderr(&o);
+    assert!(
+        e.starts_with("blobvirt: domain d2 cannot start: volume v1 is in use by d1"),
+        "{e}"
+    );
+    assert_eq!(e.lines().count(), 1);
+    assert!(hook(&cfg, "d2", "release", "end", &xml("d2", &["v1"]))
+        .status
+        .success());
+    assert_eq!(lab.claims(), vec![("v1".to_string(), "d1".to_string())]);
+
+    // d3 wants v2 (free) and v1 (held): refused, and v2 is given back.
+    let o = hook(&cfg, "d3", "prepare", "begin", &xml("d3", &["v2", "v1"]));
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("in use by d1"), "{}", stderr(&o));
+    assert_eq!(lab.claims(), vec![("v1".to_string(), "d1".to_string())]);
+
+    // Another node cannot claim v1: node 1 holds the writer lease.
+    let node2 = Node2::start(&lab);
+    let r = ctl(&node2.control, r#"{"op":"claim","name":"v1","owner":"d9"}"#);
+    assert_eq!(r["ok"], false, "{r}");
+    let e = r["error"].as_str().unwrap();
+    assert!(
+        e.contains("v1") && e.contains("open for writing by mirrord@"),
+        "{e}"
+    );
+    // ... but v2 is free there.
+    let r = ctl(&node2.control, r#"{"op":"claim","name":"v2","owner":"d9"}"#);
+    assert_eq!(r["ok"], true, "{r}");
+    let r = ctl(
+        &node2.control,
+        r#"{"op":"unclaim","name":"v2","owner":"d9"}"#,
+    );
+    assert_eq!(r["result"]["released"], true, "{r}");
+
+    // d1 writes through the mount and closes; release commits it.
+    assert_eq!(latest(&lab, "v1"), 1);
+    {
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(lab.mount.join("v1"))
+            .unwrap();
+        f.write_all_at(b"written by d1", 4096).unwrap();
+        f.sync_all().unwrap();
+    }
+    let o = hook(&cfg, "d1", "release", "end", &xml("d1", &["v1"]));
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(lab.claims().is_empty());
+    assert_eq!(latest(&lab, "v1"), 2, "release did not wait for the commit");
+    let out = lab.tmp.path().join("v1.out");
+    lab.ok(&["vol-export", "v1", &out.display().to_string()]);
+    let data = std::fs::read(&out).unwrap();
+    assert_eq!(&data[4096..4096 + 13], b"written by d1");
+    assert_eq!(data[0], 7);
+
+    // The lease is free again: node 2 may claim v1 now.
+    let r = ctl(&node2.control, r#"{"op":"claim","name":"v1","owner":"d9"}"#);
+    assert_eq!(r["ok"], true, "{r}");
+    let st = ctl(&node2.control, r#"{"op":"status"}"#);
+    assert_eq!(st["result"]["claims"][0]["owner"], "d9", "{st}");
+    let r = ctl(
+        &node2.control,
+        r#"{"op":"unclaim","name":"v1","owner":"d9"}"#,
+    );
+    assert_eq!(r["ok"], true, "{r}");
+}
