@@ -2,7 +2,7 @@
 //! `CACHE/control.sock`), one request object per line, one reply per line.
 //!
 //! Requests (`op` is the tag): `attach {name, version?}`, `detach {name}`,
-//! `commit {name, wait}`, `wait {name}`, `clone {name, new}`,
+//! `commit {name, wait, label?}`, `wait {name}`, `clone {name, new}`,
 //! `prefetch {name, all?}`, `status`, `set-policy {name, on_close}`,
 //! `claim {name, owner}`, `unclaim {name, owner}` (see `volumes/claim.rs`;
 //! `status` lists the claims).
@@ -37,6 +37,10 @@ pub enum Request {
         name: String,
         #[serde(default = "yes")]
         wait: bool,
+        /// Label of the new version; with a label a version is published
+        /// even when nothing is dirty (a named snapshot).
+        #[serde(default, skip_serializing_if = "String::is_empty")]
+        label: String,
     },
     Wait {
         name: String,
@@ -141,12 +145,12 @@ async fn handle(vols: &Arc<Volumes>, req: Request) -> Result<serde_json::Value, 
             vols.detach(&name).await?;
             serde_json::json!({})
         }
-        Request::Commit { name, wait } => {
+        Request::Commit { name, wait, label } => {
             let m = vols.mirror(&name, None).await?;
             let out = if wait {
-                m.commit().await?
+                m.commit_labeled(label).await?
             } else {
-                m.commit_background().await
+                m.commit_background_labeled(label).await
             };
             j(&out)
         }
@@ -323,9 +327,21 @@ impl Client {
 
     /// COMMIT; with `wait: false` it returns after phase 1.
     pub async fn commit(&self, name: &str, wait: bool) -> Result<CommitOutcome, ControlError> {
+        self.commit_labeled(name, wait, "").await
+    }
+
+    /// COMMIT with a version label: publishes a new version even when
+    /// nothing is dirty, so every label names its own version.
+    pub async fn commit_labeled(
+        &self,
+        name: &str,
+        wait: bool,
+        label: &str,
+    ) -> Result<CommitOutcome, ControlError> {
         self.call(Request::Commit {
             name: name.into(),
             wait,
+            label: label.into(),
         })
         .await
     }
@@ -394,7 +410,18 @@ mod tests {
             r,
             Request::Commit {
                 name: "a".into(),
-                wait: true
+                wait: true,
+                label: String::new(),
+            }
+        );
+        let r: Request =
+            serde_json::from_str(r#"{"op":"commit","name":"a","wait":false,"label":"s"}"#).unwrap();
+        assert_eq!(
+            r,
+            Request::Commit {
+                name: "a".into(),
+                wait: false,
+                label: "s".into(),
             }
         );
         let r: Request =

@@ -46,6 +46,20 @@ pub enum Command {
     Attach(MirrorAttach),
     /// Detach a volume from mirrord (it must not be open).
     Detach(MirrorDetach),
+    /// Clone an image N times and define and start one domain per clone.
+    Deploy(Deploy),
+    /// Snapshot a domain's blobvirt disks (COMMIT) and register it with libvirt.
+    SnapshotCreate(SnapshotCreate),
+    /// Snapshot many domains at once: all pause, all COMMIT phase 1s, all resume.
+    SnapshotCreateAll(SnapshotCreateAll),
+    /// List a domain's snapshots (from the repository's version labels).
+    SnapshotList(SnapshotList),
+    /// Point a stopped domain's volumes at a snapshot's versions (O(1)).
+    SnapshotRevert(SnapshotRevert),
+    /// Delete a snapshot's versions and libvirt's metadata of it.
+    SnapshotDelete(SnapshotDomain),
+    /// Write a snapshot's disks as plain raw files DIR/<target>.raw.
+    SnapshotExport(SnapshotExport),
 }
 
 #[derive(Debug, Subcommand)]
@@ -233,4 +247,107 @@ pub struct MirrorDetach {
     pub name: String,
     #[command(flatten)]
     pub ctl: ControlArgs,
+}
+
+/// Which libvirt to talk to.
+#[derive(Debug, Args)]
+pub struct LibvirtArgs {
+    /// libvirt connection URI.
+    #[arg(long = "connect", short = 'c', env = "LIBVIRT_DEFAULT_URI", default_value = "qemu:///system")]
+    pub connect: String,
+}
+
+#[derive(Debug, Args)]
+pub struct Deploy {
+    /// IMAGE or IMAGE@VERSION (default: latest).
+    pub image: String,
+    /// Number of domains.
+    #[arg(long)]
+    pub count: usize,
+    /// Domain XML whose first disk is a volume of the blobvirt pool (or a
+    /// file under the mirrord mount).
+    #[arg(long)]
+    pub template: PathBuf,
+    /// Domains and clones are named <prefix>-1 .. <prefix>-N (default: IMAGE).
+    #[arg(long)]
+    pub name_prefix: Option<String>,
+    /// libvirt URIs; domains are spread round-robin (default qemu:///system).
+    #[arg(long = "connect", short = 'c')]
+    pub connect: Vec<String>,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct SnapshotCreate {
+    pub domain: String,
+    /// Snapshot name (default: snap-<unix time>).
+    pub name: Option<String>,
+    /// Freeze the guest file systems with the guest agent (pause if unavailable).
+    #[arg(long)]
+    pub quiesce: bool,
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub lv: LibvirtArgs,
+    #[command(flatten)]
+    pub ctl: ControlArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct SnapshotCreateAll {
+    /// Domains to snapshot (or --prefix).
+    pub domains: Vec<String>,
+    /// Also every running domain whose name starts with P.
+    #[arg(long, value_name = "P")]
+    pub prefix: Option<String>,
+    /// Snapshot name (default: snap-<unix time>).
+    #[arg(long)]
+    pub name: Option<String>,
+    #[arg(long)]
+    pub quiesce: bool,
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub lv: LibvirtArgs,
+    #[command(flatten)]
+    pub ctl: ControlArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct SnapshotList {
+    pub domain: String,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct SnapshotRevert {
+    pub domain: String,
+    pub name: String,
+    /// Stop (destroy) the domain first when it runs.
+    #[arg(long)]
+    pub force: bool,
+    #[command(flatten)]
+    pub lv: LibvirtArgs,
+    #[command(flatten)]
+    pub ctl: ControlArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct SnapshotDomain {
+    pub domain: String,
+    pub name: String,
+    #[command(flatten)]
+    pub lv: LibvirtArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct SnapshotExport {
+    pub domain: String,
+    pub name: String,
+    /// Directory for the raw files.
+    #[arg(value_name = "DIR")]
+    pub out: PathBuf,
 }

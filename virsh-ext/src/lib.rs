@@ -14,6 +14,7 @@ use clap::Parser;
 pub mod cli;
 pub mod cluster;
 pub mod cluster_file;
+pub mod libvirt;
 pub mod mirror;
 pub mod output;
 pub mod procs;
@@ -43,6 +44,13 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Clone(a) => mirror::clone(a).await,
         Command::Attach(a) => mirror::attach(a).await,
         Command::Detach(a) => mirror::detach(a).await,
+        Command::Deploy(a) => libvirt::deploy::deploy(pool, a).await,
+        Command::SnapshotCreate(a) => libvirt::snapshot::create(pool, a).await,
+        Command::SnapshotCreateAll(a) => libvirt::snapshot::create_all(pool, a).await,
+        Command::SnapshotList(a) => libvirt::snapshot_admin::list(pool, a).await,
+        Command::SnapshotRevert(a) => libvirt::snapshot_admin::revert(pool, a).await,
+        Command::SnapshotDelete(a) => libvirt::snapshot_admin::delete(pool, a).await,
+        Command::SnapshotExport(a) => libvirt::snapshot_admin::export(pool, a).await,
     }
 }
 

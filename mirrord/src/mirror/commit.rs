@@ -46,6 +46,8 @@ pub struct Frozen {
     version: u64,
     ids: Vec<Option<ChunkId>>,
     freeze_us: u64,
+    /// Label of the version to publish; non-empty forces a publish.
+    label: String,
 }
 
 impl Mirror {
@@ -66,6 +68,7 @@ impl Mirror {
             version: inner.version,
             ids: inner.ids.clone(),
             freeze_us: 0,
+            label: String::new(),
         };
         drop(sh);
         drop(inner);
@@ -79,16 +82,36 @@ impl Mirror {
 
     /// Commits the dirty chunks as a new version (both phases).
     pub async fn commit(self: &Arc<Self>) -> Result<CommitOutcome, MirrorError> {
+        self.commit_labeled(String::new()).await
+    }
+
+    /// [`Mirror::commit`] publishing a version labelled `label`; a
+    /// non-empty label publishes even when nothing is dirty.
+    pub async fn commit_labeled(
+        self: &Arc<Self>,
+        label: String,
+    ) -> Result<CommitOutcome, MirrorError> {
         let _c = self.commit_lock.lock().await;
-        let fz = self.freeze();
+        let fz = Frozen {
+            label,
+            ..self.freeze()
+        };
         self.finish(fz).await
     }
 
     /// Runs phase 1 now and phase 2 in the background; `wait_commit`
     /// waits for it.
     pub async fn commit_background(self: &Arc<Self>) -> CommitOutcome {
+        self.commit_background_labeled(String::new()).await
+    }
+
+    /// [`Mirror::commit_background`] with a version label.
+    pub async fn commit_background_labeled(self: &Arc<Self>, label: String) -> CommitOutcome {
         let guard = self.commit_lock.clone().lock_owned().await;
-        let fz = self.freeze();
+        let fz = Frozen {
+            label,
+            ..self.freeze()
+        };
         let out = CommitOutcome {
             version: fz.version,
             published: false,
@@ -136,7 +159,7 @@ impl Mirror {
 
     async fn upload_publish(self: &Arc<Self>, fz: &Frozen) -> Result<CommitOutcome, MirrorError> {
         let name = self.name();
-        if fz.chunks.is_empty() && fz.size == fz.base_size {
+        if fz.chunks.is_empty() && fz.size == fz.base_size && fz.label.is_empty() {
             return Ok(CommitOutcome {
                 version: fz.version,
                 freeze_us: fz.freeze_us,
@@ -191,7 +214,7 @@ impl Mirror {
             .filter_map(|(_, id, d)| id.map(|id| (id, d.clone())))
             .collect();
         let n_changes = changes.len() as u64;
-        let version = if changes.is_empty() && fz.size == fz.base_size {
+        let version = if changes.is_empty() && fz.size == fz.base_size && fz.label.is_empty() {
             fz.version
         } else {
             let mut req = pb::PublishRequest {
@@ -201,7 +224,7 @@ impl Mirror {
                 base_version: fz.version,
                 size: fz.size,
                 changes,
-                label: String::new(),
+                label: fz.label.clone(),
                 gc_epoch: epoch,
             };
             let mut done = None;

@@ -1,0 +1,187 @@
+//! Working with existing domain snapshots: `snapshot-list` (from poold's
+//! version labels), `snapshot-revert` (O(1) RevertVolume per disk, then
+//! mirrord drops its mirror), `snapshot-delete` and `snapshot-export`.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Result};
+use blobvirt_core::{transfer, Repo};
+use mirrord::control::{Client, ControlError};
+
+use super::conn;
+use super::snapshot::{blocking, find, snapshots_of, Snapshot};
+use crate::cli::{SnapshotDomain, SnapshotExport, SnapshotList, SnapshotRevert};
+use crate::mirror::{control_error, control_path};
+use crate::output::{human_size, print_json, Table};
+use crate::vol::connect;
+
+pub async fn list(pool: Option<&str>, a: SnapshotList) -> Result<()> {
+    let repo = connect(pool).await?;
+    let snaps = snapshots_of(&repo.list_blobs().await?, &a.domain);
+    if a.json {
+        return print_json(&snaps);
+    }
+    let mut t = Table::new(&["NAME", "CREATED", "DISKS"]);
+    for s in &snaps {
+        let disks: Vec<String> = s
+            .disks
+            .iter()
+            .map(|d| {
+                format!(
+                    "{}={}@{} ({})",
+                    d.target,
+                    d.volume,
+                    d.version,
+                    human_size(d.size)
+                )
+            })
+            .collect();
+        t.row(vec![s.name.clone(), s.created.to_string(), disks.join(" ")]);
+    }
+    t.print();
+    Ok(())
+}
+
+/// Waits until mirrord has no open handle and no uncommitted chunk of
+/// `vol` (the close-to-open commit of a stopped domain is done).
+async fn settle(ctl: &Client, path: &Path, vol: &str) -> Result<()> {
+    let end = Instant::now() + Duration::from_secs(60);
+    loop {
+        let st = ctl.status().await.map_err(|e| control_error(path, e))?;
+        let Some(v) = st.volumes.iter().find(|v| v.name == vol) else {
+            return Ok(());
+        };
+        if v.open_handles == 0 && v.chunks_dirty == 0 {
+            return ctl
+                .wait(vol)
+                .await
+                .map(|_| ())
+                .map_err(|e| control_error(path, e));
+        }
+        if Instant::now() > end {
+            bail!(
+                "volume {vol} is still open ({} handles) or holds {} uncommitted chunks in mirrord; stop what uses it, or commit with blobvirt commit {vol}, then try again",
+                v.open_handles,
+                v.chunks_dirty
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+pub async fn revert(pool: Option<&str>, a: SnapshotRevert) -> Result<()> {
+    let repo = connect(pool).await?;
+    let snap = find(&repo, &a.domain, &a.name).await?;
+    let path = control_path(&a.ctl)?;
+    let ctl = Client::new(&path);
+    let (uri, dom_name, force) = (a.lv.connect.clone(), a.domain.clone(), a.force);
+    blocking(move || -> Result<()> {
+        let c = conn::open(&uri)?;
+        let Ok(dom) = c.lookup_domain_by_name(&dom_name) else {
+            return Ok(());
+        };
+        if conn::is_active(&dom) {
+            if !force {
+                bail!("domain {dom_name} is running; shut it down (virsh shutdown {dom_name}) or pass --force to stop it at once");
+            }
+            dom.destroy()
+                .map_err(|e| anyhow!("cannot stop domain {dom_name}: {}", conn::msg(&e)))?;
+            conn::wait_shutoff(&dom, &dom_name, Duration::from_secs(30))?;
+        }
+        Ok(())
+    })
+    .await?;
+    let mut done = Vec::new();
+    for d in &snap.disks {
+        settle(&ctl, &path, &d.volume).await?;
+        let l = format!("revert:{}/{}/{}", snap.domain, snap.name, d.target);
+        let v = repo.revert(&d.volume, d.version, &l).await?;
+        match ctl.detach(&d.volume).await {
+            Ok(()) | Err(ControlError::Refused(_)) => {}
+            Err(e) => return Err(control_error(&path, e)),
+        }
+        done.push(format!(
+            "{}={}@{} (from @{})",
+            d.target, d.volume, v, d.version
+        ));
+    }
+    println!(
+        "reverted domain {} to snapshot {}: {}",
+        snap.domain,
+        snap.name,
+        done.join(" ")
+    );
+    Ok(())
+}
+
+/// Forgets a snapshot's versions: deletes each one, except the latest of
+/// its volume (the disk's current content), which only loses its label.
+async fn drop_versions(repo: &Repo, snap: &Snapshot) -> Result<()> {
+    for d in &snap.disks {
+        let b = repo.get_blob(&d.volume).await?;
+        if b.latest_version == d.version || b.versions.len() <= 1 {
+            repo.label_version(&d.volume, d.version, "").await?;
+        } else {
+            repo.delete(&d.volume, d.version).await?;
+        }
+    }
+    Ok(())
+}
+
+pub async fn delete(pool: Option<&str>, a: SnapshotDomain) -> Result<()> {
+    let repo = connect(pool).await?;
+    let snap = find(&repo, &a.domain, &a.name).await;
+    let (uri, dom_name, name) = (a.lv.connect.clone(), a.domain.clone(), a.name.clone());
+    let had_meta = blocking(move || -> Result<bool> {
+        let c = conn::open(&uri)?;
+        let Ok(dom) = c.lookup_domain_by_name(&dom_name) else {
+            return Ok(false);
+        };
+        let Ok(s) = virt::domain::Domain::lookup_snapshot_by_name(&dom, &name, 0) else {
+            return Ok(false);
+        };
+        s.delete(virt::sys::VIR_DOMAIN_SNAPSHOT_DELETE_METADATA_ONLY)
+            .map_err(|e| {
+                anyhow!(
+                    "cannot remove libvirt's metadata of snapshot {name} of domain {dom_name}: {}",
+                    conn::msg(&e)
+                )
+            })?;
+        Ok(true)
+    })
+    .await?;
+    match snap {
+        Ok(s) => drop_versions(&repo, &s).await?,
+        Err(e) if !had_meta => return Err(e),
+        Err(_) => {}
+    }
+    println!("deleted snapshot {} of domain {}", a.name, a.domain);
+    Ok(())
+}
+
+pub async fn export(pool: Option<&str>, a: SnapshotExport) -> Result<()> {
+    let repo = connect(pool).await?;
+    let snap = find(&repo, &a.domain, &a.name).await?;
+    std::fs::create_dir_all(&a.out).map_err(|e| {
+        anyhow!(
+            "cannot create directory {} ({e}); pick a writable directory",
+            a.out.display()
+        )
+    })?;
+    for d in &snap.disks {
+        let file = a.out.join(format!("{}.raw", d.target));
+        transfer::export_file(&repo, &d.volume, d.version, &file, None)
+            .await
+            .map_err(|e| anyhow!("cannot export {}@{}: {e}", d.volume, d.version))?;
+        println!(
+            "exported {}={}@{} to {} ({})",
+            d.target,
+            d.volume,
+            d.version,
+            file.display(),
+            human_size(d.size)
+        );
+    }
+    Ok(())
+}
