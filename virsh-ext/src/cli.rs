@@ -60,6 +60,12 @@ pub enum Command {
     SnapshotDelete(SnapshotDomain),
     /// Write a snapshot's disks as plain raw files DIR/<target>.raw.
     SnapshotExport(SnapshotExport),
+    /// Define, start and autostart a libvirt dir pool on the mirrord mount; install the hook.
+    PoolDefine(PoolDefine),
+    /// Stop and remove a libvirt pool made by pool-define (the volumes stay).
+    PoolUndefine(PoolUndefine),
+    /// Install blobvirt-hook as /etc/libvirt/hooks/qemu.d/50-blobvirt and activate it.
+    HookInstall(HookInstall),
 }
 
 #[derive(Debug, Subcommand)]
@@ -112,6 +118,13 @@ pub struct ClusterUp {
     /// Cache directory of mirrord (default: <--dir>/mirror-cache).
     #[arg(long, value_name = "DIR", requires = "mount")]
     pub cache: Option<PathBuf>,
+    /// Also define the libvirt pool on the mount and install the hook
+    /// (as pool-define; cluster down removes the pool).
+    #[arg(long, requires = "mount")]
+    pub libvirt: bool,
+    /// Name of the libvirt pool of --libvirt.
+    #[arg(long, value_name = "NAME", default_value = "blobvirt")]
+    pub libvirt_pool: String,
 }
 
 #[derive(Debug, Args)]
@@ -350,4 +363,36 @@ pub struct SnapshotExport {
     /// Directory for the raw files.
     #[arg(value_name = "DIR")]
     pub out: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct PoolDefine {
+    /// libvirt pool name.
+    #[arg(long, default_value = "blobvirt")]
+    pub name: String,
+    /// The mirrord mount, the pool's target (default: the mount of --dir's cluster).
+    #[arg(long, value_name = "DIR")]
+    pub mount: Option<PathBuf>,
+    #[command(flatten)]
+    pub ctl: ControlArgs,
+    #[command(flatten)]
+    pub lv: LibvirtArgs,
+    /// Do not install the hook.
+    #[arg(long)]
+    pub no_hook: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct PoolUndefine {
+    /// libvirt pool name.
+    #[arg(long, default_value = "blobvirt")]
+    pub name: String,
+    #[command(flatten)]
+    pub lv: LibvirtArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct HookInstall {
+    #[command(flatten)]
+    pub lv: LibvirtArgs,
 }

@@ -75,6 +75,9 @@ pub async fn up(a: ClusterUp) -> Result<()> {
         println!("mounted every volume under {}", m.mount.display());
         println!("BLOBVIRT_CONTROL={}", m.control.display());
     }
+    if a.libvirt {
+        crate::libvirt::pool::cluster_pool(&c, &a.libvirt_pool)?;
+    }
     println!("BLOBVIRT_POOL={}", c.pool);
     Ok(())
 }
@@ -252,6 +255,9 @@ pub async fn down(a: ClusterDown) -> Result<()> {
     })?;
     let c = load(&dir)?;
     let running = c.processes.iter().filter(|p| p.running()).count();
+    if let Some(m) = &c.mirror {
+        crate::libvirt::pool::cluster_pool_down(&m.mount);
+    }
     // mirrord first: it commits (per policy) and unmounts while the pool runs.
     let (mirrors, rest): (Vec<Proc>, Vec<Proc>) = c
         .processes

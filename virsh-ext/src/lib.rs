@@ -51,6 +51,9 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::SnapshotRevert(a) => libvirt::snapshot_admin::revert(pool, a).await,
         Command::SnapshotDelete(a) => libvirt::snapshot_admin::delete(pool, a).await,
         Command::SnapshotExport(a) => libvirt::snapshot_admin::export(pool, a).await,
+        Command::PoolDefine(a) => libvirt::pool::pool_define(pool, a).await,
+        Command::PoolUndefine(a) => libvirt::pool::pool_undefine(a).await,
+        Command::HookInstall(a) => libvirt::pool::hook_install(a).await,
     }
 }
 
