@@ -160,6 +160,19 @@ fn claims_leases_and_close_to_open_commit() {
         .success());
     assert_eq!(lab.claims(), vec![("v1".to_string(), "d1".to_string())]);
 
+    // reconnect (libvirtd restarted) re-claims idempotently; a conflict
+    // is only a warning (the running domain is not killed).
+    let o = hook(&cfg, "d1", "reconnect", "begin", &xml("d1", &["v1"]));
+    assert!(o.status.success() && o.stderr.is_empty(), "{}", stderr(&o));
+    let o = hook(&cfg, "d4", "reconnect", "begin", &xml("d4", &["v1"]));
+    assert!(o.status.success());
+    assert!(
+        stderr(&o).contains("warning: domain d4 runs on volume v1 without its claim"),
+        "{}",
+        stderr(&o)
+    );
+    assert_eq!(lab.claims(), vec![("v1".to_string(), "d1".to_string())]);
+
     // d3 wants v2 (free) and v1 (held): refused, and v2 is given back.
     let o = hook(&cfg, "d3", "prepare", "begin", &xml("d3", &["v2", "v1"]));
     assert_eq!(o.status.code(), Some(1));
@@ -203,6 +216,15 @@ fn claims_leases_and_close_to_open_commit() {
     let data = std::fs::read(&out).unwrap();
     assert_eq!(&data[4096..4096 + 13], b"written by d1");
     assert_eq!(data[0], 7);
+
+    // A reconnect of a domain whose claim mirrord lost (restart) claims again.
+    let o = hook(&cfg, "d5", "reconnect", "begin", &xml("d5", &["v2"]));
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(lab.claims(), vec![("v2".to_string(), "d5".to_string())]);
+    assert!(hook(&cfg, "d5", "release", "end", &xml("d5", &["v2"]))
+        .status
+        .success());
+    assert!(lab.claims().is_empty());
 
     // The lease is free again: node 2 may claim v1 now.
     let r = ctl(&node2.control, r#"{"op":"claim","name":"v1","owner":"d9"}"#);
