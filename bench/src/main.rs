@@ -4,6 +4,7 @@
 //! same run (`cp` of the same file to the same disk).
 
 mod cluster;
+mod mirror;
 mod repo;
 mod stats;
 
@@ -20,11 +21,14 @@ struct Args {
 enum Suite {
     /// Import/export throughput vs cp, publish latency vs volume size, daemon memory.
     Repo(repo::Opts),
+    /// mirrord: mount reads vs the cache file and vol-export, a slowed chunkd, COMMIT times.
+    Mirror(mirror::Opts),
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     match Args::parse().suite {
         Suite::Repo(o) => repo::run(o).await,
+        Suite::Mirror(o) => mirror::run(o).await,
     }
 }
