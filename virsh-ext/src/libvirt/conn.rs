@@ -97,9 +97,11 @@ pub fn blobvirt_mounts() -> Vec<PathBuf> {
         .lines()
         .filter_map(|l| {
             let (pre, post) = l.split_once(" - ")?;
-            let fstype = post.split(' ').next()?;
-            (fstype == "fuse.blobvirt")
-                .then(|| pre.split(' ').nth(4).map(|m| PathBuf::from(unescape(m))))
+            let mut f = post.split(' ');
+            let (fstype, source) = (f.next()?, f.next()?);
+            let ours =
+                fstype == "fuse.blobvirt" || (fstype.starts_with("fuse") && source == "blobvirt");
+            ours.then(|| pre.split(' ').nth(4).map(|m| PathBuf::from(unescape(m))))
                 .flatten()
         })
         .collect()

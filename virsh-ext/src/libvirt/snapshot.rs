@@ -234,6 +234,8 @@ fn ms(d: Duration) -> f64 {
     (d.as_secs_f64() * 1e6).round() / 1e3
 }
 
+/// libvirt's record: a disk-only snapshot whose disks blobvirt handled
+/// (libvirt accepts `manual` disks for the `disk-snapshot` state only).
 fn snapshot_xml(j: &Job, name: &str) -> String {
     let disks: String = j
         .all_targets
@@ -257,10 +259,9 @@ fn snapshot_xml(j: &Job, name: &str) -> String {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
     format!(
-        "<domainsnapshot>\n  <name>{}</name>\n  <description>blobvirt versions: {}</description>\n  <state>{}</state>\n  <creationTime>{now}</creationTime>\n  <memory snapshot='no'/>\n  <disks>\n{disks}  </disks>\n{}\n</domainsnapshot>\n",
+        "<domainsnapshot>\n  <name>{}</name>\n  <description>blobvirt versions: {}</description>\n  <state>disk-snapshot</state>\n  <creationTime>{now}</creationTime>\n  <memory snapshot='no'/>\n  <disks>\n{disks}  </disks>\n{}\n</domainsnapshot>\n",
         conn::esc(name),
         conn::esc(&desc.join(" ")),
-        if j.active { "running" } else { "shutoff" },
         j.xml.trim()
     )
 }

@@ -37,7 +37,11 @@ pub async fn list(pool: Option<&str>, a: SnapshotList) -> Result<()> {
                 )
             })
             .collect();
-        t.row(vec![s.name.clone(), s.created.to_string(), disks.join(" ")]);
+        t.row(vec![
+            s.name.clone(),
+            crate::vol::rfc3339(s.created),
+            disks.join(" "),
+        ]);
     }
     t.print();
     Ok(())
