@@ -15,12 +15,23 @@ pub struct Cluster {
 impl Cluster {
     pub fn up(bin: &Path, dir: &Path, nodes: usize, replicas: usize) -> Result<Cluster> {
         let out = Command::new(bin.join("blobvirt"))
-            .args(["cluster", "up", "--nodes", &nodes.to_string(), "--replicas", &replicas.to_string(), "--dir"])
+            .args([
+                "cluster",
+                "up",
+                "--nodes",
+                &nodes.to_string(),
+                "--replicas",
+                &replicas.to_string(),
+                "--dir",
+            ])
             .arg(dir)
             .output()
             .context("running blobvirt cluster up")?;
         if !out.status.success() {
-            bail!("cluster up failed: {}", String::from_utf8_lossy(&out.stderr));
+            bail!(
+                "cluster up failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
         }
         let stdout = String::from_utf8_lossy(&out.stdout);
         let pool = stdout
@@ -29,7 +40,11 @@ impl Cluster {
             .and_then(|l| l.strip_prefix("BLOBVIRT_POOL="))
             .context("cluster up did not print BLOBVIRT_POOL=")?
             .to_string();
-        Ok(Cluster { bin: bin.to_path_buf(), dir: dir.to_path_buf(), pool })
+        Ok(Cluster {
+            bin: bin.to_path_buf(),
+            dir: dir.to_path_buf(),
+            pool,
+        })
     }
 
     /// Runs `blobvirt ARGS` against this cluster; fails on a non-zero exit.
@@ -40,14 +55,19 @@ impl Cluster {
             .output()
             .with_context(|| format!("running blobvirt {}", args.join(" ")))?;
         if !out.status.success() {
-            bail!("blobvirt {} failed: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
+            bail!(
+                "blobvirt {} failed: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr)
+            );
         }
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
     /// (name, pid) of every daemon listed in cluster.json.
     pub fn pids(&self) -> Result<Vec<(String, u32)>> {
-        let text = std::fs::read_to_string(self.dir.join("cluster.json")).context("reading cluster.json")?;
+        let text = std::fs::read_to_string(self.dir.join("cluster.json"))
+            .context("reading cluster.json")?;
         let v: serde_json::Value = serde_json::from_str(&text).context("parsing cluster.json")?;
         let mut out = Vec::new();
         collect_pids(&v, &mut out);
@@ -58,7 +78,10 @@ impl Cluster {
 fn collect_pids(v: &serde_json::Value, out: &mut Vec<(String, u32)>) {
     match v {
         serde_json::Value::Object(m) => {
-            if let (Some(pid), Some(name)) = (m.get("pid").and_then(|p| p.as_u64()), m.get("name").and_then(|n| n.as_str())) {
+            if let (Some(pid), Some(name)) = (
+                m.get("pid").and_then(|p| p.as_u64()),
+                m.get("name").and_then(|n| n.as_str()),
+            ) {
                 out.push((name.to_string(), pid as u32));
             }
             m.values().for_each(|x| collect_pids(x, out));
@@ -70,7 +93,10 @@ fn collect_pids(v: &serde_json::Value, out: &mut Vec<(String, u32)>) {
 
 impl Drop for Cluster {
     fn drop(&mut self) {
-        let _ = Command::new(self.bin.join("blobvirt")).args(["cluster", "down", "--dir"]).arg(&self.dir).output();
+        let _ = Command::new(self.bin.join("blobvirt"))
+            .args(["cluster", "down", "--dir"])
+            .arg(&self.dir)
+            .output();
     }
 }
 

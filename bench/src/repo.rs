@@ -66,7 +66,10 @@ fn sh(cmd: &mut Command) -> Result<()> {
 pub async fn run(o: Opts) -> Result<()> {
     let bin = match o.bin.clone() {
         Some(b) => b,
-        None => std::env::current_exe()?.parent().context("binary dir")?.to_path_buf(),
+        None => std::env::current_exe()?
+            .parent()
+            .context("binary dir")?
+            .to_path_buf(),
     };
     let _ = std::fs::remove_dir_all(&o.dir);
     std::fs::create_dir_all(&o.dir)?;
@@ -89,13 +92,27 @@ pub async fn run(o: Opts) -> Result<()> {
             sh(Command::new("sync").arg(&copy))
         })?);
         let _ = std::fs::remove_file(&copy);
-        imp.push(secs(|| cluster.cli(&["vol-import", img.to_str().unwrap(), &name]).map(drop))?);
-        exp.push(secs(|| cluster.cli(&["vol-export", &name, out.to_str().unwrap()]).map(drop))?);
-        anyhow::ensure!(std::fs::metadata(&out)?.len() == size, "export has the wrong size");
+        imp.push(secs(|| {
+            cluster
+                .cli(&["vol-import", img.to_str().unwrap(), &name])
+                .map(drop)
+        })?);
+        exp.push(secs(|| {
+            cluster
+                .cli(&["vol-export", &name, out.to_str().unwrap()])
+                .map(drop)
+        })?);
+        anyhow::ensure!(
+            std::fs::metadata(&out)?.len() == size,
+            "export has the wrong size"
+        );
         let _ = std::fs::remove_file(&out);
         cluster.cli(&["vol-delete", &name])?;
         repo.pool().gc(pb::GcRequest { now: true }).await?;
-        eprintln!("run {r}: cp {:.2}s, import {:.2}s, export {:.2}s", cp[r], imp[r], exp[r]);
+        eprintln!(
+            "run {r}: cp {:.2}s, import {:.2}s, export {:.2}s",
+            cp[r], imp[r], exp[r]
+        );
     }
     let _ = std::fs::remove_file(&img);
     let mib = o.size_mib as f64;
@@ -103,16 +120,43 @@ pub async fn run(o: Opts) -> Result<()> {
 
     println!("### Repository: import/export throughput ({} MiB random image, {} nodes, replicas {}, {} runs)\n", o.size_mib, o.nodes, o.replicas, o.runs);
     println!("| measurement | median (min–max) |\n|---|---|");
-    println!("| cp MiB/s | {} |", summarize(&cp.iter().map(|t| mib / t).collect::<Vec<_>>()));
-    println!("| cp + sync MiB/s | {} |", summarize(&cp_sync.iter().map(|t| mib / t).collect::<Vec<_>>()));
-    println!("| vol-import MiB/s | {} |", summarize(&imp.iter().map(|t| mib / t).collect::<Vec<_>>()));
-    println!("| vol-export MiB/s | {} |", summarize(&exp.iter().map(|t| mib / t).collect::<Vec<_>>()));
-    println!("| import / cp (goal ≥ 0.5) | {} |", summarize(&ratio(&cp, &imp)));
-    println!("| import / (cp + sync) | {} |", summarize(&ratio(&cp_sync, &imp)));
-    println!("| export / cp (goal ≥ 0.7) | {} |", summarize(&ratio(&cp, &exp)));
-    println!("| export / (cp + sync) | {} |", summarize(&ratio(&cp_sync, &exp)));
+    println!(
+        "| cp MiB/s | {} |",
+        summarize(&cp.iter().map(|t| mib / t).collect::<Vec<_>>())
+    );
+    println!(
+        "| cp + sync MiB/s | {} |",
+        summarize(&cp_sync.iter().map(|t| mib / t).collect::<Vec<_>>())
+    );
+    println!(
+        "| vol-import MiB/s | {} |",
+        summarize(&imp.iter().map(|t| mib / t).collect::<Vec<_>>())
+    );
+    println!(
+        "| vol-export MiB/s | {} |",
+        summarize(&exp.iter().map(|t| mib / t).collect::<Vec<_>>())
+    );
+    println!(
+        "| import / cp (goal ≥ 0.5) | {} |",
+        summarize(&ratio(&cp, &imp))
+    );
+    println!(
+        "| import / (cp + sync) | {} |",
+        summarize(&ratio(&cp_sync, &imp))
+    );
+    println!(
+        "| export / cp (goal ≥ 0.7) | {} |",
+        summarize(&ratio(&cp, &exp))
+    );
+    println!(
+        "| export / (cp + sync) | {} |",
+        summarize(&ratio(&cp_sync, &exp))
+    );
 
-    println!("\n### Repository: publish of 16 changed chunks vs volume size ({} runs each)\n", o.runs);
+    println!(
+        "\n### Repository: publish of 16 changed chunks vs volume size ({} runs each)\n",
+        o.runs
+    );
     println!("| volume size | publish ms, median (min–max) | meta nodes added per publish |\n|---|---|---|");
     for gib in [1u64, 16, 64] {
         let (ms, nodes) = publish_latency(&repo, gib, o.runs).await?;
@@ -123,14 +167,23 @@ pub async fn run(o: Opts) -> Result<()> {
     println!("| process | RSS MiB | peak RSS (VmHWM) MiB |\n|---|---|---|");
     for (name, pid) in cluster.pids()? {
         if let Some((rss, hwm)) = memory_kib(pid) {
-            println!("| {name} | {:.1} | {:.1} |", rss as f64 / 1024.0, hwm as f64 / 1024.0);
+            println!(
+                "| {name} | {:.1} | {:.1} |",
+                rss as f64 / 1024.0,
+                hwm as f64 / 1024.0
+            );
         }
     }
     Ok(())
 }
 
 async fn meta_nodes(repo: &Repo) -> Result<u64> {
-    Ok(repo.pool().stats(pb::PoolStatsRequest {}).await?.into_inner().meta_nodes)
+    Ok(repo
+        .pool()
+        .stats(pb::PoolStatsRequest {})
+        .await?
+        .into_inner()
+        .meta_nodes)
 }
 
 /// Publishes 16 random chunks into a sparse volume of `gib` GiB, `runs`
@@ -159,7 +212,10 @@ async fn publish_latency(repo: &Repo, gib: u64, runs: usize) -> Result<(Vec<f64>
             let mut data = vec![0u8; cs as usize];
             rng.fill_bytes(&mut data);
             let id = ChunkId::of(&data);
-            changes.push(pb::ChunkChange { index: rng.gen_range(0..n_chunks), id: Bytes::copy_from_slice(&id.0) });
+            changes.push(pb::ChunkChange {
+                index: rng.gen_range(0..n_chunks),
+                id: Bytes::copy_from_slice(&id.0),
+            });
             chunks.push((id, Bytes::from(data)));
         }
         changes.sort_by_key(|c| c.index);
