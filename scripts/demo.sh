@@ -1,58 +1,116 @@
 #!/usr/bin/env bash
-# The main job, end to end on one machine: a local blobvirt cluster
-# (poold + 4 chunkd), an image imported, changed and re-imported as a new
-# version, cloned, exported and checked, and a summary printed.
-# Usage: bash scripts/demo.sh [WORKDIR]   (KEEP=1 leaves the cluster running)
+# The main job, end to end on one machine, as root:
+#   1. a local blobvirt cluster (poold + 4 chunkd) with mirrord mounted, a
+#      libvirt pool on the mount and the libvirt hook installed;
+#   2. the repository in short: an image imported, cloned, exported, checked;
+#   3. the test guest built from Debian packages and imported;
+#   4. 4 domains deployed from it (4 O(1) clones) and booted under libvirt;
+#   5. all 4 snapshotted at once (pause, COMMIT phase 1 each, resume, phase 2);
+#   6. one snapshot exported as a plain raw file and booted by plain QEMU;
+#   7. a summary.
+# Usage: bash scripts/demo.sh [WORKDIR]   (KEEP=1 leaves everything running;
+#        POOL_NAME=… picks the libvirt pool name, default blobvirt)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/install-deps.sh
+root=$PWD
+bash scripts/install-deps.sh >/dev/null
+bash guest/install-deps.sh >/dev/null
+bash scripts/libvirt-setup.sh >/dev/null
+# libvirt trusts its cached QEMU capabilities only while QEMU's user can
+# open /dev/kvm as when it probed; without udev /dev/kvm is root-only and
+# every define re-probes QEMU (~45 s). Give it Debian's udev mode (the
+# domains stay type='qemu', TCG).
+[ -e /dev/kvm ] && chown root:kvm /dev/kvm && chmod 0660 /dev/kvm
 export PATH="$HOME/.cargo/bin:$PATH"
 cargo build --release --workspace --bins
-bin="$PWD/target/release"
+bin="$root/target/release"
+bv="$bin/blobvirt"
 work="${1:-/var/tmp/blobvirt-demo}"
+pool="${POOL_NAME:-blobvirt}"
+n=4
+prefix=demo
 mkdir -p "$work"
-"$bin/blobvirt" cluster down --dir "$work/cluster" >/dev/null 2>&1 || true
-rm -rf "$work/cluster"
 
-cleanup() { [ "${KEEP:-0}" = 1 ] || "$bin/blobvirt" cluster down --dir "$work/cluster" >/dev/null 2>&1 || true; }
+domains() { virsh -q list --all --name | grep -E "^$prefix-[0-9]+\$" || true; }
+stop_all() {
+  for d in $(domains); do
+    virsh -q destroy "$d" >/dev/null 2>&1 || true
+    virsh -q undefine "$d" --snapshots-metadata >/dev/null 2>&1 || true
+  done
+  "$bv" cluster down --dir "$work/cluster" >/dev/null 2>&1 || true
+}
+stop_all
+rm -rf "$work/cluster" "$work/export" "$work/logs"
+mkdir -p "$work/logs"
+cleanup() { [ "${KEEP:-0}" = 1 ] || stop_all; }
 trap cleanup EXIT
 
-echo "== starting a 4-node cluster in $work/cluster"
-"$bin/blobvirt" cluster up --nodes 4 --replicas 2 --dir "$work/cluster" | tee "$work/up.out"
-export BLOBVIRT_POOL="$(tail -n 1 "$work/up.out" | cut -d= -f2-)"
+echo "== 1. a 4-node cluster, mirrord on $work/mnt, libvirt pool $pool, hook"
+"$bv" cluster up --nodes 4 --replicas 2 --dir "$work/cluster" --mount "$work/mnt" \
+  --libvirt --libvirt-pool "$pool" | tee "$work/up.out"
+export BLOBVIRT_POOL="$(sed -n 's/^BLOBVIRT_POOL=//p' "$work/up.out")"
+export BLOBVIRT_CONTROL="$(sed -n 's/^BLOBVIRT_CONTROL=//p' "$work/up.out")"
 
-echo "== making a 256 MiB image: random data with 64 MiB of holes"
-img="$work/image.raw"
-python3 - "$img" <<'PY'
+echo "== 2. repository: import a 64 MiB image with holes, clone, export, compare"
+python3 - "$work/image.raw" <<'PY'
 import os, sys
-MiB = 1 << 20
 with open(sys.argv[1], "wb") as f:
-    for i in range(256):
-        f.write(b"\0" * MiB if 96 <= i < 160 else os.urandom(MiB))
+    for i in range(64):
+        f.write(b"\0" * (1 << 20) if 16 <= i < 40 else os.urandom(1 << 20))
 PY
+"$bv" vol-import "$work/image.raw" base
+"$bv" vol-clone base web-01
+"$bv" vol-export web-01 "$work/web-01.raw"
+cmp "$work/image.raw" "$work/web-01.raw"
+repo_ok="web-01 (a clone of base@1) exports byte-identical to the image"
 
-echo "== import, change 4 MiB, import as version 2, clone, export"
-"$bin/blobvirt" vol-import "$img" base
-python3 - "$img" <<'PY'
-import os, sys
-with open(sys.argv[1], "r+b") as f:
-    for off in (3, 50, 170, 250):
-        f.seek(off << 20); f.write(os.urandom(1 << 20))
-PY
-"$bin/blobvirt" vol-import --new-version "$img" base
-"$bin/blobvirt" vol-clone base@2 web-01
-"$bin/blobvirt" vol-export web-01 "$work/web-01.raw"
-"$bin/blobvirt" vol-list
-want=$(sha256sum < "$img" | cut -d' ' -f1)
-got=$(sha256sum < "$work/web-01.raw" | cut -d' ' -f1)
-"$bin/blobvirt" cluster status
+echo "== 3. the test guest (stay mode: it keeps running and ticks every second)"
+guest/build-guest.sh "$work/guest.raw" >/dev/null
+guest/set-stay.sh "$work/guest.raw" on
+"$bv" vol-import "$work/guest.raw" guest
+
+echo "== 4. deploy $n domains from guest"
+sed -e "s/pool='blobvirt'/pool='$pool'/" -e "s|CONSOLE_LOG|$work/logs/TEMPLATE.log|" \
+  guest/domain-template.xml > "$work/template.xml"
+"$bv" deploy guest --count "$n" --template "$work/template.xml" --name-prefix "$prefix" \
+  | tee "$work/deploy.out"
+echo "   waiting until every guest has written 2 ticks to its own clone"
+for i in $(seq 1 "$n"); do
+  for _ in $(seq 1 240); do
+    t=$(guest/read-marker.sh "$work/mnt/$prefix-$i" ticks 2>/dev/null || echo 0)
+    [ "${t:-0}" -ge 2 ] && break
+    sleep 0.5
+  done
+  echo "   $prefix-$i: $(guest/read-marker.sh "$work/mnt/$prefix-$i" marker), $t ticks"
+done
+
+echo "== 5. snapshot all $n running domains at once"
+"$bv" snapshot-create-all --prefix "$prefix-" --name demo-snap | tee "$work/snap.out"
+virsh snapshot-list "$prefix-1"
+"$bv" snapshot-list "$prefix-1"
+
+echo "== 6. export $prefix-1's snapshot and boot it with plain QEMU (no blobvirt)"
+"$bv" snapshot-export "$prefix-1" demo-snap "$work/export"
+snap_marker=$(guest/read-marker.sh "$work/export/vda.raw" marker)
+snap_ticks=$(guest/read-marker.sh "$work/export/vda.raw" ticks)
+guest/boot-test.sh --serial plainqemu --stay 2 -q "$work/export/vda.raw" | tee "$work/boot.out"
+after=$(guest/read-marker.sh "$work/export/vda.raw" marker)
+
+fetched=$("$bv" mirror-status --json | python3 -c '
+import json, sys
+v = json.load(sys.stdin)
+vols = v["volumes"] if isinstance(v, dict) else v
+print(sum(x["bytes_fetched"] for x in vols if x["name"].startswith("'"$prefix"'-")))')
 echo
-if [ "$want" = "$got" ]; then
-  echo "summary: web-01 (a clone of base@2) exports byte-identical to the image (sha256 $want)"
-  echo "         $(du -sh --apparent-size "$work/web-01.raw" | cut -f1) apparent, $(du -sh "$work/web-01.raw" | cut -f1) on disk (holes stay sparse)"
-else
-  echo "summary: MISMATCH: image $want, export $got" >&2
-  exit 1
+echo "== summary"
+echo "repository:  $repo_ok"
+echo "deploy:      $(tail -n 1 "$work/deploy.out")"
+echo "             fetched $((fetched >> 20)) MiB for $n domains (image: 64 MiB, $n x image = $((n * 64)) MiB)"
+echo "snapshot:    $(grep '^snapshot demo-snap' "$work/snap.out" || tail -n 1 "$work/snap.out")"
+echo "export:      $prefix-1@demo-snap holds '$snap_marker' with $snap_ticks ticks"
+echo "plain QEMU:  booted the export: marker now '$after' ($(grep -o 'qemu ran [0-9.]* s' "$work/boot.out" | head -1))"
+if [ "${KEEP:-0}" = 1 ]; then
+  echo "everything keeps running: export BLOBVIRT_POOL=$BLOBVIRT_POOL BLOBVIRT_CONTROL=$BLOBVIRT_CONTROL"
+  echo "stop with: for d in \$(virsh list --all --name | grep ^$prefix-); do virsh destroy \$d; virsh undefine \$d --snapshots-metadata; done; $bv cluster down --dir $work/cluster"
 fi
-[ "${KEEP:-0}" = 1 ] && echo "the cluster keeps running: export BLOBVIRT_POOL=$BLOBVIRT_POOL; stop it with $bin/blobvirt cluster down --dir $work/cluster"
 exit 0
