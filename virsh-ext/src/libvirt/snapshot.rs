@@ -115,6 +115,8 @@ pub struct Outcome {
     pub paused_ms: f64,
     /// From the freeze/pause until every disk's version is published.
     pub durable_ms: f64,
+    /// Longest COMMIT phase 1 inside mirrord among the disks, in µs.
+    pub freeze_us: u64,
     pub disks: Vec<SnapDisk>,
 }
 
@@ -326,13 +328,14 @@ pub async fn snapshot_all(
     .await;
     for (j, rs) in jobs.iter_mut().zip(phase1) {
         for (d, r) in j.disks.clone().iter().zip(rs) {
-            if let Err(e) = r {
-                j.fail(format!(
+            match r {
+                Ok(out) => j.out.freeze_us = j.out.freeze_us.max(out.freeze_us),
+                Err(e) => j.fail(format!(
                     "COMMIT of volume {} (disk {}) failed: {}",
                     d.volume,
                     d.target,
                     control_error(ctl_path, e)
-                ));
+                )),
             }
         }
     }
@@ -404,7 +407,9 @@ pub async fn snapshot_all(
 }
 
 fn print_outcomes(outs: &[Outcome], name: &str) {
-    let mut t = Table::new(&["DOMAIN", "RESULT", "QUIESCE", "PAUSED", "DURABLE", "DISKS"]);
+    let mut t = Table::new(&[
+        "DOMAIN", "RESULT", "QUIESCE", "PAUSED", "PHASE 1", "DURABLE", "DISKS",
+    ]);
     for o in outs {
         let disks: Vec<String> = o
             .disks
@@ -416,6 +421,7 @@ fn print_outcomes(outs: &[Outcome], name: &str) {
             if o.ok { "ok".into() } else { "FAILED".into() },
             o.quiesce.clone(),
             format!("{:.1} ms", o.paused_ms),
+            format!("{:.2} ms", o.freeze_us as f64 / 1000.0),
             format!("{:.1} ms", o.durable_ms),
             disks.join(" "),
         ]);
