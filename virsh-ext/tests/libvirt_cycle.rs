@@ -375,6 +375,20 @@ fn deploy_snapshot_revert_export_cycle() {
         .map(|x| x["name"].as_str().unwrap())
         .collect();
     assert_eq!(left, ["all2"]);
+    // all2 is r3's latest version (the disk's current content): deleting
+    // the snapshot keeps the version and only clears its label.
+    let before = json(&lab, &["vol-info", &r3, "--json"]);
+    lab.ok(&["snapshot-delete", &r3, "all2"]);
+    let after = json(&lab, &["vol-info", &r3, "--json"]);
+    assert_eq!(before["latest_version"], after["latest_version"]);
+    let labels: Vec<&str> = after["versions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["label"].as_str().unwrap())
+        .collect();
+    assert!(!labels.iter().any(|l| l.contains("/all2/")), "{labels:?}");
+    assert!(labels.iter().any(|l| l.contains("/all1/")), "{labels:?}");
     for d in [&r2, &r3] {
         virsh_ok(&["destroy", d]);
     }
