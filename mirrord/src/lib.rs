@@ -31,7 +31,10 @@
 //! * `create` makes an empty volume (size 0, 256 KiB chunks); `unlink`
 //!   deletes the volume from the repository.
 //! * Kernel readahead is capped at 64 KiB (the smallest chunk size) so a
-//!   read pulls in at most one chunk beyond what it covers.
+//!   read pulls in at most one chunk beyond what it covers. mirrord's own
+//!   read-ahead starts only after 16 MiB read in sequence, then fetches up
+//!   to 64 chunks (32 MiB) ahead; status counts those fetches as
+//!   `readahead` (see `mirror/readahead.rs`).
 
 pub mod control;
 pub mod daemon;
