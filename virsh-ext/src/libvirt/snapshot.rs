@@ -1,21 +1,19 @@
-//! Domain snapshots on COMMIT: `snapshot-create`, `snapshot-create-all`
-//! (multisnapshotting), `snapshot-list`, `snapshot-revert`,
-//! `snapshot-delete`, `snapshot-export`.
+//! Creating domain snapshots on COMMIT: `snapshot-create` and
+//! `snapshot-create-all` (multisnapshotting).
 //!
-//! A snapshot is one labelled version per blobvirt disk, the label being
-//! `snapshot:<domain>/<name>/<target>`: poold holds the mapping, libvirt
-//! holds a redefined snapshot (disks `snapshot='manual'`) so that `virsh
+//! A snapshot is one labelled version per blobvirt disk (see
+//! [`super::snapshot_admin`] for the labels and the other commands), plus a
+//! redefined libvirt snapshot (disks `snapshot='manual'`) so that `virsh
 //! snapshot-list` shows it. Creating pauses (or fs-freezes) every domain,
 //! runs COMMIT phase 1 on all their disks, resumes them all, then waits for
 //! all phase 2s.
 
-use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Result};
-use blobvirt_core::{proto as pb, Repo};
+use blobvirt_core::Repo;
 use futures::future::join_all;
 use mirrord::control::Client;
 use serde::Serialize;
@@ -23,84 +21,11 @@ use virt::connect::Connect;
 use virt::domain::Domain;
 
 use super::conn::{self, BlobDisk};
+use super::snapshot_admin::{label, snapshots_of, SnapDisk};
 use crate::cli::{SnapshotCreate, SnapshotCreateAll};
 use crate::mirror::{control_error, control_path};
 use crate::output::{print_json, Table};
 use crate::vol::connect;
-
-const PREFIX: &str = "snapshot:";
-
-/// The version label of disk `target` of snapshot `name` of `domain`.
-pub fn label(domain: &str, name: &str, target: &str) -> String {
-    format!("{PREFIX}{domain}/{name}/{target}")
-}
-
-/// (domain, name, target) of a snapshot label.
-pub fn parse_label(l: &str) -> Option<(&str, &str, &str)> {
-    let (rest, target) = l.strip_prefix(PREFIX)?.rsplit_once('/')?;
-    let (domain, name) = rest.rsplit_once('/')?;
-    Some((domain, name, target))
-}
-
-/// One disk of a snapshot: the version that holds it.
-#[derive(Clone, Debug, Serialize)]
-pub struct SnapDisk {
-    pub target: String,
-    pub volume: String,
-    pub version: u64,
-    pub size: u64,
-}
-
-/// A snapshot as poold records it.
-#[derive(Clone, Debug, Serialize)]
-pub struct Snapshot {
-    pub domain: String,
-    pub name: String,
-    /// Unix seconds.
-    pub created: i64,
-    pub disks: Vec<SnapDisk>,
-}
-
-/// The snapshots of `domain` found in the version labels, oldest first.
-pub fn snapshots_of(blobs: &[pb::BlobInfo], domain: &str) -> Vec<Snapshot> {
-    let mut by: BTreeMap<String, Snapshot> = BTreeMap::new();
-    for b in blobs {
-        for v in &b.versions {
-            let Some((d, n, t)) = parse_label(&v.label) else {
-                continue;
-            };
-            if d != domain {
-                continue;
-            }
-            let s = by.entry(n.to_string()).or_insert_with(|| Snapshot {
-                domain: d.into(),
-                name: n.into(),
-                created: v.created,
-                disks: Vec::new(),
-            });
-            s.created = s.created.min(v.created);
-            s.disks.push(SnapDisk {
-                target: t.into(),
-                volume: b.name.clone(),
-                version: v.version,
-                size: v.size,
-            });
-        }
-    }
-    let mut out: Vec<Snapshot> = by.into_values().collect();
-    for s in &mut out {
-        s.disks.sort_by(|a, b| a.target.cmp(&b.target));
-    }
-    out.sort_by(|a, b| (a.created, &a.name).cmp(&(b.created, &b.name)));
-    out
-}
-
-pub async fn find(repo: &Repo, domain: &str, name: &str) -> Result<Snapshot> {
-    snapshots_of(&repo.list_blobs().await?, domain)
-        .into_iter()
-        .find(|s| s.name == name)
-        .ok_or_else(|| anyhow!("domain {domain} has no snapshot {name}; list them with blobvirt snapshot-list {domain}"))
-}
 
 /// What happened to one domain in a (multi)snapshot.
 #[derive(Clone, Debug, Default, Serialize)]
@@ -131,6 +56,24 @@ struct Job {
 }
 
 impl Job {
+    /// A domain that failed before it was paused.
+    fn failed(domain: String, e: &anyhow::Error) -> Job {
+        Job {
+            out: Outcome {
+                domain,
+                error: Some(crate::sentence(e)),
+                quiesce: "none".into(),
+                ..Default::default()
+            },
+            dom: None,
+            xml: String::new(),
+            disks: Vec::new(),
+            all_targets: Vec::new(),
+            active: false,
+            t0: None,
+        }
+    }
+
     fn fail(&mut self, e: impl std::fmt::Display) {
         if self.out.error.is_none() {
             self.out.error = Some(e.to_string());
@@ -290,22 +233,7 @@ pub async fn snapshot_all(
     let jobs = join_all(domains.iter().map(|d| {
         let (c, d, n) = (conn.clone(), d.clone(), name.to_string());
         let taken = snapshots_of(&blobs, &d).iter().any(|s| s.name == n);
-        blocking(move || {
-            prepare(&c, &d, &n, taken).unwrap_or_else(|e| Job {
-                out: Outcome {
-                    domain: d,
-                    error: Some(crate::sentence(&e)),
-                    quiesce: "none".into(),
-                    ..Default::default()
-                },
-                dom: None,
-                xml: String::new(),
-                disks: vec![],
-                all_targets: vec![],
-                active: false,
-                t0: None,
-            })
-        })
+        blocking(move || prepare(&c, &d, &n, taken).unwrap_or_else(|e| Job::failed(d, &e)))
     }))
     .await;
     // Pause (or freeze) every domain.
@@ -546,6 +474,8 @@ pub async fn create_all(pool: Option<&str>, a: SnapshotCreateAll) -> Result<()> 
     if domains.is_empty() {
         bail!("name the domains to snapshot, or pass --prefix P");
     }
+    let mut seen = std::collections::HashSet::new();
+    domains.retain(|d| seen.insert(d.clone()));
     run_all(
         pool,
         &a.lv.connect,

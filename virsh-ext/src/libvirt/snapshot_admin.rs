@@ -1,20 +1,101 @@
-//! Working with existing domain snapshots: `snapshot-list` (from poold's
-//! version labels), `snapshot-revert` (O(1) RevertVolume per disk, then
-//! mirrord drops its mirror), `snapshot-delete` and `snapshot-export`.
+//! Domain snapshots as poold records them, and the commands on existing
+//! snapshots: `snapshot-list` (from the version labels), `snapshot-revert`
+//! (O(1) RevertVolume per disk, then mirrord drops its mirror),
+//! `snapshot-delete` and `snapshot-export`.
+//!
+//! A snapshot is one labelled version per blobvirt disk, the label being
+//! `snapshot:<domain>/<name>/<target>`; a revert publishes a version
+//! labelled `revert:<domain>/<name>/<target>`.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Result};
-use blobvirt_core::{transfer, Repo};
+use blobvirt_core::{proto as pb, transfer, Repo};
 use mirrord::control::{Client, ControlError};
+use serde::Serialize;
 
 use super::conn;
-use super::snapshot::{blocking, find, snapshots_of, Snapshot};
+use super::snapshot::blocking;
 use crate::cli::{SnapshotDomain, SnapshotExport, SnapshotList, SnapshotRevert};
 use crate::mirror::{control_error, control_path};
 use crate::output::{human_size, print_json, Table};
 use crate::vol::connect;
+
+const PREFIX: &str = "snapshot:";
+
+/// The version label of disk `target` of snapshot `name` of `domain`.
+pub fn label(domain: &str, name: &str, target: &str) -> String {
+    format!("{PREFIX}{domain}/{name}/{target}")
+}
+
+/// (domain, name, target) of a snapshot label.
+pub fn parse_label(l: &str) -> Option<(&str, &str, &str)> {
+    let (rest, target) = l.strip_prefix(PREFIX)?.rsplit_once('/')?;
+    let (domain, name) = rest.rsplit_once('/')?;
+    Some((domain, name, target))
+}
+
+/// One disk of a snapshot: the version that holds it.
+#[derive(Clone, Debug, Serialize)]
+pub struct SnapDisk {
+    pub target: String,
+    pub volume: String,
+    pub version: u64,
+    pub size: u64,
+}
+
+/// A snapshot as poold records it.
+#[derive(Clone, Debug, Serialize)]
+pub struct Snapshot {
+    pub domain: String,
+    pub name: String,
+    /// Unix seconds.
+    pub created: i64,
+    pub disks: Vec<SnapDisk>,
+}
+
+/// The snapshots of `domain` found in the version labels, oldest first.
+pub fn snapshots_of(blobs: &[pb::BlobInfo], domain: &str) -> Vec<Snapshot> {
+    let mut by: BTreeMap<String, Snapshot> = BTreeMap::new();
+    for b in blobs {
+        for v in &b.versions {
+            let Some((d, n, t)) = parse_label(&v.label) else {
+                continue;
+            };
+            if d != domain {
+                continue;
+            }
+            let s = by.entry(n.to_string()).or_insert_with(|| Snapshot {
+                domain: d.into(),
+                name: n.into(),
+                created: v.created,
+                disks: Vec::new(),
+            });
+            s.created = s.created.min(v.created);
+            s.disks.push(SnapDisk {
+                target: t.into(),
+                volume: b.name.clone(),
+                version: v.version,
+                size: v.size,
+            });
+        }
+    }
+    let mut out: Vec<Snapshot> = by.into_values().collect();
+    for s in &mut out {
+        s.disks.sort_by(|a, b| a.target.cmp(&b.target));
+    }
+    out.sort_by(|a, b| (a.created, &a.name).cmp(&(b.created, &b.name)));
+    out
+}
+
+pub async fn find(repo: &Repo, domain: &str, name: &str) -> Result<Snapshot> {
+    snapshots_of(&repo.list_blobs().await?, domain)
+        .into_iter()
+        .find(|s| s.name == name)
+        .ok_or_else(|| anyhow!("domain {domain} has no snapshot {name}; list them with blobvirt snapshot-list {domain}"))
+}
 
 pub async fn list(pool: Option<&str>, a: SnapshotList) -> Result<()> {
     let repo = connect(pool).await?;
@@ -188,4 +269,63 @@ pub async fn export(pool: Option<&str>, a: SnapshotExport) -> Result<()> {
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn blob(name: &str, versions: &[(u64, i64, &str)]) -> pb::BlobInfo {
+        pb::BlobInfo {
+            name: name.into(),
+            versions: versions
+                .iter()
+                .map(|&(version, created, label)| pb::VersionInfo {
+                    version,
+                    size: 10,
+                    created,
+                    label: label.into(),
+                })
+                .collect(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn labels_round_trip_and_group_by_snapshot() {
+        let l = label("web-1", "s1", "vda");
+        assert_eq!(l, "snapshot:web-1/s1/vda");
+        assert_eq!(parse_label(&l), Some(("web-1", "s1", "vda")));
+        assert_eq!(parse_label("revert:web-1/s1/vda"), None);
+        assert_eq!(parse_label("snapshot:nodisk"), None);
+        let blobs = [
+            blob(
+                "a",
+                &[
+                    (1, 5, ""),
+                    (2, 20, "snapshot:web-1/s2/vda"),
+                    (3, 9, "snapshot:web-1/s1/vda"),
+                ],
+            ),
+            blob(
+                "b",
+                &[
+                    (4, 8, "snapshot:web-1/s1/vdb"),
+                    (5, 9, "snapshot:web-10/s1/vda"),
+                ],
+            ),
+        ];
+        let s = snapshots_of(&blobs, "web-1");
+        let names: Vec<&str> = s.iter().map(|x| x.name.as_str()).collect();
+        assert_eq!(names, ["s1", "s2"], "oldest first");
+        assert_eq!(s[0].created, 8);
+        let disks: Vec<(&str, &str, u64)> = s[0]
+            .disks
+            .iter()
+            .map(|d| (d.target.as_str(), d.volume.as_str(), d.version))
+            .collect();
+        assert_eq!(disks, [("vda", "a", 3), ("vdb", "b", 4)]);
+        assert_eq!(snapshots_of(&blobs, "web-10").len(), 1);
+        assert!(snapshots_of(&blobs, "web").is_empty());
+    }
 }
