@@ -30,6 +30,13 @@ if [ "${#missing[@]}" -gt 0 ]; then
   apt-get -o DPkg::Lock::Timeout=120 install -y -qq "${missing[@]}" >/dev/null
 fi
 
+# Without udev /dev/kvm is root-only; libvirt then finds its cached QEMU
+# capabilities stale on every define and re-probes QEMU (~45 s each). Give it
+# the owner and mode udev gives it on Debian. Domains stay type='qemu' (TCG).
+if [ "$check_only" = 0 ] && [ -e /dev/kvm ] && getent group kvm >/dev/null; then
+  chown root:kvm /dev/kvm && chmod 0660 /dev/kvm
+fi
+
 # pid of daemon $1 from its pid file, if that process runs the daemon.
 daemon_pid() {
   local f="/run/$1.pid" pid exe

@@ -4,6 +4,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install-deps.sh
+# The libvirt and guest tests need libvirtd/virtlogd, QEMU and the guest
+# image's packages.
+bash guest/install-deps.sh
+bash scripts/libvirt-setup.sh
 export PATH="$HOME/.cargo/bin:$PATH"
 cargo build --workspace --bins --tests
 cargo test --workspace -- --test-threads="${BLOBVIRT_TEST_THREADS:-2}"
