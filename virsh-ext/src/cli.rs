@@ -266,7 +266,12 @@ pub struct MirrorDetach {
 #[derive(Debug, Args)]
 pub struct LibvirtArgs {
     /// libvirt connection URI.
-    #[arg(long = "connect", short = 'c', env = "LIBVIRT_DEFAULT_URI", default_value = "qemu:///system")]
+    #[arg(
+        long = "connect",
+        short = 'c',
+        env = "LIBVIRT_DEFAULT_URI",
+        default_value = "qemu:///system"
+    )]
     pub connect: String,
 }
 
