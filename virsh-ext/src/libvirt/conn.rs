@@ -21,10 +21,17 @@ pub fn msg(e: &virt::error::Error) -> String {
 
 /// Opens a connection to `uri`.
 pub fn open(uri: &str) -> Result<Connect> {
+    open_hinted(uri, "start libvirtd")
+}
+
+/// Opens a connection to `uri` (without libvirt's own stderr printing);
+/// on failure the error tells the user to `start` (e.g. "start libvirtd")
+/// or pass another --connect URI.
+pub fn open_hinted(uri: &str, start: &str) -> Result<Connect> {
     virt::error::clear_error_callback();
     Connect::open(Some(uri)).map_err(|e| {
         anyhow!(
-            "cannot connect to libvirt at {uri} ({}); start libvirtd or pass another --connect URI",
+            "cannot connect to libvirt at {uri} ({}); {start} or pass another --connect URI",
             msg(&e)
         )
     })

@@ -30,36 +30,15 @@ use blobvirt_hook::{HOOK_DIR, HOOK_NAME};
 use virt::connect::Connect;
 use virt::storage_pool::StoragePool;
 
+use super::conn::{self, esc, msg, DEFAULT_URI};
 use crate::cli::{HookInstall, PoolDefine, PoolUndefine};
 use crate::cluster_file::load;
 use crate::procs::find_binary;
 
-/// The libvirt URI used when none is given.
-pub const DEFAULT_URI: &str = "qemu:///system";
-
-/// libvirt's message without its trailing period.
-pub fn msg(e: &virt::error::Error) -> String {
-    e.message().trim_end_matches('.').to_string()
-}
-
-/// Opens a libvirt connection (without libvirt's own stderr printing).
-pub fn open(uri: &str) -> Result<Connect> {
-    virt::error::clear_error_callback();
-    Connect::open(Some(uri)).map_err(|e| {
-        anyhow!(
-            "cannot connect to libvirt at {uri} ({}); start libvirtd (scripts/libvirt-setup.sh) or pass another --connect URI",
-            msg(&e)
-        )
-    })
-}
-
-/// `s` escaped for an XML attribute or text.
-pub fn esc(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('\'', "&apos;")
-        .replace('"', "&quot;")
+/// Opens a libvirt connection, pointing at scripts/libvirt-setup.sh when
+/// libvirtd is not reachable.
+fn open(uri: &str) -> Result<Connect> {
+    conn::open_hinted(uri, "start libvirtd (scripts/libvirt-setup.sh)")
 }
 
 /// Where the pool points and how the hook reaches mirrord.
