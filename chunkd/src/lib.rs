@@ -161,6 +161,7 @@ pub async fn run_until(opts: Opts, shutdown: impl Future<Output = ()>) -> anyhow
     let serve = tonic::transport::Server::builder()
         .initial_stream_window_size(Some(4 << 20))
         .initial_connection_window_size(Some(32 << 20))
+        .max_frame_size(blobvirt_core::MAX_FRAME)
         .tcp_nodelay(true)
         .add_service(ChunkService::new(store.clone()).into_server())
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), {
@@ -234,22 +235,8 @@ pub fn node_id(dir: &Path) -> anyhow::Result<String> {
     }
 }
 
-/// Writes `data` to `path` through a temp file, fsync and rename.
+/// Writes `data` to `path` atomically ([`blobvirt_core::fsutil::write_atomic`]).
 fn write_atomic(path: &Path, data: &[u8]) -> anyhow::Result<()> {
-    use std::io::Write;
-    let tmp = path.with_extension("tmp");
-    let res = (|| {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(data)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)?;
-        if let Some(parent) = path.parent() {
-            std::fs::File::open(parent)?.sync_all()?;
-        }
-        Ok::<_, std::io::Error>(())
-    })();
-    if res.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    res.with_context(|| format!("write {}", path.display()))
+    blobvirt_core::fsutil::write_atomic(path, data)
+        .with_context(|| format!("write {}", path.display()))
 }

@@ -3,6 +3,7 @@
 
 pub mod chunk;
 pub mod client;
+pub mod fsutil;
 pub mod placement;
 pub mod transfer;
 pub mod tree;
@@ -19,6 +20,10 @@ pub use client::{Repo, RepoError};
 /// Largest gRPC message either side accepts: a 4 MiB chunk plus framing, or
 /// a page of a large resolve or publish.
 pub const MAX_MESSAGE: usize = 64 << 20;
+
+/// HTTP/2 DATA frame size both sides advertise (the protocol default, 16 KiB,
+/// costs one read syscall per ~8 KiB of a chunk).
+pub const MAX_FRAME: u32 = 1 << 20;
 
 /// Parses `NAME[@VERSION]`; version 0 means the latest.
 pub fn parse_spec(spec: &str) -> Result<(String, u64), String> {
