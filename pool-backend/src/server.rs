@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use blobvirt_core::fsutil::write_atomic;
 use blobvirt_core::proto::pool_server::PoolServer;
 use blobvirt_core::MAX_MESSAGE;
 use clap::Parser;
@@ -48,16 +49,6 @@ pub struct Opts {
     /// Default writer lease lifetime.
     #[arg(long, default_value_t = 10000)]
     pub lease_ttl_ms: u64,
-}
-
-/// Writes `contents` to `path` atomically (temporary file, fsync, rename).
-pub fn write_atomic(path: &Path, contents: &str) -> std::io::Result<()> {
-    use std::io::Write;
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::File::create(&tmp)?;
-    f.write_all(contents.as_bytes())?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path)
 }
 
 /// Takes `DIR/poold.lock` so two poolds never share a directory (and its
@@ -125,7 +116,7 @@ pub async fn run(opts: Opts) -> anyhow::Result<()> {
     let addr = listener
         .local_addr()
         .context("read the listening address")?;
-    write_atomic(&opts.dir.join("poold.addr"), &addr.to_string())
+    write_atomic(&opts.dir.join("poold.addr"), addr.to_string().as_bytes())
         .with_context(|| format!("write {}", opts.dir.join("poold.addr").display()))?;
     tracing::info!(%addr, engine = meta.engine(), dir = %opts.dir.display(), "poold listening");
 
