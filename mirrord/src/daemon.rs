@@ -40,7 +40,7 @@ pub struct Options {
 
 /// Absolute form of `p` without resolving symlinks (a stale FUSE mount
 /// cannot be stat'ed).
-fn absolute(p: &Path) -> PathBuf {
+pub fn absolute(p: &Path) -> PathBuf {
     if p.is_absolute() {
         p.to_path_buf()
     } else {

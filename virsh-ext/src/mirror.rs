@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Result};
 use blobvirt_core::parse_spec;
 use mirrord::control::{Client, ControlError};
+use mirrord::daemon::absolute;
 use mirrord::VolumeStatus;
 use serde::Serialize;
 
@@ -35,18 +36,6 @@ pub const STOP_WAIT: Duration = Duration::from_secs(60);
 
 /// What mirrord logs once its file system is mounted.
 const READY: &str = "mirrord ready";
-
-/// `p` made absolute without resolving symlinks (a stale mount cannot be
-/// resolved).
-fn absolute(p: &Path) -> PathBuf {
-    if p.is_absolute() {
-        p.to_path_buf()
-    } else {
-        std::env::current_dir()
-            .map(|d| d.join(p))
-            .unwrap_or_else(|_| p.to_path_buf())
-    }
-}
 
 /// True when something is mounted at `p` (per /proc/self/mountinfo).
 pub fn is_mounted(p: &Path) -> bool {
