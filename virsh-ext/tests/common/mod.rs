@@ -94,22 +94,10 @@ pub fn running_in(pid: u32, dir: &Path) -> bool {
     String::from_utf8_lossy(&cmd).contains(&*dir.to_string_lossy())
 }
 
-/// True while `pid` exists and is not a fully exited zombie.
+/// True while `pid` exists and is not a fully exited zombie (the same
+/// rule the CLI uses, [`blobvirt_cli::procs::is_running`]).
 pub fn alive(pid: u32) -> bool {
-    // A zombie leader whose other threads still exit may hold sockets.
-    let Ok(status) = fs::read_to_string(format!("/proc/{pid}/status")) else {
-        return false;
-    };
-    let field = |name: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .map(str::trim)
-            .unwrap_or("")
-            .to_string()
-    };
-    let zombie = matches!(field("State:").chars().next(), Some('Z' | 'X') | None);
-    !zombie || field("Threads:").parse::<u32>().unwrap_or(0) > 1
+    blobvirt_cli::procs::is_running(pid)
 }
 
 pub fn sigkill(pid: u32) {
