@@ -108,43 +108,52 @@ pub trait KvExt: Kv {
         &self,
         f: impl FnOnce(&dyn ReadTx) -> Result<R, E>,
     ) -> Result<R, E> {
-        let mut f = Some(f);
-        let mut out: Option<Result<R, E>> = None;
-        let r = self.read_dyn(&mut |tx| {
-            let f = f.take().ok_or(KvError::Aborted)?;
-            let res = f(tx);
-            let failed = res.is_err();
-            out = Some(res);
-            if failed {
-                Err(KvError::Aborted)
-            } else {
-                Ok(())
-            }
-        });
-        finish(r, out)
+        let mut once = Once::new(f);
+        let r = self.read_dyn(&mut |tx| once.call(tx));
+        finish(r, once.out)
     }
 
     fn write<R, E: From<KvError>>(
         &self,
         f: impl FnOnce(&mut dyn WriteTx) -> Result<R, E>,
     ) -> Result<R, E> {
-        let mut f = Some(f);
-        let mut out: Option<Result<R, E>> = None;
-        let r = self.write_dyn(&mut |tx| {
-            let f = f.take().ok_or(KvError::Aborted)?;
-            let res = f(tx);
-            let failed = res.is_err();
-            out = Some(res);
-            if failed {
-                Err(KvError::Aborted)
-            } else {
-                Ok(())
-            }
-        });
-        finish(r, out)
+        let mut once = Once::new(f);
+        let r = self.write_dyn(&mut |tx| once.call(tx));
+        finish(r, once.out)
     }
 }
 impl<T: Kv + ?Sized> KvExt for T {}
+
+/// Adapts a typed `FnOnce` closure to the engines' `FnMut` callback: runs it
+/// once, keeps its result, and aborts the transaction when it failed.
+struct Once<F, R, E> {
+    f: Option<F>,
+    out: Option<Result<R, E>>,
+}
+
+impl<F, R, E> Once<F, R, E> {
+    fn new(f: F) -> Self {
+        Once {
+            f: Some(f),
+            out: None,
+        }
+    }
+
+    fn call<A>(&mut self, arg: A) -> KvResult<()>
+    where
+        F: FnOnce(A) -> Result<R, E>,
+    {
+        let f = self.f.take().ok_or(KvError::Aborted)?;
+        let res = f(arg);
+        let failed = res.is_err();
+        self.out = Some(res);
+        if failed {
+            Err(KvError::Aborted)
+        } else {
+            Ok(())
+        }
+    }
+}
 
 fn finish<R, E: From<KvError>>(r: KvResult<()>, out: Option<Result<R, E>>) -> Result<R, E> {
     match (r, out) {
