@@ -36,6 +36,10 @@ pub struct Options {
     /// FUSE worker threads.
     #[arg(long, default_value_t = 4)]
     pub threads: usize,
+    /// Append one line `NAME OFFSET LENGTH` per read of a volume file to
+    /// FILE (LENGTH clipped to the volume size).
+    #[arg(long, value_name = "FILE")]
+    pub trace_reads: Option<PathBuf>,
 }
 
 /// Absolute form of `p` without resolving symlinks (a stale FUSE mount
@@ -177,7 +181,14 @@ pub fn run(opts: Options) -> Result<()> {
     cfg.acl = SessionACL::All;
     cfg.n_threads = Some(opts.threads.max(1));
     cfg.clone_fd = true;
-    let fs = Fs::new(vols.clone(), rt.handle().clone());
+    let tracer = match &opts.trace_reads {
+        Some(p) => Some(
+            crate::trace::Tracer::open(&absolute(p))
+                .with_context(|| format!("opening the read trace {}", p.display()))?,
+        ),
+        None => None,
+    };
+    let fs = Fs::new(vols.clone(), rt.handle().clone()).with_trace(tracer.clone());
     let mut session = fuser::Session::new(fs, &mount, &cfg)
         .with_context(|| format!("mounting the FUSE file system at {}", mount.display()))?;
     let mut unmounter = session.unmount_callable();
@@ -219,6 +230,9 @@ pub fn run(opts: Options) -> Result<()> {
         while !fuse_thread.is_finished() && t.elapsed() < Duration::from_secs(2) {
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+    if let Some(t) = &tracer {
+        t.flush();
     }
     let _ = std::fs::remove_file(&control);
     rt.shutdown_timeout(Duration::from_secs(2));

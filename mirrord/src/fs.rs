@@ -17,6 +17,7 @@ use fuser::{
 };
 
 use crate::ioctl;
+use crate::trace::Tracer;
 use crate::volumes::{Entry, OpError, Volumes};
 
 const TTL: Duration = Duration::from_secs(1);
@@ -26,6 +27,7 @@ pub struct Fs {
     vols: Arc<Volumes>,
     rt: tokio::runtime::Handle,
     started: SystemTime,
+    trace: Option<Arc<Tracer>>,
 }
 
 fn errno(e: i32) -> Errno {
@@ -46,7 +48,14 @@ impl Fs {
             vols,
             rt,
             started: SystemTime::now(),
+            trace: None,
         }
+    }
+
+    /// Logs every read of a volume file to `trace` (`--trace-reads`).
+    pub fn with_trace(mut self, trace: Option<Arc<Tracer>>) -> Self {
+        self.trace = trace;
+        self
     }
 
     fn root_attr(&self) -> FileAttr {
@@ -282,6 +291,9 @@ impl Filesystem for Fs {
         let Some(h) = self.vols.handle(fh.0) else {
             return reply.error(Errno::EBADF);
         };
+        if let Some(t) = &self.trace {
+            t.record(&h.mirror.name(), offset, size as u64, h.mirror.size());
+        }
         match h.mirror.try_read_local(offset, size as u64) {
             Some(Ok(b)) => reply.data(&b),
             Some(Err(e)) => reply.error(errno(e)),
@@ -559,6 +571,7 @@ impl Fs {
             vols: self.vols.clone(),
             rt: self.rt.clone(),
             started: self.started,
+            trace: self.trace.clone(),
         }
     }
 

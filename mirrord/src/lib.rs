@@ -10,6 +10,7 @@
 //! * [`control`] — the Unix-socket control API and its typed [`control::Client`].
 //! * [`ioctl`] — COMMIT and CLONE as ioctls on the mounted file.
 //! * [`daemon`] — startup, stale-mount cleanup, signals.
+//! * [`trace`] — the `--trace-reads` log of FUSE reads.
 //!
 //! Behaviour of the mounted files, for callers:
 //! * `DIR/NAME` is volume NAME at its latest version (or the version the
@@ -43,6 +44,7 @@ pub mod ioctl;
 pub mod lease;
 pub mod mirror;
 pub mod statemap;
+pub mod trace;
 pub mod volumes;
 
 pub use control::Client;

@@ -1,4 +1,4 @@
-//! `mirrord --pool URL --mount DIR --cache DIR [--control SOCKET] [--threads N]`
+//! `mirrord --pool URL --mount DIR --cache DIR [--control SOCKET] [--threads N] [--trace-reads FILE]`
 use clap::Parser;
 
 fn main() {
