@@ -19,6 +19,15 @@
 #   --stop acpi|kill   how a stay-mode guest is stopped: ACPI power button
 #                      (clean shutdown, like `virsh shutdown`; default) or
 #                      SIGKILL of QEMU (like `virsh destroy`)
+#   --cache MODE       QEMU -drive cache mode (e.g. none = O_DIRECT, so the
+#                      host page cache does not absorb the guest's reads;
+#                      default: QEMU's default, writeback)
+#   --no-marker        do not read the image before or after the boot (no
+#                      read-marker.sh, so the only reads of IMAGE are the
+#                      guest's; used to trace a boot); success then means
+#                      the guest printed its marker line and powered off
+#                      ("marker: name=N boots=B" on the console, with B the
+#                      --expect-boots value if given); not with --stay
 #   -q                 do not copy the serial console to stdout
 # Prints "boot-test: OK marker 'name=... boots=N' ..." and exits 0 when the
 # marker is right; exits 1 otherwise (and prints the console log).
@@ -38,6 +47,8 @@ logfile=
 stay=
 stop=acpi
 quiet=0
+drive_cache=
+no_marker=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --serial) serial=${2?}; shift 2 ;;
@@ -47,6 +58,8 @@ while [ $# -gt 0 ]; do
     --log) logfile=${2:?}; shift 2 ;;
     --stay) stay=${2:?}; shift 2 ;;
     --stop) stop=${2:?}; shift 2 ;;
+    --cache) drive_cache=${2:?}; shift 2 ;;
+    --no-marker) no_marker=1; shift ;;
     -q) quiet=1; shift ;;
     -h | --help) usage ;;
     -*) echo "$prog: unknown option $1" >&2; usage ;;
@@ -57,6 +70,7 @@ done
 image=$1
 [ -f "$image" ] || fail "image $image does not exist; build it with guest/build-guest.sh"
 case "$stop" in acpi | kill) ;; *) fail "--stop must be acpi or kill" ;; esac
+[ "$no_marker" = 0 ] || [ -z "$stay" ] || fail "--no-marker cannot be combined with --stay"
 command -v qemu-system-x86_64 >/dev/null || fail "qemu-system-x86_64 is missing; run guest/install-deps.sh"
 
 work=$(mktemp -d /tmp/blobvirt-boot-test.XXXXXX)
@@ -76,11 +90,15 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-before=$("$here/read-marker.sh" "$image" boots 2>/dev/null || echo 0)
-case "$before" in '' | *[!0-9]*) before=0 ;; esac
-[ -n "$expect" ] || expect=$((before + 1))
 [ -n "$expect_name" ] || expect_name=${serial:-unknown}
-want="name=$expect_name boots=$expect"
+if [ "$no_marker" = 1 ]; then
+  want="name=$expect_name boots=${expect:-[0-9]*}"
+else
+  before=$("$here/read-marker.sh" "$image" boots 2>/dev/null || echo 0)
+  case "$before" in '' | *[!0-9]*) before=0 ;; esac
+  [ -n "$expect" ] || expect=$((before + 1))
+  want="name=$expect_name boots=$expect"
+fi
 
 if [ -n "$stay" ]; then
   if ! "$here/read-marker.sh" "$image" stay >/dev/null 2>&1; then
@@ -97,7 +115,7 @@ mkfifo "$work/monitor"
 exec 3<>"$work/monitor"
 qemu_args=(
   -machine accel=tcg -m 256 -nographic -no-reboot
-  -drive "file=$image,format=raw,if=virtio"
+  -drive "file=$image,format=raw,if=virtio${drive_cache:+,cache=$drive_cache}"
   -serial "file:$logfile" -monitor stdio
 )
 [ -z "$serial" ] || qemu_args+=(-smbios "type=1,serial=$serial")
@@ -164,6 +182,13 @@ fi
 t_total=$(elapsed)
 [ -z "$tpid" ] || wait "$tpid" 2>/dev/null || true
 
+if [ "$no_marker" = 1 ]; then
+  # shellcheck disable=SC2053 # $want may hold a boots=[0-9]* pattern
+  marker=$(tr -d '\r' <"$logfile" | sed -n 's/^blobvirt-guest: marker: \(name=[^ ]* boots=[0-9]*\).*/\1/p' | tail -n 1)
+  [[ "$marker" == $want ]] || { show_log; fail "console shows marker '$marker', expected '$want'"; }
+  echo "$prog: OK console marker '$marker' (image not read; qemu ran $t_total s)"
+  exit 0
+fi
 marker=$("$here/read-marker.sh" "$image" marker) || fail "the guest wrote no marker"
 [ "$marker" = "$want" ] || { show_log; fail "marker is '$marker', expected '$want'"; }
 echo "$prog: OK marker '$marker' (qemu ran $t_total s)"
