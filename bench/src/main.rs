@@ -4,9 +4,11 @@
 //! same run (`cp` of the same file to the same disk).
 
 mod cluster;
+mod emu;
 mod mirror;
 mod repo;
 mod stats;
+mod workload;
 
 use clap::{Parser, Subcommand};
 
@@ -23,6 +25,25 @@ enum Suite {
     Repo(repo::Opts),
     /// mirrord: mount reads vs the cache file and vol-export, a slowed chunkd, COMMIT times.
     Mirror(mirror::Opts),
+    /// Generate a sparse raw image with seeded incompressible data extents.
+    GenImage(workload::image::Opts),
+    /// Generate a synthetic boot read trace inside an image's data regions.
+    GenTrace(workload::gentrace::Opts),
+    /// One emulated VM instance: prepare, replay a trace, write (stdin/stdout protocol).
+    Instance(workload::instance::Opts),
+    /// Multideployment and multisnapshotting on emulated nodes (namespaces,
+    /// shaped links) for blobvirt and the baselines; root only.
+    Emu(emu::Opts),
+    /// Rebuild the tables and plots of `emu` from OUT/results.jsonl.
+    EmuReport {
+        #[arg(long, default_value = "bench/results/emu")]
+        out: std::path::PathBuf,
+    },
+    /// Remove namespaces, processes and mounts an interrupted `emu` left.
+    EmuClean {
+        #[arg(long, default_value = "/var/tmp/blobvirt-emu")]
+        dir: std::path::PathBuf,
+    },
 }
 
 #[tokio::main]
@@ -30,5 +51,11 @@ async fn main() -> anyhow::Result<()> {
     match Args::parse().suite {
         Suite::Repo(o) => repo::run(o).await,
         Suite::Mirror(o) => mirror::run(o).await,
+        Suite::GenImage(o) => workload::image::run(o),
+        Suite::GenTrace(o) => workload::gentrace::run(o),
+        Suite::Instance(o) => workload::instance::run(o),
+        Suite::Emu(o) => emu::run(o).await,
+        Suite::EmuReport { out } => emu::report::write(&out.join("results.jsonl"), &out),
+        Suite::EmuClean { dir } => emu::clean_all(&dir),
     }
 }

@@ -1,0 +1,422 @@
+//! `blobvirt-bench emu`: the paper's multideployment and multisnapshotting
+//! experiments on M emulated compute nodes (network namespaces, veth links
+//! to a bridge, `tc tbf` shaping), for blobvirt and the baselines
+//! (prepropagation over HTTP and over a pipelined chain, qcow2 overlays on
+//! an NBD-served image). Every system runs the same instances, the same
+//! trace and the same links; results go to a JSON-lines file as they come
+//! and are then turned into tables and plots (see `report`).
+//!
+//! * [`net`] — namespaces, links, counters, cleanup.
+//! * [`proc`] — processes in the namespaces.
+//! * [`instances`] — the N instance processes of a run.
+//! * [`sys_blobvirt`], [`sys_prepro`], [`sys_qcow2`] — the systems.
+//! * [`report`] — tables, lower bounds, plots.
+
+pub mod instances;
+pub mod net;
+pub mod proc;
+pub mod report;
+pub mod sys_blobvirt;
+pub mod sys_prepro;
+pub mod sys_qcow2;
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use serde_json::json;
+
+use instances::{Instances, Spec};
+use net::{Link, Net};
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct Opts {
+    /// Node counts to measure.
+    #[arg(long, value_delimiter = ',', default_value = "1,4,8,16,32")]
+    pub nodes: Vec<usize>,
+    /// Runs per system and node count (medians are reported).
+    #[arg(long, default_value_t = 3)]
+    pub runs: usize,
+    /// Runs of prepro-http at 16 nodes and more (each one moves N × the
+    /// image through the server's link); default: --runs.
+    #[arg(long)]
+    pub http_large_runs: Option<usize>,
+    /// Systems: blobvirt, prepro-http, prepro-chain, qcow2-nbd.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "blobvirt,prepro-chain,qcow2-nbd,prepro-http"
+    )]
+    pub systems: Vec<String>,
+    /// Image to deploy; default: a synthetic sparse image made in --dir.
+    #[arg(long)]
+    pub image: Option<PathBuf>,
+    /// Size of the synthetic image.
+    #[arg(long, default_value_t = 2048)]
+    pub image_mib: u64,
+    /// Fraction of the synthetic image that holds data.
+    #[arg(long, default_value_t = 0.4)]
+    pub data_fraction: f64,
+    /// Read trace; default: a synthetic boot set of --fraction of the image.
+    #[arg(long)]
+    pub trace: Option<PathBuf>,
+    /// Fraction of the image the synthetic boot set reads.
+    #[arg(long, default_value_t = 0.08)]
+    pub fraction: f64,
+    /// MiB each instance writes before the snapshot (0: no snapshot).
+    #[arg(long, default_value_t = 15)]
+    pub write_mib: u64,
+    /// Size of each scattered write.
+    #[arg(long, default_value_t = 256)]
+    pub write_block_kib: u64,
+    /// Link rate of every node (and of the server), Mbit/s.
+    #[arg(long, default_value_t = 1000)]
+    pub rate_mbit: u64,
+    /// tbf latency (queue bound) of every link, ms.
+    #[arg(long, default_value_t = 0.2)]
+    pub latency_ms: f64,
+    /// blobvirt replication factor.
+    #[arg(long, default_value_t = 2)]
+    pub replicas: u32,
+    /// Work directory (images, node directories).
+    #[arg(long, default_value = "/var/tmp/blobvirt-emu")]
+    pub dir: PathBuf,
+    /// Directory of the release binaries.
+    #[arg(long, default_value = "target/release")]
+    pub bin: PathBuf,
+    /// Results: OUT/results.jsonl (appended), tables and plots.
+    #[arg(long, default_value = "bench/results/emu")]
+    pub out: PathBuf,
+    /// Label of this experiment in the results (e.g. the trace's name).
+    #[arg(long, default_value = "b")]
+    pub label: String,
+}
+
+/// What a system sees of the run it is part of.
+pub struct Env<'a> {
+    pub net: &'a Net,
+    pub dir: PathBuf,
+    pub bin: PathBuf,
+    pub image: PathBuf,
+    pub image_size: u64,
+    pub replicas: u32,
+    pub write_mib: u64,
+}
+
+/// One system under test; the harness drives it through one run.
+pub trait System {
+    fn name(&self) -> &'static str;
+    /// Starts the servers and puts the image in place (not timed).
+    fn setup(&mut self, env: &Env) -> Result<()>;
+    /// What instance `i` runs; its prepare command is part of its time.
+    fn spec(&self, env: &Env, i: usize) -> Result<Spec>;
+    /// Called right after the instances were released.
+    fn on_go(&mut self, _env: &Env) -> Result<()> {
+        Ok(())
+    }
+    /// Snapshots every instance at once; seconds per instance, or None
+    /// when the system has no snapshot.
+    fn snapshot(&mut self, env: &Env) -> Result<Option<Vec<f64>>>;
+    /// Bytes in the repository / on the server.
+    fn stored(&self, env: &Env) -> u64;
+    /// Bytes on the nodes' local disks.
+    fn local(&self, env: &Env) -> u64;
+    fn teardown(&mut self, env: &Env);
+}
+
+pub fn system(name: &str) -> Result<Box<dyn System>> {
+    Ok(match name {
+        "blobvirt" => Box::<sys_blobvirt::Blobvirt>::default(),
+        "prepro-http" => Box::new(sys_prepro::Prepro::new(sys_prepro::Mode::Http)),
+        "prepro-chain" => Box::new(sys_prepro::Prepro::new(sys_prepro::Mode::Chain)),
+        "qcow2-nbd" => Box::<sys_qcow2::Qcow2>::default(),
+        _ => {
+            bail!("system {name} is unknown; use blobvirt, prepro-http, prepro-chain or qcow2-nbd")
+        }
+    })
+}
+
+pub fn is_mounted(p: &Path) -> bool {
+    let p = p.to_string_lossy().into_owned();
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .any(|m| m == p)
+}
+
+fn abs(p: &Path) -> Result<PathBuf> {
+    std::fs::canonicalize(p).with_context(|| format!("finding {}", p.display()))
+}
+
+fn bench_cmd(bin: &Path, args: &[&str]) -> Result<String> {
+    let mut c = std::process::Command::new(bin.join("blobvirt-bench"));
+    c.args(args);
+    proc::run_ok(c, &format!("blobvirt-bench {}", args.join(" ")))
+}
+
+/// The image and trace of this experiment (made once, then reused).
+fn inputs(o: &Opts, bin: &Path) -> Result<(PathBuf, PathBuf)> {
+    std::fs::create_dir_all(&o.dir)?;
+    let image = match &o.image {
+        Some(p) => abs(p)?,
+        None => {
+            let p = o
+                .dir
+                .join(format!("image-{}m-{}.raw", o.image_mib, o.data_fraction));
+            if !p.exists() {
+                bench_cmd(
+                    bin,
+                    &[
+                        "gen-image",
+                        "--out",
+                        &p.to_string_lossy(),
+                        "--size-mib",
+                        &o.image_mib.to_string(),
+                        "--data-fraction",
+                        &o.data_fraction.to_string(),
+                    ],
+                )?;
+            }
+            abs(&p)?
+        }
+    };
+    let trace = match &o.trace {
+        Some(p) => abs(p)?,
+        None => {
+            let p = o.dir.join(format!(
+                "trace-{}-{}.trace",
+                image.file_stem().unwrap_or_default().to_string_lossy(),
+                o.fraction
+            ));
+            if !p.exists() {
+                bench_cmd(
+                    bin,
+                    &[
+                        "gen-trace",
+                        "--image",
+                        &image.to_string_lossy(),
+                        "--fraction",
+                        &o.fraction.to_string(),
+                        "--out",
+                        &p.to_string_lossy(),
+                    ],
+                )?;
+            }
+            abs(&p)?
+        }
+    };
+    Ok((image, trace))
+}
+
+fn drop_caches() {
+    nix::unistd::sync();
+    let _ = std::fs::write("/proc/sys/vm/drop_caches", "3");
+}
+
+fn sum(v: &[u64]) -> u64 {
+    v.iter().sum()
+}
+
+/// One run of one system at one node count; returns its JSON record.
+fn one_run(
+    o: &Opts,
+    sys: &mut dyn System,
+    n: usize,
+    run: usize,
+    inp: &Inputs,
+) -> Result<serde_json::Value> {
+    let prefix = format!("bvb{}", std::process::id());
+    let link = Link {
+        rate_bps: o.rate_mbit * 1_000_000,
+        latency_ms: o.latency_ms,
+    };
+    let mut net = Net::create(&prefix, n, link)?;
+    let dir = o.dir.join(format!("run-{}-{n}-{run}", sys.name()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir)?;
+    let env = Env {
+        net: &net,
+        dir: abs(&dir)?,
+        bin: inp.bin.clone(),
+        image: inp.image.clone(),
+        image_size: inp.image_size,
+        replicas: o.replicas,
+        write_mib: o.write_mib,
+    };
+    let r = drive(o, sys, &env, inp);
+    sys.teardown(&env);
+    net::unmount_under(&env.dir);
+    net.destroy();
+    if r.is_ok() {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    let mut v = r?;
+    v["system"] = json!(sys.name());
+    v["nodes"] = json!(n);
+    v["run"] = json!(run);
+    v["label"] = json!(o.label);
+    Ok(v)
+}
+
+fn drive(o: &Opts, sys: &mut dyn System, env: &Env, inp: &Inputs) -> Result<serde_json::Value> {
+    let n = env.net.nodes;
+    sys.setup(env)
+        .with_context(|| format!("setting up {}", sys.name()))?;
+    let specs = (0..n)
+        .map(|i| sys.spec(env, i))
+        .collect::<Result<Vec<_>>>()?;
+    let snapshots = specs.iter().any(|s| s.write_mib > 0);
+    let mut inst = Instances::start(
+        env.net,
+        &inp.bin.join("blobvirt-bench"),
+        &inp.trace,
+        specs,
+        &env.dir,
+        o.write_block_kib,
+    )?;
+    let stored0 = sys.stored(env);
+    drop_caches();
+    let c0 = env.net.sent_bytes()?;
+    // Release the instances first, then the chain's sender: it must not
+    // win a head start over the instances it feeds.
+    inst.release()?;
+    sys.on_go(env)?;
+    let deployed = inst.wait_deployed(Duration::from_secs(7200))?;
+    let c1 = env.net.sent_bytes()?;
+    let start = deployed.iter().map(|d| d.start_ns).min().unwrap_or(0);
+    let per: Vec<f64> = deployed
+        .iter()
+        .map(|d| (d.done_ns - d.start_ns) as f64 / 1e9)
+        .collect();
+    let prep: Vec<f64> = deployed
+        .iter()
+        .map(|d| (d.prepared_ns - d.start_ns) as f64 / 1e9)
+        .collect();
+    let last = deployed.iter().map(|d| d.done_ns).max().unwrap_or(0);
+    let mut v = json!({
+        "deploy": {
+            "completion_s": (last - start) as f64 / 1e9,
+            "mean_s": mean(&per),
+            "max_s": per.iter().cloned().fold(0.0, f64::max),
+            "mean_prepare_s": mean(&prep),
+            "traffic_bytes": sum(&c1) - sum(&c0),
+            "traffic_server_bytes": c1[0] - c0[0],
+            "stored_bytes": sys.stored(env),
+            "stored_before_bytes": stored0,
+            "local_bytes": sys.local(env),
+        }
+    });
+    if snapshots {
+        let written = inst.write(Duration::from_secs(600))?;
+        let s0 = sys.stored(env);
+        let c2 = env.net.sent_bytes()?;
+        if let Some(times) = sys.snapshot(env)? {
+            let c3 = env.net.sent_bytes()?;
+            v["snapshot"] = json!({
+                "mean_s": mean(&times),
+                "max_s": times.iter().cloned().fold(0.0, f64::max),
+                "written_bytes": written,
+                "stored_added_bytes": sys.stored(env).saturating_sub(s0),
+                "traffic_bytes": sum(&c3) - sum(&c2),
+            });
+        }
+    }
+    inst.finish()?;
+    Ok(v)
+}
+
+fn mean(v: &[f64]) -> f64 {
+    if v.is_empty() {
+        0.0
+    } else {
+        v.iter().sum::<f64>() / v.len() as f64
+    }
+}
+
+/// The fixed inputs of an experiment.
+pub struct Inputs {
+    pub bin: PathBuf,
+    pub image: PathBuf,
+    pub image_size: u64,
+    pub trace: PathBuf,
+}
+
+/// Runs the whole matrix (blocking; call from a blocking thread).
+pub fn run_blocking(o: Opts) -> Result<()> {
+    let bin = abs(&o.bin)?;
+    for b in ["blobvirt", "poold", "chunkd", "mirrord", "blobvirt-bench"] {
+        if !bin.join(b).exists() {
+            bail!(
+                "{} is missing; build the release binaries with cargo build --release --workspace --bins",
+                bin.join(b).display()
+            );
+        }
+    }
+    for s in &o.systems {
+        system(s)?;
+    }
+    let (image, trace) = inputs(&o, &bin)?;
+    let image_size = std::fs::metadata(&image)?.len();
+    let inp = Inputs {
+        bin,
+        image,
+        image_size,
+        trace,
+    };
+    std::fs::create_dir_all(&o.out)?;
+    let results = o.out.join("results.jsonl");
+    let meta = report::Meta::new(&o, &inp)?;
+    for &n in &o.nodes {
+        for name in &o.systems {
+            let runs = match (name.as_str(), o.http_large_runs) {
+                ("prepro-http", Some(r)) if n >= 16 => r,
+                _ => o.runs,
+            };
+            for run in 1..=runs {
+                let mut sys = system(name)?;
+                eprintln!("emu: {name} N={n} run {run}/{runs}");
+                let mut v = one_run(&o, sys.as_mut(), n, run, &inp)
+                    .with_context(|| format!("{name} with {n} nodes, run {run}"))?;
+                v["meta"] = meta.to_json();
+                eprintln!("emu:   {}", v["deploy"]);
+                let mut f = std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&results)
+                    .with_context(|| format!("opening {}", results.display()))?;
+                writeln!(f, "{v}")?;
+            }
+        }
+    }
+    report::write(&results, &o.out)
+}
+
+/// Entry point: runs the matrix; Ctrl-C or SIGTERM removes every namespace,
+/// process and mount of this run before exiting.
+pub async fn run(o: Opts) -> Result<()> {
+    let prefix = format!("bvb{}", std::process::id());
+    let dir = o.dir.clone();
+    let job = tokio::task::spawn_blocking(move || run_blocking(o));
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        r = job => r.context("the experiment thread panicked")?,
+        _ = tokio::signal::ctrl_c() => interrupted(&prefix, &dir),
+        _ = term.recv() => interrupted(&prefix, &dir),
+    }
+}
+
+fn interrupted(prefix: &str, dir: &Path) -> Result<()> {
+    eprintln!("emu: interrupted; removing namespaces, processes and mounts");
+    net::clean_prefix(prefix);
+    net::unmount_under(dir);
+    std::process::exit(130);
+}
+
+/// `blobvirt-bench emu-clean`: removes what any earlier run left behind.
+pub fn clean_all(dir: &Path) -> Result<()> {
+    net::clean_prefix("bvb");
+    net::unmount_under(dir);
+    Ok(())
+}
