@@ -8,6 +8,9 @@ bash scripts/install-deps.sh
 # image's packages.
 bash guest/install-deps.sh
 bash scripts/libvirt-setup.sh
+# The emulated-cluster harness test runs the baselines' tools (socat, curl,
+# busybox httpd, qemu-nbd, qemu-storage-daemon).
+bash bench/cluster/install-deps.sh
 export PATH="$HOME/.cargo/bin:$PATH"
 cargo build --workspace --bins --tests
 cargo test --workspace -- --test-threads="${BLOBVIRT_TEST_THREADS:-2}"

@@ -20,7 +20,8 @@
 #   OFFSET LENGTH          (one guest read per line, in issue order)
 # Prints the fraction of the image the boot read. Everything it starts is
 # stopped by PID, the mount is removed and the temporary directory deleted on
-# exit, also on failure. Set KEEP=1 to keep the temporary directory.
+# exit, also on failure. Set KEEP=1 to keep the temporary directory, and
+# IMAGE_OUT=PATH to keep a copy of the guest image the trace was recorded on.
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 prog=record-boot-trace
@@ -76,6 +77,9 @@ pool=$(sed -n 's/^BLOBVIRT_POOL=//p' "$work/up.out")
 [ -n "$pool" ] || fail "blobvirt cluster up printed no BLOBVIRT_POOL line"
 "$bv" vol-import --pool "$pool" "$work/guest.raw" "$vol" >"$work/import.out" \
   || fail "blobvirt vol-import of the guest image failed"
+# IMAGE_OUT=PATH keeps the image the trace belongs to (bench/cluster/run.sh
+# replays the trace against it).
+if [ -n "${IMAGE_OUT:-}" ]; then cp --sparse=always "$work/guest.raw" "$IMAGE_OUT"; fi
 rm -f "$work/guest.raw"
 
 echo "$prog: starting mirrord with --trace-reads" >&2

@@ -368,8 +368,8 @@ pub fn run_blocking(o: Opts) -> Result<()> {
     std::fs::create_dir_all(&o.out)?;
     let results = o.out.join("results.jsonl");
     let meta = report::Meta::new(&o, &inp)?;
-    for &n in &o.nodes {
-        for name in &o.systems {
+    for name in &o.systems {
+        for &n in &o.nodes {
             let runs = match (name.as_str(), o.http_large_runs) {
                 ("prepro-http", Some(r)) if n >= 16 => r,
                 _ => o.runs,
