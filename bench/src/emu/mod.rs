@@ -215,6 +215,59 @@ fn drop_caches() {
     let _ = std::fs::write("/proc/sys/vm/drop_caches", "3");
 }
 
+/// (busy, total) jiffies of all CPUs, from /proc/stat: how close to
+/// CPU-bound this machine was during a phase.
+fn cpu_jiffies() -> (u64, u64) {
+    let s = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let v: Vec<u64> = s
+        .lines()
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    let total: u64 = v.iter().take(8).sum();
+    let idle = v.get(3).copied().unwrap_or(0) + v.get(4).copied().unwrap_or(0);
+    (total - idle, total)
+}
+
+/// (io_ticks ms, sectors written, when) of the disk holding `dir`, from
+/// /proc/diskstats: whether a phase was bound by the one shared disk.
+fn disk_sample(dir: &Path) -> (u64, u64, std::time::Instant) {
+    use std::os::unix::fs::MetadataExt;
+    let now = std::time::Instant::now();
+    let Ok(md) = std::fs::metadata(dir) else {
+        return (0, 0, now);
+    };
+    let (major, minor) = (
+        nix::sys::stat::major(md.dev()),
+        nix::sys::stat::minor(md.dev()),
+    );
+    let text = std::fs::read_to_string("/proc/diskstats").unwrap_or_default();
+    for l in text.lines() {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        if f.len() > 12 && f[0] == major.to_string() && f[1] == minor.to_string() {
+            let n = |i: usize| f[i].parse::<u64>().unwrap_or(0);
+            return (n(12), n(9), now);
+        }
+    }
+    (0, 0, now)
+}
+
+/// Share of the time the disk was busy, and bytes written, since a sample.
+fn disk_since(dir: &Path, a: (u64, u64, std::time::Instant)) -> (f64, u64) {
+    let b = disk_sample(dir);
+    let ms = (b.2 - a.2).as_millis().max(1) as f64;
+    ((b.0 - a.0) as f64 / ms, (b.1 - a.1) * 512)
+}
+
+/// Fraction of the machine's CPUs that were busy between two samples.
+fn busy_since(a: (u64, u64)) -> f64 {
+    let b = cpu_jiffies();
+    (b.0 - a.0) as f64 / (b.1 - a.1).max(1) as f64
+}
+
 fn sum(v: &[u64]) -> u64 {
     v.iter().sum()
 }
@@ -279,12 +332,16 @@ fn drive(o: &Opts, sys: &mut dyn System, env: &Env, inp: &Inputs) -> Result<serd
     let stored0 = sys.stored(env);
     drop_caches();
     let c0 = env.net.sent_bytes()?;
+    let cpu0 = cpu_jiffies();
+    let disk0 = disk_sample(&env.dir);
     // Release the instances first, then the chain's sender: it must not
     // win a head start over the instances it feeds.
     inst.release()?;
     sys.on_go(env)?;
     let deployed = inst.wait_deployed(Duration::from_secs(7200))?;
     let c1 = env.net.sent_bytes()?;
+    let deploy_busy = busy_since(cpu0);
+    let (disk_busy, disk_written) = disk_since(&env.dir, disk0);
     let start = deployed.iter().map(|d| d.start_ns).min().unwrap_or(0);
     let per: Vec<f64> = deployed
         .iter()
@@ -301,25 +358,37 @@ fn drive(o: &Opts, sys: &mut dyn System, env: &Env, inp: &Inputs) -> Result<serd
             "mean_s": mean(&per),
             "max_s": per.iter().cloned().fold(0.0, f64::max),
             "mean_prepare_s": mean(&prep),
+            "per_instance_s": per,
             "traffic_bytes": sum(&c1) - sum(&c0),
             "traffic_server_bytes": c1[0] - c0[0],
             "stored_bytes": sys.stored(env),
             "stored_before_bytes": stored0,
             "local_bytes": sys.local(env),
+            "cpu_busy": deploy_busy,
+            "disk_busy": disk_busy,
+            "disk_written_bytes": disk_written,
         }
     });
     if snapshots {
         let written = inst.write(Duration::from_secs(600))?;
         let s0 = sys.stored(env);
         let c2 = env.net.sent_bytes()?;
+        let cpu2 = cpu_jiffies();
+        let disk2 = disk_sample(&env.dir);
         if let Some(times) = sys.snapshot(env)? {
             let c3 = env.net.sent_bytes()?;
+            let busy = busy_since(cpu2);
+            let (disk_busy, disk_written) = disk_since(&env.dir, disk2);
             v["snapshot"] = json!({
                 "mean_s": mean(&times),
+                "per_instance_s": times,
                 "max_s": times.iter().cloned().fold(0.0, f64::max),
                 "written_bytes": written,
                 "stored_added_bytes": sys.stored(env).saturating_sub(s0),
                 "traffic_bytes": sum(&c3) - sum(&c2),
+                "cpu_busy": busy,
+                "disk_busy": disk_busy,
+                "disk_written_bytes": disk_written,
             });
         }
     }

@@ -89,6 +89,16 @@ fn cell(xs: &[f64], scale: f64, prec: usize) -> String {
     )
 }
 
+/// Median share of the machine's CPUs (or of the disk's time) busy during
+/// the phase.
+fn busy(xs: &[f64]) -> String {
+    if xs.is_empty() {
+        "—".into()
+    } else {
+        format!("{:.0}%", 100.0 * median(xs))
+    }
+}
+
 fn median(xs: &[f64]) -> f64 {
     if xs.is_empty() {
         f64::NAN
@@ -124,7 +134,7 @@ pub fn write(results: &Path, out: &Path) -> Result<()> {
             meta["write_block_kib"],
         )?;
         md.push_str("**Multideployment** (seconds and MiB; median (min–max) over runs)\n\n");
-        md.push_str("| system | N | runs | completion s | mean per-instance s | max per-instance s | traffic MiB | stored MiB | node-local MiB | lower bound s | ÷ bound |\n|---|---|---|---|---|---|---|---|---|---|---|\n");
+        md.push_str("| system | N | runs | completion s | mean per-instance s | max per-instance s | traffic MiB | stored MiB | node-local MiB | lower bound s | ÷ bound | CPU busy | disk busy |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
         let mut dat: BTreeMap<String, String> = BTreeMap::new();
         for ((_, sys, n), rs) in &rows {
             let completion = col(rs, &["deploy", "completion_s"]);
@@ -133,7 +143,7 @@ pub fn write(results: &Path, out: &Path) -> Result<()> {
             let ratio = median(&completion) / bound;
             writeln!(
                 md,
-                "| {sys} | {n} | {} | {} | {} | {} | {} | {} | {} | {:.2} | {:.1} |",
+                "| {sys} | {n} | {} | {} | {} | {} | {} | {} | {} | {:.2} | {:.1} | {} | {} |",
                 rs.len(),
                 cell(&completion, 1.0, 2),
                 cell(&col(rs, &["deploy", "mean_s"]), 1.0, 2),
@@ -143,6 +153,8 @@ pub fn write(results: &Path, out: &Path) -> Result<()> {
                 cell(&col(rs, &["deploy", "local_bytes"]), MIB, 0),
                 bound,
                 ratio,
+                busy(&col(rs, &["deploy", "cpu_busy"])),
+                busy(&col(rs, &["deploy", "disk_busy"])),
             )?;
             let snap = col(rs, &["snapshot", "mean_s"]);
             let _ = writeln!(
@@ -162,7 +174,7 @@ pub fn write(results: &Path, out: &Path) -> Result<()> {
         let replicas = meta["replicas"].as_f64().unwrap_or(1.0);
         let copies = |sys: &str| if sys == "blobvirt" { replicas } else { 1.0 };
         md.push_str("\n**Multisnapshotting** (all instances at once)\n\n");
-        md.push_str("| system | N | runs | mean per-instance s | max per-instance s | written MiB | stored added MiB | stored ÷ written | per copy ÷ written | traffic MiB |\n|---|---|---|---|---|---|---|---|---|---|\n");
+        md.push_str("| system | N | runs | mean per-instance s | max per-instance s | written MiB | stored added MiB | stored ÷ written | per copy ÷ written | traffic MiB | CPU busy | disk busy |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n");
         for ((_, sys, n), rs) in &rows {
             let mean_s = col(rs, &["snapshot", "mean_s"]);
             if mean_s.is_empty() {
@@ -172,7 +184,7 @@ pub fn write(results: &Path, out: &Path) -> Result<()> {
             let added = col(rs, &["snapshot", "stored_added_bytes"]);
             writeln!(
                 md,
-                "| {sys} | {n} | {} | {} | {} | {} | {} | {:.2} | {:.2} | {} |",
+                "| {sys} | {n} | {} | {} | {} | {} | {} | {:.2} | {:.2} | {} | {} | {} |",
                 rs.len(),
                 cell(&mean_s, 1.0, 3),
                 cell(&col(rs, &["snapshot", "max_s"]), 1.0, 3),
@@ -181,6 +193,8 @@ pub fn write(results: &Path, out: &Path) -> Result<()> {
                 median(&added) / median(&written),
                 median(&added) / median(&written) / copies(sys),
                 cell(&col(rs, &["snapshot", "traffic_bytes"]), MIB, 0),
+                busy(&col(rs, &["snapshot", "cpu_busy"])),
+                busy(&col(rs, &["snapshot", "disk_busy"])),
             )?;
         }
         let md_path = out.join(format!("tables-{label}.md"));
