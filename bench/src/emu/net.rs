@@ -31,6 +31,33 @@ pub struct Net {
     pub prefix: String,
     pub nodes: usize,
     alive: bool,
+    /// ARP table limits to put back when the network is removed.
+    neigh_saved: Option<[u64; 3]>,
+}
+
+const NEIGH: [&str; 3] = [
+    "/proc/sys/net/ipv4/neigh/default/gc_thresh1",
+    "/proc/sys/net/ipv4/neigh/default/gc_thresh2",
+    "/proc/sys/net/ipv4/neigh/default/gc_thresh3",
+];
+
+/// The kernel's ARP table is shared by all namespaces and holds at most
+/// gc_thresh3 (default 1024) entries. A full mesh of N nodes needs about
+/// (N+2)² of them; at N = 32 the default overflowed ("neighbor table
+/// overflow"), new peers could not be resolved and their connections timed
+/// out. Raises the limits for the run; returns the old ones.
+fn raise_neigh_limits(nodes: usize) -> Option<[u64; 3]> {
+    let read = |p: &str| std::fs::read_to_string(p).ok()?.trim().parse::<u64>().ok();
+    let old = [read(NEIGH[0])?, read(NEIGH[1])?, read(NEIGH[2])?];
+    let need = ((nodes + 2) * (nodes + 2)) as u64;
+    let want = [need, 2 * need, 4 * need];
+    if (0..3).all(|i| old[i] >= want[i]) {
+        return None;
+    }
+    for i in (0..3).rev() {
+        let _ = std::fs::write(NEIGH[i], old[i].max(want[i]).to_string());
+    }
+    Some(old)
 }
 
 /// Runs `ip ARGS`; fails with its stderr.
@@ -79,6 +106,7 @@ impl Net {
             prefix: prefix.to_string(),
             nodes,
             alive: true,
+            neigh_saved: raise_neigh_limits(nodes),
         };
         let r = net.build(link);
         if r.is_err() {
@@ -150,6 +178,11 @@ impl Net {
         }
         self.alive = false;
         clean_prefix(&self.prefix);
+        if let Some(old) = self.neigh_saved.take() {
+            for (p, v) in NEIGH.iter().zip(old) {
+                let _ = std::fs::write(p, v.to_string());
+            }
+        }
     }
 }
 
