@@ -5,7 +5,8 @@
 #            blobvirt, qcow2 over NBD, chain and HTTP prepropagation;
 #   trace a: a real test-guest boot recorded through mirrord just now,
 #            replayed against that 2 GiB guest image, blobvirt and qcow2
-#            (prepropagation copies the whole image whatever the trace).
+#            (and one run of the chain: prepropagation copies the whole
+#            image whatever the trace).
 # and writes tables and plots to OUT (default bench/results/emu).
 #
 # usage (root): bash bench/cluster/run.sh [--quick]
@@ -49,6 +50,11 @@ fi
 
 # HTTP prepropagation last: it is bound by the server's link, not the CPU.
 "$bench" emu "${common[@]}" --label b --systems prepro-http --http-large-runs "$http_large"
+
+# Prepropagation copies the whole image whatever the trace: one run of the
+# chain for trace a shows it.
+"$bench" emu --nodes "$nodes" --runs 1 --dir "$dir" --out "$out" --label a \
+  --image "$dir/guest-2048.raw" --trace "$dir/guest-boot.trace" --systems prepro-chain
 
 "$bench" emu-report --out "$out" >/dev/null
 echo "run.sh: tables and plots in $out"
