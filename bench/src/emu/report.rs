@@ -172,7 +172,14 @@ pub fn write(results: &Path, out: &Path) -> Result<()> {
             );
         }
         let replicas = meta["replicas"].as_f64().unwrap_or(1.0);
-        let copies = |sys: &str| if sys == "blobvirt" { replicas } else { 1.0 };
+        // blobvirt keeps min(replicas, N) copies of every chunk.
+        let copies = |sys: &str, n: u64| {
+            if sys == "blobvirt" {
+                replicas.min(n as f64)
+            } else {
+                1.0
+            }
+        };
         md.push_str("\n**Multisnapshotting** (all instances at once)\n\n");
         md.push_str("| system | N | runs | mean per-instance s | max per-instance s | written MiB | stored added MiB | stored ÷ written | per copy ÷ written | traffic MiB | CPU busy | disk busy |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n");
         for ((_, sys, n), rs) in &rows {
@@ -191,7 +198,7 @@ pub fn write(results: &Path, out: &Path) -> Result<()> {
                 cell(&written, MIB, 0),
                 cell(&added, MIB, 0),
                 median(&added) / median(&written),
-                median(&added) / median(&written) / copies(sys),
+                median(&added) / median(&written) / copies(sys, *n),
                 cell(&col(rs, &["snapshot", "traffic_bytes"]), MIB, 0),
                 busy(&col(rs, &["snapshot", "cpu_busy"])),
                 busy(&col(rs, &["snapshot", "disk_busy"])),
@@ -261,7 +268,7 @@ fn plot(out: &Path, label: &str, systems: Vec<String>) -> Result<()> {
     std::fs::write(&gp, &script)?;
     let st = std::process::Command::new("gnuplot")
         .current_dir(out)
-        .arg(&gp)
+        .arg(format!("{label}.gp"))
         .status()
         .context("running gnuplot")?;
     if !st.success() {
