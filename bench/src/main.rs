@@ -43,6 +43,9 @@ enum Suite {
     EmuClean {
         #[arg(long, default_value = "/var/tmp/blobvirt-emu")]
         dir: std::path::PathBuf,
+        /// Only the run of the `emu` process with this PID (default: all).
+        #[arg(long)]
+        pid: Option<u32>,
     },
 }
 
@@ -56,6 +59,6 @@ async fn main() -> anyhow::Result<()> {
         Suite::Instance(o) => workload::instance::run(o),
         Suite::Emu(o) => emu::run(o).await,
         Suite::EmuReport { out } => emu::report::write(&out.join("results.jsonl"), &out),
-        Suite::EmuClean { dir } => emu::clean_all(&dir),
+        Suite::EmuClean { dir, pid } => emu::clean_all(&dir, pid),
     }
 }

@@ -62,15 +62,17 @@ fn leftovers(pid: u32, dir: &Path) -> Vec<String> {
     out
 }
 
-/// Kills the harness (and its namespaces) if the test panics.
+/// Kills the harness (and its namespaces, not another test's) if the
+/// test panics.
 struct Harness(Child, PathBuf);
 
 impl Drop for Harness {
     fn drop(&mut self) {
+        let pid = self.0.id().to_string();
         let _ = self.0.kill();
         let _ = self.0.wait();
         let _ = Command::new(BIN)
-            .args(["emu-clean", "--dir"])
+            .args(["emu-clean", "--pid", &pid, "--dir"])
             .arg(&self.1)
             .status();
     }

@@ -108,6 +108,11 @@ impl Instances {
                 i + 1,
                 one.log.display()
             ),
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => bail!(
+                "instance {} exited before it reported {event}; see {}",
+                i + 1,
+                one.log.display()
+            ),
             Err(_) => bail!(
                 "instance {} did not report {event} within {limit:?}; see {}",
                 i + 1,

@@ -483,9 +483,10 @@ fn interrupted(prefix: &str, dir: &Path) -> Result<()> {
     std::process::exit(130);
 }
 
-/// `blobvirt-bench emu-clean`: removes what any earlier run left behind.
-pub fn clean_all(dir: &Path) -> Result<()> {
-    net::clean_prefix("bvb");
+/// `blobvirt-bench emu-clean`: removes what an earlier run (the one of
+/// `pid`, or every run) left behind.
+pub fn clean_all(dir: &Path, pid: Option<u32>) -> Result<()> {
+    net::clean_prefix(&pid.map_or("bvb".to_string(), |p| format!("bvb{p}-")));
     net::unmount_under(dir);
     Ok(())
 }
