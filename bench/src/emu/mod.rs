@@ -6,16 +6,21 @@
 //! trace and the same links; results go to a JSON-lines file as they come
 //! and are then turned into tables and plots (see `report`).
 //!
+//! * [`opts`] — the command line.
 //! * [`net`] — namespaces, links, counters, cleanup.
 //! * [`proc`] — processes in the namespaces.
 //! * [`instances`] — the N instance processes of a run.
 //! * [`sys_blobvirt`], [`sys_prepro`], [`sys_qcow2`] — the systems.
 //! * [`report`] — tables, lower bounds, plots.
+//! * [`sample`] — how busy the CPUs and the disk were in a phase.
+//! * [`sample`] — how busy the CPUs and the disk were in a phase.
 
 pub mod instances;
 pub mod net;
+pub mod opts;
 pub mod proc;
 pub mod report;
+pub mod sample;
 pub mod sys_blobvirt;
 pub mod sys_prepro;
 pub mod sys_qcow2;
@@ -29,69 +34,8 @@ use serde_json::json;
 
 use instances::{Instances, Spec};
 use net::{Link, Net};
-
-#[derive(clap::Args, Debug, Clone)]
-pub struct Opts {
-    /// Node counts to measure.
-    #[arg(long, value_delimiter = ',', default_value = "1,4,8,16,32")]
-    pub nodes: Vec<usize>,
-    /// Runs per system and node count (medians are reported).
-    #[arg(long, default_value_t = 3)]
-    pub runs: usize,
-    /// Runs of prepro-http at 16 nodes and more (each one moves N × the
-    /// image through the server's link); default: --runs.
-    #[arg(long)]
-    pub http_large_runs: Option<usize>,
-    /// Systems: blobvirt, prepro-http, prepro-chain, qcow2-nbd.
-    #[arg(
-        long,
-        value_delimiter = ',',
-        default_value = "blobvirt,prepro-chain,qcow2-nbd,prepro-http"
-    )]
-    pub systems: Vec<String>,
-    /// Image to deploy; default: a synthetic sparse image made in --dir.
-    #[arg(long)]
-    pub image: Option<PathBuf>,
-    /// Size of the synthetic image.
-    #[arg(long, default_value_t = 2048)]
-    pub image_mib: u64,
-    /// Fraction of the synthetic image that holds data.
-    #[arg(long, default_value_t = 0.4)]
-    pub data_fraction: f64,
-    /// Read trace; default: a synthetic boot set of --fraction of the image.
-    #[arg(long)]
-    pub trace: Option<PathBuf>,
-    /// Fraction of the image the synthetic boot set reads.
-    #[arg(long, default_value_t = 0.08)]
-    pub fraction: f64,
-    /// MiB each instance writes before the snapshot (0: no snapshot).
-    #[arg(long, default_value_t = 15)]
-    pub write_mib: u64,
-    /// Size of each scattered write.
-    #[arg(long, default_value_t = 256)]
-    pub write_block_kib: u64,
-    /// Link rate of every node (and of the server), Mbit/s.
-    #[arg(long, default_value_t = 1000)]
-    pub rate_mbit: u64,
-    /// tbf latency (queue bound) of every link, ms.
-    #[arg(long, default_value_t = 0.2)]
-    pub latency_ms: f64,
-    /// blobvirt replication factor.
-    #[arg(long, default_value_t = 2)]
-    pub replicas: u32,
-    /// Work directory (images, node directories).
-    #[arg(long, default_value = "/var/tmp/blobvirt-emu")]
-    pub dir: PathBuf,
-    /// Directory of the release binaries.
-    #[arg(long, default_value = "target/release")]
-    pub bin: PathBuf,
-    /// Results: OUT/results.jsonl (appended), tables and plots.
-    #[arg(long, default_value = "bench/results/emu")]
-    pub out: PathBuf,
-    /// Label of this experiment in the results (e.g. the trace's name).
-    #[arg(long, default_value = "b")]
-    pub label: String,
-}
+pub use opts::Opts;
+use sample::{busy_since, cpu_jiffies, disk_sample, disk_since};
 
 /// What a system sees of the run it is part of.
 pub struct Env<'a> {
@@ -102,6 +46,30 @@ pub struct Env<'a> {
     pub image_size: u64,
     pub replicas: u32,
     pub write_mib: u64,
+}
+
+impl Env<'_> {
+    /// Directory of node `i` (0-based) in this run.
+    pub fn node_dir(&self, i: usize) -> PathBuf {
+        self.dir.join(format!("n{}", i + 1))
+    }
+
+    /// The server's directory in this run.
+    pub fn srv_dir(&self) -> PathBuf {
+        self.dir.join("srv")
+    }
+
+    /// Puts the image on the server (a hard link when the file system
+    /// allows, so it is not stored twice); returns its path there.
+    pub fn serve_image(&self) -> Result<PathBuf> {
+        let srv = self.srv_dir();
+        std::fs::create_dir_all(&srv)?;
+        let img = srv.join("image.raw");
+        if std::fs::hard_link(&self.image, &img).is_err() {
+            std::fs::copy(&self.image, &img).context("copying the image to the server")?;
+        }
+        Ok(img)
+    }
 }
 
 /// One system under test; the harness drives it through one run.
@@ -135,15 +103,6 @@ pub fn system(name: &str) -> Result<Box<dyn System>> {
             bail!("system {name} is unknown; use blobvirt, prepro-http, prepro-chain or qcow2-nbd")
         }
     })
-}
-
-pub fn is_mounted(p: &Path) -> bool {
-    let p = p.to_string_lossy().into_owned();
-    std::fs::read_to_string("/proc/self/mountinfo")
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| l.split(' ').nth(4))
-        .any(|m| m == p)
 }
 
 fn abs(p: &Path) -> Result<PathBuf> {
@@ -213,59 +172,6 @@ fn inputs(o: &Opts, bin: &Path) -> Result<(PathBuf, PathBuf)> {
 fn drop_caches() {
     nix::unistd::sync();
     let _ = std::fs::write("/proc/sys/vm/drop_caches", "3");
-}
-
-/// (busy, total) jiffies of all CPUs, from /proc/stat: how close to
-/// CPU-bound this machine was during a phase.
-fn cpu_jiffies() -> (u64, u64) {
-    let s = std::fs::read_to_string("/proc/stat").unwrap_or_default();
-    let v: Vec<u64> = s
-        .lines()
-        .next()
-        .unwrap_or("")
-        .split_whitespace()
-        .skip(1)
-        .filter_map(|x| x.parse().ok())
-        .collect();
-    let total: u64 = v.iter().take(8).sum();
-    let idle = v.get(3).copied().unwrap_or(0) + v.get(4).copied().unwrap_or(0);
-    (total - idle, total)
-}
-
-/// (io_ticks ms, sectors written, when) of the disk holding `dir`, from
-/// /proc/diskstats: whether a phase was bound by the one shared disk.
-fn disk_sample(dir: &Path) -> (u64, u64, std::time::Instant) {
-    use std::os::unix::fs::MetadataExt;
-    let now = std::time::Instant::now();
-    let Ok(md) = std::fs::metadata(dir) else {
-        return (0, 0, now);
-    };
-    let (major, minor) = (
-        nix::sys::stat::major(md.dev()),
-        nix::sys::stat::minor(md.dev()),
-    );
-    let text = std::fs::read_to_string("/proc/diskstats").unwrap_or_default();
-    for l in text.lines() {
-        let f: Vec<&str> = l.split_whitespace().collect();
-        if f.len() > 12 && f[0] == major.to_string() && f[1] == minor.to_string() {
-            let n = |i: usize| f[i].parse::<u64>().unwrap_or(0);
-            return (n(12), n(9), now);
-        }
-    }
-    (0, 0, now)
-}
-
-/// Share of the time the disk was busy, and bytes written, since a sample.
-fn disk_since(dir: &Path, a: (u64, u64, std::time::Instant)) -> (f64, u64) {
-    let b = disk_sample(dir);
-    let ms = (b.2 - a.2).as_millis().max(1) as f64;
-    ((b.0 - a.0) as f64 / ms, (b.1 - a.1) * 512)
-}
-
-/// Fraction of the machine's CPUs that were busy between two samples.
-fn busy_since(a: (u64, u64)) -> f64 {
-    let b = cpu_jiffies();
-    (b.0 - a.0) as f64 / (b.1 - a.1).max(1) as f64
 }
 
 fn sum(v: &[u64]) -> u64 {

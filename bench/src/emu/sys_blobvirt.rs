@@ -22,10 +22,6 @@ pub struct Blobvirt {
 }
 
 impl Blobvirt {
-    fn node_dir(env: &Env, i: usize) -> PathBuf {
-        env.dir.join(format!("n{}", i + 1))
-    }
-
     fn cli(&self, env: &Env, ns: &str, args: &[&str]) -> Result<String> {
         let mut c = in_ns(ns, env.bin.join("blobvirt"));
         c.args(["--pool", &self.pool]).args(args);
@@ -74,7 +70,7 @@ impl System for Blobvirt {
         self.pool = format!("http://{addr}");
         self.poold = Some(poold);
         for i in 0..net.nodes {
-            let d = Self::node_dir(env, i);
+            let d = env.node_dir(i);
             std::fs::create_dir_all(d.join("chunkd"))?;
             let mut c = in_ns(&net.node(i), env.bin.join("chunkd"));
             c.arg("--dir")
@@ -86,7 +82,7 @@ impl System for Blobvirt {
                 .push(Daemon::spawn(&name, c, &d.join("chunkd.log"))?);
         }
         for (i, d) in self.chunkds.iter_mut().enumerate() {
-            let f = Self::node_dir(env, i).join("chunkd/chunkd.addr");
+            let f = env.node_dir(i).join("chunkd/chunkd.addr");
             wait_file(&f, d, Duration::from_secs(30))?;
         }
         self.wait_nodes(env)?;
@@ -94,7 +90,7 @@ impl System for Blobvirt {
         self.cli(env, &net.srv(), &["vol-import", &image, "base"])
             .context("importing the image into blobvirt")?;
         for i in 0..net.nodes {
-            let d = Self::node_dir(env, i);
+            let d = env.node_dir(i);
             for sub in ["mnt", "cache"] {
                 std::fs::create_dir_all(d.join(sub))?;
             }
@@ -109,9 +105,9 @@ impl System for Blobvirt {
                 .push(Daemon::spawn(&name, c, &d.join("mirrord.log"))?);
         }
         for i in 0..net.nodes {
-            let sock = Self::node_dir(env, i).join("cache/control.sock");
+            let sock = env.node_dir(i).join("cache/control.sock");
             let t = Instant::now();
-            while !(sock.exists() && super::is_mounted(&Self::node_dir(env, i).join("mnt"))) {
+            while !(sock.exists() && super::proc::is_mounted(&env.node_dir(i).join("mnt"))) {
                 self.mirrords[i].check()?;
                 if t.elapsed() > Duration::from_secs(30) {
                     bail!("mirrord-{} did not mount within 30 s", i + 1);
@@ -126,7 +122,7 @@ impl System for Blobvirt {
         let name = format!("inst-{}", i + 1);
         let bin = env.bin.join("blobvirt");
         Ok(Spec {
-            file: Self::node_dir(env, i).join("mnt").join(&name),
+            file: env.node_dir(i).join("mnt").join(&name),
             prepare: Some(format!(
                 "{} --pool {} vol-clone base {name} >/dev/null",
                 bin.display(),
@@ -139,7 +135,7 @@ impl System for Blobvirt {
     fn snapshot(&mut self, env: &Env) -> Result<Option<Vec<f64>>> {
         let rt = tokio::runtime::Handle::current();
         let socks: Vec<PathBuf> = (0..env.net.nodes)
-            .map(|i| Self::node_dir(env, i).join("cache/control.sock"))
+            .map(|i| env.node_dir(i).join("cache/control.sock"))
             .collect();
         let times = rt.block_on(async move {
             let barrier = std::sync::Arc::new(tokio::sync::Barrier::new(socks.len()));
@@ -170,14 +166,14 @@ impl System for Blobvirt {
 
     fn stored(&self, env: &Env) -> u64 {
         let nodes: u64 = (0..env.net.nodes)
-            .map(|i| disk_usage(&Self::node_dir(env, i).join("chunkd")))
+            .map(|i| disk_usage(&env.node_dir(i).join("chunkd")))
             .sum();
         nodes + disk_usage(&env.dir.join("poold"))
     }
 
     fn local(&self, env: &Env) -> u64 {
         (0..env.net.nodes)
-            .map(|i| disk_usage(&Self::node_dir(env, i).join("cache")))
+            .map(|i| disk_usage(&env.node_dir(i).join("cache")))
             .sum()
     }
 

@@ -11,10 +11,9 @@
 //! so that N copies of a sparse image fit on one disk; the bytes on the
 //! links are the full raw image either way.
 
-use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 
 use super::instances::Spec;
 use super::proc::{disk_usage, in_ns, Daemon};
@@ -42,14 +41,6 @@ impl Prepro {
             sender: None,
         }
     }
-
-    fn node_dir(env: &Env, i: usize) -> PathBuf {
-        env.dir.join(format!("n{}", i + 1))
-    }
-
-    fn srv_dir(env: &Env) -> PathBuf {
-        env.dir.join("srv")
-    }
 }
 
 const SPARSE_DD: &str = "dd bs=1M conv=sparse iflag=fullblock status=none";
@@ -63,14 +54,8 @@ impl System for Prepro {
     }
 
     fn setup(&mut self, env: &Env) -> Result<()> {
-        let srv = Self::srv_dir(env);
-        std::fs::create_dir_all(&srv)?;
-        // The repository node's copy of the image (same file system: a hard
-        // link, so the source is not counted twice).
-        let img = srv.join("image.raw");
-        if std::fs::hard_link(&env.image, &img).is_err() {
-            std::fs::copy(&env.image, &img).context("copying the image to the server")?;
-        }
+        let srv = env.srv_dir();
+        env.serve_image()?;
         if self.mode == Mode::Http {
             let mut c = in_ns(&env.net.srv(), "busybox");
             c.args(["httpd", "-f", "-p"])
@@ -86,7 +71,7 @@ impl System for Prepro {
     }
 
     fn spec(&self, env: &Env, i: usize) -> Result<Spec> {
-        let d = Self::node_dir(env, i);
+        let d = env.node_dir(i);
         std::fs::create_dir_all(&d)?;
         let local = d.join("local.raw");
         let script = match self.mode {
@@ -126,7 +111,7 @@ impl System for Prepro {
             c.arg("-u")
                 .arg(format!(
                     "OPEN:{}",
-                    Self::srv_dir(env).join("image.raw").display()
+                    env.srv_dir().join("image.raw").display()
                 ))
                 .arg(format!(
                     "TCP:{}:{PORT},retry=600,interval=0.05",
@@ -146,12 +131,12 @@ impl System for Prepro {
     }
 
     fn stored(&self, env: &Env) -> u64 {
-        disk_usage(&Self::srv_dir(env))
+        disk_usage(&env.srv_dir())
     }
 
     fn local(&self, env: &Env) -> u64 {
         (0..env.net.nodes)
-            .map(|i| disk_usage(&Self::node_dir(env, i).join("local.raw")))
+            .map(|i| disk_usage(&env.node_dir(i).join("local.raw")))
             .sum()
     }
 

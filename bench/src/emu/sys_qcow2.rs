@@ -5,10 +5,9 @@
 //! FUSE). The snapshot is every overlay copied back to the server at once
 //! (`socat` into `dd conv=fsync`, one receiver per node).
 
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 
 use super::instances::Spec;
 use super::proc::{disk_usage, in_ns, Daemon};
@@ -22,14 +21,7 @@ pub struct Qcow2 {
     nbd: Option<Daemon>,
 }
 
-impl Qcow2 {
-    fn node_dir(env: &Env, i: usize) -> PathBuf {
-        env.dir.join(format!("n{}", i + 1))
-    }
-    fn srv_dir(env: &Env) -> PathBuf {
-        env.dir.join("srv")
-    }
-}
+impl Qcow2 {}
 
 impl System for Qcow2 {
     fn name(&self) -> &'static str {
@@ -37,12 +29,7 @@ impl System for Qcow2 {
     }
 
     fn setup(&mut self, env: &Env) -> Result<()> {
-        let srv = Self::srv_dir(env);
-        std::fs::create_dir_all(&srv)?;
-        let img = srv.join("image.raw");
-        if std::fs::hard_link(&env.image, &img).is_err() {
-            std::fs::copy(&env.image, &img).context("copying the image to the server")?;
-        }
+        let img = env.serve_image()?;
         let mut c = in_ns(&env.net.srv(), "qemu-nbd");
         c.args([
             "--read-only",
@@ -62,7 +49,7 @@ impl System for Qcow2 {
     }
 
     fn spec(&self, env: &Env, i: usize) -> Result<Spec> {
-        let d = Self::node_dir(env, i);
+        let d = env.node_dir(i);
         std::fs::create_dir_all(&d)?;
         let ov = d.join("overlay.qcow2");
         let disk = d.join("disk");
@@ -90,7 +77,7 @@ impl System for Qcow2 {
 
     fn snapshot(&mut self, env: &Env) -> Result<Option<Vec<f64>>> {
         let n = env.net.nodes;
-        let snaps = Self::srv_dir(env).join("snapshots");
+        let snaps = env.srv_dir().join("snapshots");
         std::fs::create_dir_all(&snaps)?;
         let mut sinks = Vec::new();
         for i in 0..n {
@@ -113,7 +100,7 @@ impl System for Qcow2 {
         let t0 = Instant::now();
         let mut senders = Vec::new();
         for i in 0..n {
-            let ov = Self::node_dir(env, i).join("overlay.qcow2");
+            let ov = env.node_dir(i).join("overlay.qcow2");
             let mut c = in_ns(&env.net.node(i), "socat");
             c.arg("-u")
                 .arg(format!("OPEN:{}", ov.display()))
@@ -154,12 +141,12 @@ impl System for Qcow2 {
     }
 
     fn stored(&self, env: &Env) -> u64 {
-        disk_usage(&Self::srv_dir(env))
+        disk_usage(&env.srv_dir())
     }
 
     fn local(&self, env: &Env) -> u64 {
         (0..env.net.nodes)
-            .map(|i| disk_usage(&Self::node_dir(env, i).join("overlay.qcow2")))
+            .map(|i| disk_usage(&env.node_dir(i).join("overlay.qcow2")))
             .sum()
     }
 
@@ -167,7 +154,7 @@ impl System for Qcow2 {
         // qemu-storage-daemon daemonized itself: stop it through its pid
         // file, then the server.
         for i in 0..env.net.nodes {
-            let pidf = Self::node_dir(env, i).join("qsd.pid");
+            let pidf = env.node_dir(i).join("qsd.pid");
             if let Some(pid) = std::fs::read_to_string(&pidf)
                 .ok()
                 .and_then(|s| s.trim().parse::<i32>().ok())

@@ -13,14 +13,7 @@ pub struct Mirrord {
     pub client: mirrord::Client,
 }
 
-fn is_mounted(p: &Path) -> bool {
-    let p = p.to_string_lossy().into_owned();
-    std::fs::read_to_string("/proc/self/mountinfo")
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| l.split(' ').nth(4))
-        .any(|m| m == p)
-}
+use crate::emu::proc::is_mounted;
 
 impl Mirrord {
     /// Starts `mirrord --pool POOL --mount MOUNT --cache CACHE`, logging to
