@@ -56,5 +56,10 @@ fi
 "$bench" emu --nodes "$nodes" --runs 1 --dir "$dir" --out "$out" --label a \
   --image "$dir/guest-2048.raw" --trace "$dir/guest-boot.trace" --systems prepro-chain
 
+# blobvirt with one replica (what the qcow2 server keeps), for the snapshot.
+if [ "${1:-}" != --quick ]; then
+  "$bench" emu --nodes 1,32 --runs "$runs" --dir "$dir" --out "$out" --label b-r1 --replicas 1 --systems blobvirt
+fi
+
 "$bench" emu-report --out "$out" >/dev/null
 echo "run.sh: tables and plots in $out"
