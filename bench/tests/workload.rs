@@ -114,17 +114,20 @@ fn gen_image_gen_trace_and_instance_end_to_end() {
     let disk = dir.path().join("vm1.img");
     let s = |p: &Path| p.to_str().unwrap().to_string();
 
-    let out = run_json(&[
-        "gen-image",
-        "--out",
-        &s(&img),
-        "--size-mib",
-        "64",
-        "--data-fraction",
-        "0.3",
-        "--seed",
-        "7",
-    ]);
+    let gen_image = |out: &Path| {
+        run_json(&[
+            "gen-image",
+            "--out",
+            &s(out),
+            "--size-mib",
+            "64",
+            "--data-fraction",
+            "0.3",
+            "--seed",
+            "7",
+        ])
+    };
+    let out = gen_image(&img);
     assert_eq!(out["size"], 64 * MIB);
     let data_bytes = out["data_bytes"].as_u64().unwrap();
     assert_eq!(data_bytes, 19 * MIB, "round(0.3 * 64) extents");
@@ -138,17 +141,7 @@ fn gen_image_gen_trace_and_instance_end_to_end() {
     let original = std::fs::read(&img).unwrap();
     // Deterministic: the same seed gives the same bytes.
     let again = dir.path().join("again.img");
-    run_json(&[
-        "gen-image",
-        "--out",
-        &s(&again),
-        "--size-mib",
-        "64",
-        "--data-fraction",
-        "0.3",
-        "--seed",
-        "7",
-    ]);
+    gen_image(&again);
     assert!(std::fs::read(&again).unwrap() == original);
     std::fs::remove_file(&again).unwrap();
 
