@@ -421,13 +421,30 @@ impl Repo {
         Ok(self.pool.clone().label_version(req).await?.into_inner())
     }
 
+    /// Deletes `name@version` (0 = the whole volume). Without `force`,
+    /// poold refuses while a writer holds the volume's lease.
     pub async fn delete(&self, name: &str, version: u64) -> Result<()> {
+        self.delete_with(name, version, false).await
+    }
+
+    /// [`Repo::delete`] that, with `force`, deletes under a writer too.
+    pub async fn delete_with(&self, name: &str, version: u64, force: bool) -> Result<()> {
         let req = pb::DeleteVolumeRequest {
             name: name.into(),
             version,
+            force,
         };
         self.pool.clone().delete_volume(req).await?;
         Ok(())
+    }
+
+    /// Renames volume `name` to `new_name`.
+    pub async fn rename(&self, name: &str, new_name: &str) -> Result<pb::BlobInfo> {
+        let req = pb::RenameRequest {
+            name: name.into(),
+            new_name: new_name.into(),
+        };
+        Ok(self.pool.clone().rename_volume(req).await?.into_inner())
     }
 }
 

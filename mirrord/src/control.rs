@@ -5,7 +5,9 @@
 //! `commit {name, wait, label?}`, `wait {name}`, `clone {name, new}`,
 //! `prefetch {name, all?}`, `status`, `set-policy {name, on_close}`,
 //! `claim {name, owner}`, `unclaim {name, owner}` (see `volumes/claim.rs`;
-//! `status` lists the claims).
+//! `status` lists the claims), `refresh {names}` (a CLI command on this
+//! host changed these volumes: show it in the mount now). `attach` without
+//! a version attaches the latest; `detach {name, discard?}`.
 //! Replies: `{"ok":true,"result":...}` or `{"ok":false,"error":"sentence"}`.
 //! [`Client`] is the typed client the CLI and the libvirt hook use.
 
@@ -30,6 +32,13 @@ pub enum Request {
     },
     Detach {
         name: String,
+        /// Detach even with uncommitted changes, throwing them away.
+        #[serde(default)]
+        discard: bool,
+    },
+    /// These volumes changed in poold (or were deleted) just now.
+    Refresh {
+        names: Vec<String>,
     },
     /// With `wait: false`, returns after phase 1 (the snapshot point);
     /// `wait` then waits for phase 2.
@@ -132,7 +141,10 @@ pub enum ControlError {
 async fn handle(vols: &Arc<Volumes>, req: Request) -> Result<serde_json::Value, OpError> {
     Ok(match req {
         Request::Attach { name, version } => {
-            let m = vols.mirror(&name, version).await?;
+            let m = match version {
+                Some(_) => vols.mirror(&name, version).await?,
+                None => vols.attach_latest(&name).await?,
+            };
             let _ = vols.fetch_entry(&name).await;
             j(&AttachReply {
                 name,
@@ -141,14 +153,22 @@ async fn handle(vols: &Arc<Volumes>, req: Request) -> Result<serde_json::Value, 
                 chunk_size: m.chunk_size() as u32,
             })
         }
-        Request::Detach { name } => {
-            vols.detach(&name).await?;
+        Request::Detach { name, discard } => {
+            vols.detach(&name, discard).await?;
+            serde_json::json!({})
+        }
+        Request::Refresh { names } => {
+            for n in &names {
+                vols.sync_volume(n).await?;
+            }
             serde_json::json!({})
         }
         Request::Commit { name, wait, label } => {
             let m = vols.mirror(&name, None).await?;
             let out = if wait {
-                m.commit_labeled(label).await?
+                let out = m.commit_labeled(label).await?;
+                vols.release_idle_lease(&m).await;
+                out
             } else {
                 m.commit_background_labeled(label).await
             };
@@ -319,10 +339,24 @@ impl Client {
         .await
     }
 
-    pub async fn detach(&self, name: &str) -> Result<(), ControlError> {
-        self.call_raw(&Request::Detach { name: name.into() })
-            .await
-            .map(|_| ())
+    /// Detaches `name`; with `discard`, even with uncommitted changes,
+    /// which are thrown away.
+    pub async fn detach(&self, name: &str, discard: bool) -> Result<(), ControlError> {
+        self.call_raw(&Request::Detach {
+            name: name.into(),
+            discard,
+        })
+        .await
+        .map(|_| ())
+    }
+
+    /// Tells mirrord that these volumes changed in poold just now.
+    pub async fn refresh(&self, names: &[String]) -> Result<(), ControlError> {
+        self.call_raw(&Request::Refresh {
+            names: names.to_vec(),
+        })
+        .await
+        .map(|_| ())
     }
 
     /// COMMIT; with `wait: false` it returns after phase 1.

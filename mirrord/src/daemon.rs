@@ -191,6 +191,7 @@ pub fn run(opts: Options) -> Result<()> {
     let fs = Fs::new(vols.clone(), rt.handle().clone()).with_trace(tracer.clone());
     let mut session = fuser::Session::new(fs, &mount, &cfg)
         .with_context(|| format!("mounting the FUSE file system at {}", mount.display()))?;
+    vols.set_notifier(session.notifier());
     let mut unmounter = session.unmount_callable();
     let (done_tx, done_rx) = tokio::sync::oneshot::channel();
     let fuse_thread = std::thread::Builder::new()

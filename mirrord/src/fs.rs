@@ -11,9 +11,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fuser::{
     AccessFlags, BsdFileFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags,
-    Generation, INodeNo, IoctlFlags, KernelConfig, LockOwner, OpenAccMode, OpenFlags, ReplyAttr,
-    ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyIoctl, ReplyLseek,
-    ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+    Generation, INodeNo, IoctlFlags, KernelConfig, LockOwner, OpenAccMode, OpenFlags, RenameFlags,
+    ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyIoctl,
+    ReplyLseek, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 
 use crate::ioctl;
@@ -174,31 +174,30 @@ impl Filesystem for Fs {
         let Some(name) = self.name_of(ino) else {
             return reply.error(Errno::ENOENT);
         };
-        // Ownership and mode are kept in memory (libvirt chowns disks).
-        self.vols
-            .set_owner(ino.0, mode.map(|m| (m & 0o7777) as u16), uid, gid);
         let fs = self.clone_for_task();
         let vols = self.vols.clone();
-        match size {
-            Some(size) => {
-                self.rt.spawn(async move {
-                    match vols.set_size(&name, size).await {
-                        Ok(_) => match vols.by_name(&name) {
-                            Some(e) => reply.attr(&TTL, &fs.attr(&e)),
-                            None => reply.error(Errno::ENOENT),
-                        },
-                        Err(e) => {
-                            log_err("resize", &e);
-                            reply.error(errno(e.errno))
-                        }
-                    }
-                });
+        let perm = mode.map(|m| (m & 0o7777) as u16);
+        self.rt.spawn(async move {
+            // Ownership and mode are kept per host (libvirt chowns disks).
+            let res = async {
+                vols.set_owner(ino.0, perm, uid, gid).await?;
+                if let Some(size) = size {
+                    vols.set_size(&name, size).await?;
+                }
+                Ok::<_, OpError>(())
             }
-            None => match vols.by_name(&name) {
-                Some(e) => reply.attr(&TTL, &fs.attr(&e)),
-                None => reply.error(Errno::ENOENT),
-            },
-        }
+            .await;
+            match res {
+                Ok(()) => match vols.by_name(&name) {
+                    Some(e) => reply.attr(&TTL, &fs.attr(&e)),
+                    None => reply.error(Errno::ENOENT),
+                },
+                Err(e) => {
+                    log_err("setattr", &e);
+                    reply.error(errno(e.errno))
+                }
+            }
+        });
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
@@ -212,6 +211,40 @@ impl Filesystem for Fs {
                 Ok(()) => reply.ok(),
                 Err(e) => {
                     log_err("delete", &e);
+                    reply.error(errno(e.errno))
+                }
+            }
+        });
+    }
+
+    fn rename(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        newparent: INodeNo,
+        newname: &OsStr,
+        flags: RenameFlags,
+        reply: ReplyEmpty,
+    ) {
+        let (Some(name), Some(new)) = (name.to_str(), newname.to_str()) else {
+            return reply.error(Errno::EINVAL);
+        };
+        if parent != INodeNo::ROOT || newparent != INodeNo::ROOT {
+            return reply.error(Errno::ENOENT);
+        }
+        if flags.contains(RenameFlags::RENAME_EXCHANGE)
+            || flags.contains(RenameFlags::RENAME_WHITEOUT)
+        {
+            return reply.error(Errno::EINVAL);
+        }
+        let (name, new) = (name.to_string(), new.to_string());
+        let vols = self.vols.clone();
+        self.rt.spawn(async move {
+            match vols.rename(&name, &new).await {
+                Ok(()) => reply.ok(),
+                Err(e) => {
+                    log_err("rename", &e);
                     reply.error(errno(e.errno))
                 }
             }
@@ -349,7 +382,7 @@ impl Filesystem for Fs {
         _lo: LockOwner,
         reply: ReplyEmpty,
     ) {
-        self.sync(fh, reply);
+        self.sync(fh, true, reply);
     }
 
     fn fsync(
@@ -360,7 +393,7 @@ impl Filesystem for Fs {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        self.sync(fh, reply);
+        self.sync(fh, false, reply);
     }
 
     fn release(
@@ -507,26 +540,9 @@ impl Filesystem for Fs {
         mode: i32,
         reply: ReplyEmpty,
     ) {
-        let Some(h) = self.vols.handle(fh.0) else {
-            return reply.error(Errno::EBADF);
-        };
         let vols = self.vols.clone();
         self.rt.spawn(async move {
-            let m = &h.mirror;
-            let punch = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
-            let res = if mode & !(punch | libc::FALLOC_FL_ZERO_RANGE) != 0 {
-                Err(libc::EOPNOTSUPP)
-            } else if mode & (libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_ZERO_RANGE) != 0 {
-                m.punch(offset, length).await
-            } else if offset + length > m.size() && mode & libc::FALLOC_FL_KEEP_SIZE == 0 {
-                vols.set_size(&m.name(), offset + length)
-                    .await
-                    .map(|_| ())
-                    .map_err(|e| e.errno)
-            } else {
-                Ok(())
-            };
-            match res {
+            match vols.fallocate(fh.0, offset, length, mode).await {
                 Ok(()) => reply.ok(),
                 Err(e) => reply.error(errno(e)),
             }
@@ -575,20 +591,18 @@ impl Fs {
         }
     }
 
-    fn sync(&self, fh: FileHandle, reply: ReplyEmpty) {
-        let Some(h) = self.vols.handle(fh.0) else {
-            return reply.ok();
-        };
-        if !h.writable {
-            return reply.ok();
-        }
-        self.rt
-            .spawn_blocking(move || match h.mirror.flush_state(false) {
+    /// fsync, or with `closing` the flush of a close (see
+    /// [`Volumes::sync_handle`]).
+    fn sync(&self, fh: FileHandle, closing: bool, reply: ReplyEmpty) {
+        let vols = self.vols.clone();
+        self.rt.spawn(async move {
+            match vols.sync_handle(fh.0, closing).await {
                 Ok(()) => reply.ok(),
                 Err(e) => {
-                    tracing::error!("fsync failed: {e}");
-                    reply.error(errno(e.errno()))
+                    tracing::error!("{} failed: {e}", if closing { "close" } else { "fsync" });
+                    reply.error(errno(e.errno))
                 }
-            });
+            }
+        });
     }
 }

@@ -10,6 +10,7 @@
 //! * [`control`] — the Unix-socket control API and its typed [`control::Client`].
 //! * [`ioctl`] — COMMIT and CLONE as ioctls on the mounted file.
 //! * [`daemon`] — startup, stale-mount cleanup, signals.
+//! * [`failpoint`] — fault injection for crash tests.
 //! * [`trace`] — the `--trace-reads` log of FUSE reads.
 //!
 //! Behaviour of the mounted files, for callers:
@@ -39,6 +40,7 @@
 
 pub mod control;
 pub mod daemon;
+pub mod failpoint;
 pub mod fs;
 pub mod ioctl;
 pub mod lease;

@@ -98,6 +98,15 @@ impl Leases {
     pub fn forget(&self, name: &str) {
         self.lock().remove(name);
     }
+
+    /// The holder of `name`'s lease while it is live.
+    pub fn holder(&self, name: &str) -> Option<String> {
+        let now = now_ms();
+        self.lock()
+            .get(name)
+            .filter(|l| l.expires_ms > now)
+            .map(|l| l.holder.clone())
+    }
 }
 
 #[cfg(test)]
@@ -120,7 +129,9 @@ mod tests {
         assert!(b.granted, "an expired lease is free");
         assert!(l.release("v", "b").granted);
         assert!(l.acquire("v", "c", 0).granted);
+        assert_eq!(l.holder("v").as_deref(), Some("c"));
         l.forget("v");
+        assert_eq!(l.holder("v"), None);
         assert!(l.acquire("v", "d", 0).granted);
     }
 }

@@ -214,15 +214,49 @@ impl Pool for PoolService {
         &self,
         req: Request<pb::DeleteVolumeRequest>,
     ) -> Result<Response<pb::DeleteVolumeReply>, Status> {
-        let meta = self.meta.clone();
         let r = req.into_inner();
         let name = r.name.clone();
+        if let Some(holder) = self.leases.holder(&name).filter(|_| !r.force) {
+            let meta = self.meta.clone();
+            let n = name.clone();
+            let latest = blocking(move || meta.get_blob(&n)).await?.latest_version;
+            if r.version == 0 || r.version == latest {
+                let what = if r.version == 0 {
+                    format!("volume {name}")
+                } else {
+                    format!("version {name}@{}, the latest,", r.version)
+                };
+                return Err(Status::failed_precondition(format!(
+                    "{what} cannot be deleted: it is open for writing by {holder}; stop the writer (close the file or stop the domain) first, or pass --force to delete it and lose the writer's uncommitted changes"
+                )));
+            }
+        }
+        let meta = self.meta.clone();
+        let version = r.version;
         blocking(move || meta.delete_volume(&r.name, r.version)).await?;
-        tracing::info!(volume = %name, version = r.version, "deleted (version 0 = whole volume)");
-        if r.version == 0 {
+        tracing::info!(volume = %name, version, force = r.force, "deleted (version 0 = whole volume)");
+        if version == 0 {
             self.leases.forget(&name);
         }
         ok(pb::DeleteVolumeReply {})
+    }
+
+    async fn rename_volume(
+        &self,
+        req: Request<pb::RenameRequest>,
+    ) -> Result<Response<pb::BlobInfo>, Status> {
+        let r = req.into_inner();
+        if let Some(holder) = self.leases.holder(&r.name) {
+            return Err(Status::failed_precondition(format!(
+                "volume {} cannot be renamed: it is open for writing by {holder}; stop the writer first",
+                r.name
+            )));
+        }
+        let meta = self.meta.clone();
+        let (old, new) = (r.name.clone(), r.new_name.clone());
+        let info = blocking(move || meta.rename_volume(&r.name, &r.new_name)).await?;
+        tracing::info!(volume = %old, new_name = %new, "renamed");
+        ok(info)
     }
 
     async fn revert_volume(

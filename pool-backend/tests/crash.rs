@@ -150,6 +150,7 @@ async fn crash_run(engine: &str, seed: u64) {
                         let req = pb::DeleteVolumeRequest {
                             name: "vol".into(),
                             version: v,
+                            force: false,
                         };
                         match client.delete_volume(req).await {
                             Ok(_) => {
@@ -235,6 +236,7 @@ async fn crash_run(engine: &str, seed: u64) {
         .delete_volume(pb::DeleteVolumeRequest {
             name: "vol".into(),
             version: 0,
+            force: false,
         })
         .await
         .unwrap();

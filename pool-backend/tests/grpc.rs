@@ -99,6 +99,7 @@ async fn status_codes_leases_profiles() {
         c.delete_volume(pb::DeleteVolumeRequest {
             name: "v".into(),
             version: 1,
+            force: false,
         })
         .await,
     );
@@ -220,6 +221,7 @@ async fn status_codes_leases_profiles() {
     c.delete_volume(pb::DeleteVolumeRequest {
         name: "v".into(),
         version: 0,
+        force: false,
     })
     .await
     .unwrap();
@@ -414,6 +416,7 @@ async fn gc_deletes_unreferenced_chunks_from_chunkd() {
     c.delete_volume(pb::DeleteVolumeRequest {
         name: "tmp".into(),
         version: 0,
+        force: false,
     })
     .await
     .unwrap();
@@ -485,6 +488,7 @@ async fn background_gc_drains_the_queue_after_the_grace_delay() {
     c.delete_volume(pb::DeleteVolumeRequest {
         name: "v".into(),
         version: 0,
+        force: false,
     })
     .await
     .unwrap();
@@ -529,6 +533,7 @@ async fn background_gc_waits_for_dead_nodes_but_explicit_gc_runs() {
     c.delete_volume(pb::DeleteVolumeRequest {
         name: "v".into(),
         version: 0,
+        force: false,
     })
     .await
     .unwrap();

@@ -175,6 +175,8 @@ pub struct VolImport {
     /// Label stored with the version.
     #[arg(long, default_value = "")]
     pub label: String,
+    #[command(flatten)]
+    pub ctl: ControlArgs,
 }
 
 #[derive(Debug, Args)]
@@ -198,12 +200,20 @@ pub struct VolClone {
     pub src: String,
     /// Name of the new volume.
     pub dst: String,
+    #[command(flatten)]
+    pub ctl: ControlArgs,
 }
 
 #[derive(Debug, Args)]
 pub struct VolDelete {
     /// NAME (the whole volume) or NAME@VERSION.
     pub spec: String,
+    /// Delete even while the volume is open or being written (here or on
+    /// another host); the writer's uncommitted changes are lost.
+    #[arg(long)]
+    pub force: bool,
+    #[command(flatten)]
+    pub ctl: ControlArgs,
 }
 
 /// Where mirrord's control socket is: `--control`, `BLOBVIRT_CONTROL`, the
@@ -258,6 +268,10 @@ pub struct MirrorAttach {
 #[derive(Debug, Args)]
 pub struct MirrorDetach {
     pub name: String,
+    /// Detach even when the mirror holds uncommitted changes, throwing
+    /// them away.
+    #[arg(long)]
+    pub discard: bool,
     #[command(flatten)]
     pub ctl: ControlArgs,
 }

@@ -237,6 +237,61 @@ pub fn control_error(path: &Path, e: ControlError) -> anyhow::Error {
     }
 }
 
+/// After a command changed volumes `names` in poold: tells this host's
+/// mirrord (when one runs at the socket `a` selects) to show the change in
+/// its mount now, and refreshes the libvirt pools on that mount. A host
+/// without a mirrord is left alone; a failure is a warning, since the
+/// change itself is done.
+pub async fn announce(a: &ControlArgs, names: &[String]) {
+    let Ok(p) = control_path(a) else {
+        return;
+    };
+    if !p.exists() {
+        return;
+    }
+    if let Err(e) = Client::new(&p).refresh(names).await {
+        eprintln!(
+            "warning: {}; the mount shows the change within a few seconds",
+            control_error(&p, e)
+        );
+        return;
+    }
+    let pp = p.clone();
+    match tokio::task::spawn_blocking(move || crate::libvirt::pool::refresh_pools_of(&pp)).await {
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => eprintln!("warning: {e:#}"),
+        Err(e) => eprintln!("warning: refreshing the libvirt pools failed: {e}"),
+    }
+}
+
+/// Refuses to delete `name` (or its version `version`, 0: the whole
+/// volume) while this host's mirrord has it open. Other hosts' writers are
+/// refused by poold through their lease.
+pub async fn check_not_open(a: &ControlArgs, name: &str, version: u64) -> Result<()> {
+    let Ok(p) = control_path(a) else {
+        return Ok(());
+    };
+    let Ok(st) = Client::new(&p).status().await else {
+        return Ok(());
+    };
+    let Some(v) = st.volumes.iter().find(|v| v.name == name) else {
+        return Ok(());
+    };
+    if v.open_handles > 0 && (version == 0 || version == v.version) {
+        let what = if version == 0 {
+            format!("volume {name}")
+        } else {
+            format!("version {name}@{version}")
+        };
+        bail!(
+            "{what} cannot be deleted: it is open on this host ({} open files, mirrord at {}); close it (stop the domain) first, or pass --force to delete it and lose its uncommitted changes",
+            v.open_handles,
+            p.display()
+        );
+    }
+    Ok(())
+}
+
 fn client(a: &ControlArgs) -> Result<(Client, PathBuf)> {
     let p = control_path(a)?;
     Ok((Client::new(&p), p))
@@ -333,8 +388,14 @@ pub async fn attach(a: MirrorAttach) -> Result<()> {
 
 pub async fn detach(a: MirrorDetach) -> Result<()> {
     let (c, p) = client(&a.ctl)?;
-    c.detach(&a.name).await.map_err(|e| control_error(&p, e))?;
-    println!("detached {}", a.name);
+    c.detach(&a.name, a.discard)
+        .await
+        .map_err(|e| control_error(&p, e))?;
+    if a.discard {
+        println!("detached {}; its local changes were discarded", a.name);
+    } else {
+        println!("detached {}", a.name);
+    }
     Ok(())
 }
 

@@ -131,6 +131,7 @@ pub async fn import(pool: Option<&str>, a: VolImport) -> Result<()> {
         b.finish_and_clear();
     }
     let r = r.map_err(transfer_error)?;
+    crate::mirror::announce(&a.ctl, std::slice::from_ref(&a.name)).await;
     let holes = match repo.resolve(&a.name, r.version).await {
         Ok(res) => res
             .chunks
@@ -243,6 +244,7 @@ pub async fn clone(pool: Option<&str>, a: VolClone) -> Result<()> {
     let (src, version) = parse_spec(&a.src).map_err(|e| anyhow!(e))?;
     let repo = connect(pool).await?;
     let b = repo.clone_blob(&src, version, &a.dst).await?;
+    crate::mirror::announce(&a.ctl, std::slice::from_ref(&a.dst)).await;
     let origin = if b.origin.is_empty() {
         a.src.clone()
     } else {
@@ -255,7 +257,11 @@ pub async fn clone(pool: Option<&str>, a: VolClone) -> Result<()> {
 pub async fn delete(pool: Option<&str>, a: VolDelete) -> Result<()> {
     let (name, version) = parse_spec(&a.spec).map_err(|e| anyhow!(e))?;
     let repo = connect(pool).await?;
-    repo.delete(&name, version).await?;
+    if !a.force {
+        crate::mirror::check_not_open(&a.ctl, &name, version).await?;
+    }
+    repo.delete_with(&name, version, a.force).await?;
+    crate::mirror::announce(&a.ctl, std::slice::from_ref(&name)).await;
     if version == 0 {
         println!("deleted volume {name}");
     } else {

@@ -149,6 +149,8 @@ impl Mirror {
             ra: super::readahead::ReadAhead::new(),
             policy: Mutex::default(),
             last_error: Mutex::default(),
+            err_seq: AtomicU64::new(0),
+            gone: std::sync::atomic::AtomicBool::new(false),
             handles: AtomicU64::new(0),
             writers: AtomicU64::new(0),
             lease: tokio::sync::Mutex::new(None),
@@ -174,6 +176,13 @@ impl Mirror {
         if let Some(v) = target.filter(|v| *v != resolved.version) {
             if !m.has_changes() {
                 m.rebase(v, version.is_some()).await?;
+            } else if version.is_none() && m.adopt_published(v).await? {
+                tracing::warn!(
+                    volume = name,
+                    from = resolved.version,
+                    version = v,
+                    "the mirror's last commit was published before mirrord stopped; the mirror now builds on it"
+                );
             } else {
                 tracing::warn!(
                     volume = name,
@@ -262,6 +271,81 @@ impl Mirror {
         inner.changed = true;
         tracing::info!(volume = %name, version = r.version, "mirror moved to a newer version");
         Ok(())
+    }
+
+    /// After a stop between publishing a version and saving the state map:
+    /// the mirror holds changes on top of its version V while poold has a
+    /// newer version W. When W differs from V only in chunks this mirror
+    /// holds dirty (so W is this mirror's own publish, or indistinguishable
+    /// from it), the mirror moves onto W: dirty chunks whose bytes equal W's
+    /// become present, the others stay dirty. Returns false (and changes
+    /// nothing) when W holds changes of someone else.
+    pub(crate) async fn adopt_published(
+        self: &Arc<Self>,
+        latest: u64,
+    ) -> Result<bool, MirrorError> {
+        let name = self.name();
+        let w: Resolved = self
+            .repo
+            .resolve(&name, latest)
+            .await
+            .map_err(|e| MirrorError::repo(&name, e))?;
+        let cs = self.chunk_size;
+        let (size, dirty) = {
+            let inner = lock(&self.inner);
+            let id_w = |i: usize| w.chunks.get(i).copied().flatten();
+            let n = inner.st.len();
+            let others = (0..n.max(w.chunks.len())).any(|i| {
+                let local_dirty = i < n && inner.st[i] == ChunkState::Dirty;
+                let id_v = if i < n { inner.ids[i] } else { None };
+                !local_dirty && id_v != id_w(i)
+            });
+            if others || w.chunk_size as u64 != cs {
+                return Ok(false);
+            }
+            let dirty: Vec<(u64, Option<ChunkId>)> = (0..n)
+                .filter(|&i| inner.st[i] == ChunkState::Dirty)
+                .map(|i| (i as u64, id_w(i)))
+                .collect();
+            (inner.size, dirty)
+        };
+        let m = self.clone();
+        let same: Vec<u64> = tokio::task::spawn_blocking(move || {
+            dirty
+                .into_iter()
+                .filter(|&(i, id)| {
+                    let mut buf = vec![0u8; chunk_len(size, cs, i) as usize];
+                    read_full_at(&m.data, &mut buf, i * cs).is_ok()
+                        && match id {
+                            Some(id) => id.verifies(&buf),
+                            None => is_zero(&buf),
+                        }
+                })
+                .map(|(i, _)| i)
+                .collect()
+        })
+        .await
+        .map_err(|e| {
+            MirrorError::io(
+                "verify",
+                &self.dir().join("data"),
+                std::io::Error::other(e.to_string()),
+            )
+        })?;
+        let _g = self.gate.write().unwrap_or_else(|e| e.into_inner());
+        let mut inner = lock(&self.inner);
+        let n = inner.st.len();
+        for &i in &same {
+            inner.st[i as usize] = ChunkState::Present;
+            inner.dirty.remove(&i);
+        }
+        inner.ids = w.chunks;
+        inner.ids.resize(n, None);
+        inner.version = w.version;
+        inner.base_size = w.size;
+        inner.pinned = false;
+        inner.changed = true;
+        Ok(true)
     }
 
     /// Drops local changes: dirty chunks become absent (refetched from the

@@ -129,13 +129,15 @@ impl Mirror {
         out
     }
 
-    /// Waits until no commit runs; returns the version and the last error.
+    /// Waits until no commit runs; returns the version, or the failure of
+    /// the last commit (with its errno).
     pub async fn wait_commit(&self) -> Result<u64, MirrorError> {
         let _c = self.commit_lock.lock().await;
-        if let Some(e) = lock(&self.last_error).clone() {
-            return Err(MirrorError::Invalid {
+        if let Some(f) = self.last_failure() {
+            return Err(MirrorError::CommitFailed {
                 name: self.name(),
-                msg: format!("the last commit failed: {e}"),
+                errno: f.errno,
+                msg: f.msg,
             });
         }
         Ok(self.version())
@@ -148,10 +150,15 @@ impl Mirror {
         sh.copies.clear();
         drop(sh);
         match &res {
-            Ok(_) => *lock(&self.last_error) = None,
+            Ok(_) => {
+                if !self.is_gone() {
+                    *lock(&self.last_error) = None;
+                }
+            }
             Err(e) => {
                 lock(&self.inner).dirty.extend(fz.chunks.iter().copied());
-                *lock(&self.last_error) = Some(e.to_string());
+                self.stats.commit_failures.fetch_add(1, Ordering::Relaxed);
+                self.fail(e.errno(), e.to_string());
             }
         }
         res
@@ -159,6 +166,9 @@ impl Mirror {
 
     async fn upload_publish(self: &Arc<Self>, fz: &Frozen) -> Result<CommitOutcome, MirrorError> {
         let name = self.name();
+        if self.is_gone() {
+            return Err(MirrorError::Gone { name });
+        }
         if fz.chunks.is_empty() && fz.size == fz.base_size && fz.label.is_empty() {
             return Ok(CommitOutcome {
                 version: fz.version,
@@ -225,7 +235,7 @@ impl Mirror {
             .filter_map(|(_, id, d)| id.map(|id| (id, d.clone())))
             .collect();
         let n_changes = changes.len() as u64;
-        let version = if changes.is_empty() && fz.size == fz.base_size && fz.label.is_empty() {
+        let published = if changes.is_empty() && fz.size == fz.base_size && fz.label.is_empty() {
             fz.version
         } else {
             let mut req = pb::PublishRequest {
@@ -260,10 +270,10 @@ impl Mirror {
                         req.gc_epoch = self.repo.gc_epoch();
                     }
                     Err(e) if e.code() == Some(tonic::Code::FailedPrecondition) => {
-                        return Err(MirrorError::Stale {
-                            name: name.clone(),
-                            version: fz.version,
-                        })
+                        return Err(self.stale_or_gone(&name, fz.version).await)
+                    }
+                    Err(e) if e.code() == Some(tonic::Code::NotFound) => {
+                        return Err(MirrorError::Gone { name: name.clone() })
                     }
                     Err(e) => return Err(MirrorError::repo(&name, e)),
                 }
@@ -274,6 +284,8 @@ impl Mirror {
                     .into(),
             })?
         };
+        let version = published;
+        crate::failpoint::hit("mirrord-after-publish");
         {
             let mut inner = lock(&self.inner);
             inner.version = version;
@@ -307,6 +319,24 @@ impl Mirror {
         })
     }
 
+    /// Why a publish on top of `version` was refused: a newer version was
+    /// made elsewhere, or `version` itself was deleted.
+    async fn stale_or_gone(&self, name: &str, version: u64) -> MirrorError {
+        match self.repo.get_blob(name).await {
+            Ok(b) if !b.versions.iter().any(|v| v.version == version) => MirrorError::BaseGone {
+                name: name.into(),
+                version,
+            },
+            Err(e) if e.code() == Some(tonic::Code::NotFound) => {
+                MirrorError::Gone { name: name.into() }
+            }
+            _ => MirrorError::Stale {
+                name: name.into(),
+                version,
+            },
+        }
+    }
+
     /// CLONE: makes the mirror's base version a new volume `new` (O(1) on
     /// poold), switches the mirror to it and commits the local changes
     /// into it. The old volume is unchanged.
@@ -326,16 +356,10 @@ impl Mirror {
                 Some(tonic::Code::NotFound) => MirrorError::UnknownVolume(old.clone()),
                 _ => MirrorError::repo(new, e),
             })?;
-        let new_dir = vols.join(super::attach::dir_name(new));
         {
             let _g = self.gate.write().unwrap_or_else(|e| e.into_inner());
             let mut inner = lock(&self.inner);
-            let _ = std::fs::remove_dir_all(&new_dir);
-            let old_dir = self.dir();
-            std::fs::rename(&old_dir, &new_dir)
-                .map_err(|e| MirrorError::io("rename", &old_dir, e))?;
-            *self.dir.write().unwrap_or_else(|e| e.into_inner()) = new_dir;
-            *self.name.write().unwrap_or_else(|e| e.into_inner()) = new.to_string();
+            self.move_dir(vols, new)?;
             inner.blob_id = info.id;
             inner.version = info.latest_version;
             inner.pinned = false;
@@ -347,68 +371,123 @@ impl Mirror {
         self.finish(fz).await
     }
 
-    /// Changes the size of the mirror; the caller commits it. The chunk
-    /// that straddles the old or new end is made local and dirty so its
-    /// bytes past the end read as zeros and its new length is published.
+    /// Moves the mirror's directory and name to volume `new` (a renamed
+    /// volume) and saves its state under the new name.
+    pub(crate) fn move_to(&self, vols: &std::path::Path, new: &str) -> Result<(), MirrorError> {
+        {
+            let _g = self.gate.write().unwrap_or_else(|e| e.into_inner());
+            let mut inner = lock(&self.inner);
+            self.move_dir(vols, new)?;
+            inner.changed = true;
+        }
+        self.flush_state(false)
+    }
+
+    /// Renames the cache directory to `new`'s (replacing a stale one) and
+    /// the mirror to `new`. The caller holds the write gate.
+    fn move_dir(&self, vols: &std::path::Path, new: &str) -> Result<(), MirrorError> {
+        let new_dir = vols.join(super::attach::dir_name(new));
+        let old_dir = self.dir();
+        let _ = std::fs::remove_dir_all(&new_dir);
+        std::fs::rename(&old_dir, &new_dir).map_err(|e| MirrorError::io("rename", &old_dir, e))?;
+        *self.dir.write().unwrap_or_else(|e| e.into_inner()) = new_dir;
+        *self.name.write().unwrap_or_else(|e| e.into_inner()) = new.to_string();
+        Ok(())
+    }
+
+    /// Changes the size of the mirror; the caller commits it.
     pub async fn resize(self: &Arc<Self>, new_size: u64) -> Result<(), MirrorError> {
+        let _c = self.commit_lock.lock().await;
+        self.resize_local(new_size, false).await
+    }
+
+    /// Grows the mirror to `new_size` unless it is that large already (a
+    /// write or fallocate past the end); the next commit publishes the size.
+    /// Needs no commit lock: growing leaves every frozen byte as it was.
+    pub(crate) async fn grow(self: &Arc<Self>, new_size: u64) -> Result<(), MirrorError> {
+        self.resize_local(new_size, true).await
+    }
+
+    /// Resizes the local mirror. The chunk that straddles the old or new
+    /// end is made local and dirty so its bytes past the end read as zeros
+    /// and its new length is published.
+    async fn resize_local(
+        self: &Arc<Self>,
+        new_size: u64,
+        grow_only: bool,
+    ) -> Result<(), MirrorError> {
         let cs = self.chunk_size;
         let name = self.name();
-        let _c = self.commit_lock.lock().await;
-        let old_size = self.size();
-        if new_size == old_size {
+        if new_size > super::MAX_SIZE {
+            return Err(MirrorError::Invalid {
+                name,
+                msg: format!(
+                    "{new_size} bytes is larger than the largest volume ({} bytes); pick a smaller size",
+                    super::MAX_SIZE
+                ),
+            });
+        }
+        for _ in 0..8 {
+            let old_size = self.size();
+            if new_size == old_size || (grow_only && new_size < old_size) {
+                return Ok(());
+            }
+            let edge = old_size.min(new_size);
+            let straddle = (!edge.is_multiple_of(cs)).then_some(edge / cs);
+            if let Some(i) = straddle {
+                if self
+                    .ensure(i, false)
+                    .await
+                    .map_err(|e| MirrorError::Io {
+                        op: "fetch",
+                        path: format!("chunk {i} of {name}"),
+                        source: std::io::Error::from_raw_os_error(e),
+                    })?
+                    .is_some()
+                {
+                    return Err(MirrorError::io(
+                        "store",
+                        &self.dir().join("data"),
+                        std::io::Error::from_raw_os_error(libc::ENOSPC),
+                    ));
+                }
+            }
+            let _g = self.gate.write().unwrap_or_else(|e| e.into_inner());
+            let mut inner = lock(&self.inner);
+            if inner.size != old_size {
+                continue; // another resize came first
+            }
+            let path = self.dir().join("data");
+            if let Some(i) = straddle {
+                if !inner.st[i as usize].is_local() && inner.ids[i as usize].is_some() {
+                    continue; // the last chunk changed while fetching it
+                }
+                if !inner.st[i as usize].is_local() {
+                    self.punch_local_chunk(i, old_size)?;
+                }
+            }
+            // Cut the data file to the smaller size first so the tail is zero.
+            self.data
+                .set_len(edge)
+                .and_then(|_| self.data.set_len(new_size))
+                .map_err(|e| MirrorError::io("resize", &path, e))?;
+            let n = chunk_count(new_size, cs as u32) as usize;
+            inner.st.resize(n, ChunkState::Absent);
+            inner.ids.resize(n, None);
+            inner.seen.resize(n, false);
+            inner.dirty.retain(|&i| (i as usize) < n);
+            if let Some(i) = straddle {
+                inner.st[i as usize] = ChunkState::Dirty;
+                inner.dirty.insert(i);
+            }
+            inner.size = new_size;
+            inner.changed = true;
             return Ok(());
         }
-        let edge = old_size.min(new_size);
-        let straddle = (!edge.is_multiple_of(cs)).then_some(edge / cs);
-        if let Some(i) = straddle {
-            if self
-                .ensure(i, false)
-                .await
-                .map_err(|e| MirrorError::Io {
-                    op: "fetch",
-                    path: format!("chunk {i} of {name}"),
-                    source: std::io::Error::from_raw_os_error(e),
-                })?
-                .is_some()
-            {
-                return Err(MirrorError::io(
-                    "store",
-                    &self.dir().join("data"),
-                    std::io::Error::from_raw_os_error(libc::ENOSPC),
-                ));
-            }
-        }
-        let _g = self.gate.write().unwrap_or_else(|e| e.into_inner());
-        let mut inner = lock(&self.inner);
-        let path = self.dir().join("data");
-        if let Some(i) = straddle {
-            if !inner.st[i as usize].is_local() && inner.ids[i as usize].is_some() {
-                return Err(MirrorError::Invalid {
-                    name,
-                    msg: "the last chunk changed while resizing; try again".into(),
-                });
-            }
-            if !inner.st[i as usize].is_local() {
-                self.punch_local_chunk(i, old_size)?;
-            }
-        }
-        // Cut the data file to the smaller size first so the tail is zero.
-        self.data
-            .set_len(edge)
-            .and_then(|_| self.data.set_len(new_size))
-            .map_err(|e| MirrorError::io("resize", &path, e))?;
-        let n = chunk_count(new_size, cs as u32) as usize;
-        inner.st.resize(n, ChunkState::Absent);
-        inner.ids.resize(n, None);
-        inner.seen.resize(n, false);
-        inner.dirty.retain(|&i| (i as usize) < n);
-        if let Some(i) = straddle {
-            inner.st[i as usize] = ChunkState::Dirty;
-            inner.dirty.insert(i);
-        }
-        inner.size = new_size;
-        inner.changed = true;
-        Ok(())
+        Err(MirrorError::Invalid {
+            name,
+            msg: "the size kept changing while resizing; try again".into(),
+        })
     }
 
     fn punch_local_chunk(&self, i: u64, size: u64) -> Result<(), MirrorError> {

@@ -19,6 +19,14 @@ use crate::statemap::ChunkState;
 /// How many times a chunk fetch is tried (each try walks every replica).
 const FETCH_TRIES: u32 = 3;
 
+/// Why a write cannot go ahead on the calling thread.
+enum Blocked {
+    /// These chunks must be fetched first.
+    Fetch(Vec<u64>),
+    /// The volume must first grow to this size.
+    Grow(u64),
+}
+
 enum Seg {
     Local,
     Zero,
@@ -272,19 +280,26 @@ impl Mirror {
     }
 
     /// Writes locally unless a chunk that the write covers only partly
-    /// must be fetched first (then returns those chunks).
-    fn try_write(&self, off: u64, data: &[u8]) -> Result<Result<usize, Vec<u64>>, Errno> {
+    /// must be fetched first, or the volume must grow first.
+    fn try_write(&self, off: u64, data: &[u8]) -> Result<Result<usize, Blocked>, Errno> {
         let len = data.len() as u64;
         if len == 0 {
             return Ok(Ok(0));
+        }
+        if self.is_gone() {
+            return Err(libc::ESTALE);
         }
         let cs = self.chunk_size;
         let _g = self.gate.read().unwrap_or_else(|e| e.into_inner());
         let range;
         {
             let mut inner = lock(&self.inner);
-            if off.checked_add(len).is_none_or(|e| e > inner.size) {
-                return Err(libc::EFBIG);
+            let end = off
+                .checked_add(len)
+                .filter(|e| *e <= super::MAX_SIZE)
+                .ok_or(libc::EFBIG)?;
+            if end > inner.size {
+                return Ok(Err(Blocked::Grow(end)));
             }
             range = self.chunks_of(off, len);
             let mut need = Vec::new();
@@ -305,7 +320,7 @@ impl Mirror {
                 }
             }
             if !need.is_empty() {
-                return Ok(Err(need));
+                return Ok(Err(Blocked::Fetch(need)));
             }
             // A hole chunk written partly: its other bytes must read as zeros.
             for &i in &zero {
@@ -337,12 +352,14 @@ impl Mirror {
     }
 
     /// Writes `data` at `off` into the local mirror. Writing past the end
-    /// of the volume fails with `EFBIG` and changes nothing.
+    /// grows the volume first, as for any regular file (the new size is
+    /// published with the next commit).
     pub async fn write(self: &Arc<Self>, off: u64, data: &[u8]) -> Result<usize, Errno> {
         for _ in 0..8 {
             match self.try_write(off, data)? {
                 Ok(n) => return Ok(n),
-                Err(need) => {
+                Err(Blocked::Grow(end)) => self.grow(end).await.map_err(|e| e.errno())?,
+                Err(Blocked::Fetch(need)) => {
                     self.demand.fetch_add(1, Ordering::SeqCst);
                     let res =
                         futures::future::join_all(need.iter().map(|&i| self.ensure(i, false)))

@@ -24,7 +24,7 @@ mod readahead;
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
 use blobvirt_core::{ChunkId, Repo, RepoError};
@@ -34,6 +34,10 @@ use serde::{Deserialize, Serialize};
 use crate::statemap::{ChunkState, StateError, StateMap};
 
 pub use commit::CommitOutcome;
+
+/// The largest volume a mirror grows to (16 TiB): writes past it fail
+/// with `EFBIG`.
+pub const MAX_SIZE: u64 = 16 << 40;
 
 /// An errno value (`libc::E*`) for the FUSE layer.
 pub type Errno = i32;
@@ -74,8 +78,20 @@ pub enum MirrorError {
         #[source]
         source: std::io::Error,
     },
-    #[error("volume {name} has a newer version than {version} made elsewhere, and this mirror holds uncommitted changes based on {version}; export them with vol-export of the mounted file or discard them with set-policy discard")]
+    #[error("volume {name} has a newer version than {version} made elsewhere, and this mirror holds uncommitted changes based on {version}; save them as a new volume with blobvirt clone {name} NEWNAME, or drop them with blobvirt detach --discard {name}")]
     Stale { name: String, version: u64 },
+    #[error("version {version} of volume {name} was deleted while this mirror held uncommitted changes based on it; copy the mounted file elsewhere if you need them, then drop them with blobvirt detach --discard {name}")]
+    BaseGone { name: String, version: u64 },
+    #[error("volume {name} was deleted while this node had it open or held uncommitted changes of it; those changes cannot be published; copy the mounted file elsewhere if you need them, then drop them with blobvirt detach --discard {name}")]
+    Gone { name: String },
+    /// A commit failed earlier (in the background or at close); `errno`
+    /// is the one the failure had.
+    #[error("volume {name}: the last commit failed: {msg}")]
+    CommitFailed {
+        name: String,
+        errno: Errno,
+        msg: String,
+    },
     #[error(transparent)]
     State(#[from] StateError),
     #[error("volume {name}: {msg}")]
@@ -94,7 +110,10 @@ impl MirrorError {
                 _ => libc::EIO,
             },
             MirrorError::Io { source, .. } => source.raw_os_error().unwrap_or(libc::EIO),
-            MirrorError::Stale { .. } => libc::ESTALE,
+            MirrorError::Stale { .. } | MirrorError::BaseGone { .. } | MirrorError::Gone { .. } => {
+                libc::ESTALE
+            }
+            MirrorError::CommitFailed { errno, .. } => *errno,
             MirrorError::State(_) => libc::EIO,
             MirrorError::Invalid { .. } => libc::EINVAL,
         }
@@ -132,6 +151,19 @@ pub struct Stats {
     pub commits: AtomicU64,
     /// Frozen chunks copied aside because a write hit them during phase 2.
     pub cow_copies: AtomicU64,
+    /// Commits that failed.
+    pub commit_failures: AtomicU64,
+}
+
+/// A failed commit or a lost volume. It stays until the next successful
+/// commit, and each open file reports it once, at its next fsync or close
+/// (as Linux reports writeback errors with `errseq_t`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Failure {
+    /// Increases with every failure of this mirror.
+    pub seq: u64,
+    pub errno: Errno,
+    pub msg: String,
 }
 
 /// One attached volume as `status` reports it.
@@ -159,9 +191,13 @@ pub struct VolumeStatus {
     pub open_handles: u64,
     pub writers: u64,
     pub on_close: OnClose,
-    /// The last background commit's error, if it failed.
+    /// Why the last commit failed, until a commit succeeds (also set when
+    /// the volume or the mirror's base version was deleted under it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_error: Option<String>,
+    /// Commits that failed since attach.
+    #[serde(default)]
+    pub commit_failures: u64,
 }
 
 pub(crate) struct Inner {
@@ -215,7 +251,10 @@ pub struct Mirror {
     /// Sequential read-ahead.
     ra: readahead::ReadAhead,
     pub(crate) policy: Mutex<OnClose>,
-    pub(crate) last_error: Mutex<Option<String>>,
+    pub(crate) last_error: Mutex<Option<Failure>>,
+    err_seq: AtomicU64,
+    /// The volume was deleted while this mirror had open files or changes.
+    gone: AtomicBool,
     /// Open FUSE handles and writable ones (maintained by the volume table).
     pub(crate) handles: AtomicU64,
     pub(crate) writers: AtomicU64,
@@ -308,8 +347,46 @@ impl Mirror {
             open_handles: self.handles.load(Ordering::Relaxed),
             writers: self.writers.load(Ordering::Relaxed),
             on_close: self.policy(),
-            last_error: lock(&self.last_error).clone(),
+            last_error: lock(&self.last_error).as_ref().map(|f| f.msg.clone()),
+            commit_failures: s.commit_failures.load(Ordering::Relaxed),
         }
+    }
+
+    /// Records a failure that open files report at their next fsync/close.
+    pub(crate) fn fail(&self, errno: Errno, msg: String) {
+        let seq = self.err_seq.fetch_add(1, Ordering::SeqCst) + 1;
+        *lock(&self.last_error) = Some(Failure { seq, errno, msg });
+    }
+
+    /// The sequence number of the newest failure (0: none yet); an open file
+    /// remembers it and reports only newer failures.
+    pub fn error_seq(&self) -> u64 {
+        self.err_seq.load(Ordering::SeqCst)
+    }
+
+    /// The current failure if it is newer than `seen`.
+    pub fn error_since(&self, seen: u64) -> Option<Failure> {
+        lock(&self.last_error).clone().filter(|f| f.seq > seen)
+    }
+
+    /// The current failure, if any.
+    pub fn last_failure(&self) -> Option<Failure> {
+        lock(&self.last_error).clone()
+    }
+
+    /// Marks the volume as deleted under this mirror: writes fail with
+    /// `ESTALE` and open files report it at their next fsync or close.
+    pub(crate) fn mark_gone(&self) {
+        if !self.gone.swap(true, Ordering::SeqCst) {
+            let e = MirrorError::Gone { name: self.name() };
+            tracing::error!("{e}");
+            self.fail(libc::ESTALE, e.to_string());
+        }
+    }
+
+    /// True once the volume was deleted under this mirror.
+    pub fn is_gone(&self) -> bool {
+        self.gone.load(Ordering::SeqCst)
     }
 
     /// Makes the data file and then the state map durable. With `clean`,

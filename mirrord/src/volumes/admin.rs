@@ -13,8 +13,10 @@ use crate::mirror::{lock, MirrorError, OnClose};
 
 impl Volumes {
     /// Stops mirroring `name` (no open files allowed): saves the profile
-    /// and a clean state; the cache stays for the next attach.
-    pub async fn detach(&self, name: &str) -> Result<(), OpError> {
+    /// and a clean state; the cache stays for the next attach. A mirror
+    /// with uncommitted changes is detached only with `discard`, which
+    /// throws the changes and the cache away.
+    pub async fn detach(&self, name: &str, discard: bool) -> Result<(), OpError> {
         let m = self
             .attached(name)
             .ok_or_else(|| OpError::new(libc::ENOENT, format!("volume {name} is not attached; see the attached volumes with blobvirt mirror-status")))?;
@@ -30,10 +32,26 @@ impl Volumes {
             ));
         }
         m.wait_commit().await.ok();
-        self.save_profile(&m).await;
-        m.flush_state(true)?;
-        lock(&self.mirrors).remove(name);
-        tracing::info!(volume = name, "detached");
+        if m.has_changes() && !discard {
+            let dirty = m.status().chunks_dirty;
+            return Err(OpError::new(libc::EBUSY, format!("volume {name} has uncommitted changes ({dirty} chunks); commit them with blobvirt commit {name}, or drop them with blobvirt detach --discard {name}")));
+        }
+        if !m.is_gone() {
+            self.save_profile(&m).await;
+        }
+        if let Some(l) = m.lease.lock().await.take() {
+            l.release().await;
+        }
+        if discard {
+            lock(&self.mirrors).remove(name);
+            let _ = std::fs::remove_dir_all(m.dir());
+            tracing::warn!(volume = name, "detached; local changes discarded");
+        } else {
+            m.flush_state(true)?;
+            lock(&self.mirrors).remove(name);
+            tracing::info!(volume = name, "detached");
+        }
+        self.invalidate(name);
         Ok(())
     }
 
@@ -73,6 +91,7 @@ impl Volumes {
         if let Some(m) = lock(&self.mirrors).remove(name) {
             let _ = std::fs::remove_dir_all(m.dir());
         }
+        lock(&self.owners).remove(name);
         let mut t = lock(&self.table);
         if let Some(ino) = t.inos.get(name).copied() {
             t.entries.remove(&ino);

@@ -1,11 +1,14 @@
 //! The volume table shared by the FUSE file system and the control API:
 //! the listing of the repository (refreshed from poold), inode numbers,
 //! attached mirrors, open handles, writer leases and close-to-open commits.
+//! `sync.rs` keeps attached mirrors in step with poold, `files.rs` holds
+//! the per-file operations (fsync/close, rename, fallocate), `owners.rs`
+//! the persisted ownership and modes.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use blobvirt_core::proto as pb;
@@ -13,7 +16,10 @@ use blobvirt_core::Repo;
 
 mod admin;
 mod claim;
+mod files;
+mod owners;
 mod profile;
+mod sync;
 
 pub use claim::{Claim, ClaimOutcome, UnclaimOutcome};
 
@@ -37,6 +43,9 @@ pub struct Entry {
 pub struct Handle {
     pub mirror: Arc<Mirror>,
     pub writable: bool,
+    /// The mirror's failure sequence this file has reported up to (see
+    /// [`crate::mirror::Failure`]).
+    pub seen: AtomicU64,
 }
 
 #[derive(Default)]
@@ -59,6 +68,10 @@ pub struct Volumes {
     next_fh: AtomicU64,
     /// Volume name -> owner of its claim (see `claim.rs`).
     claims: Mutex<HashMap<String, String>>,
+    owners: Mutex<owners::Owners>,
+    /// Tells the kernel to drop cached attributes and pages (set once the
+    /// file system is mounted).
+    notifier: OnceLock<fuser::Notifier>,
 }
 
 /// An error with the errno the file system answers and a sentence for logs
@@ -123,7 +136,10 @@ fn entry_of(b: &pb::BlobInfo, ino: u64) -> Entry {
 
 impl Volumes {
     pub fn new(repo: Repo, vols_dir: PathBuf, holder: String) -> Self {
+        let owners_file = vols_dir.parent().unwrap_or(&vols_dir).join("owners.json");
         Volumes {
+            owners: Mutex::new(owners::Owners::load(owners_file)),
+            notifier: OnceLock::new(),
             repo,
             vols_dir,
             holder,
@@ -151,62 +167,11 @@ impl Volumes {
             }
         };
         let mut e = entry_of(b, ino);
-        if let Some(old) = t.entries.get(&ino) {
-            (e.perm, e.uid, e.gid) = (old.perm, old.uid, old.gid);
+        if let Some(o) = lock(&self.owners).get(&b.name, b.id) {
+            (e.perm, e.uid, e.gid) = (o.perm, o.uid, o.gid);
         }
         t.entries.insert(ino, e.clone());
         e
-    }
-
-    /// Reloads the listing from poold: new volumes appear, deleted ones
-    /// disappear (unless this node has them open).
-    pub async fn refresh(&self) -> Result<(), MirrorError> {
-        let blobs = self
-            .repo
-            .list_blobs()
-            .await
-            .map_err(|e| MirrorError::repo("(listing)", e))?;
-        let names: std::collections::HashSet<&str> =
-            blobs.iter().map(|b| b.name.as_str()).collect();
-        for b in &blobs {
-            self.upsert(b);
-        }
-        let open: std::collections::HashSet<String> = lock(&self.mirrors)
-            .iter()
-            .filter(|(_, m)| m.handles.load(Ordering::Relaxed) > 0)
-            .map(|(n, _)| n.clone())
-            .collect();
-        lock(&self.table)
-            .entries
-            .retain(|_, e| names.contains(e.name.as_str()) || open.contains(&e.name));
-        // A volume deleted (or deleted and made again) elsewhere: drop an
-        // idle mirror of it with its cache.
-        let ids: HashMap<&str, u64> = blobs.iter().map(|b| (b.name.as_str(), b.id)).collect();
-        let candidates: Vec<(String, u64)> = lock(&self.mirrors)
-            .iter()
-            .filter(|(n, m)| ids.get(n.as_str()) != Some(&m.blob_id()))
-            .map(|(n, m)| (n.clone(), m.blob_id()))
-            .collect();
-        let mut gone = Vec::new();
-        for (n, id) in candidates {
-            // Ask again: the listing may predate a create on this node.
-            let deleted = match self.repo.get_blob(&n).await {
-                Ok(b) => b.id != id,
-                Err(e) => e.code() == Some(tonic::Code::NotFound),
-            };
-            let mut ms = lock(&self.mirrors);
-            let idle = ms.get(&n).is_some_and(|m| {
-                m.blob_id() == id && m.handles.load(Ordering::SeqCst) == 0 && !m.has_changes()
-            });
-            if deleted && idle {
-                gone.extend(ms.remove(&n));
-            }
-        }
-        for m in gone {
-            tracing::info!(volume = %m.name(), "volume was deleted elsewhere; dropping its mirror");
-            let _ = std::fs::remove_dir_all(m.dir());
-        }
-        Ok(())
     }
 
     /// Looks a volume up in poold (for names not listed yet).
@@ -234,12 +199,62 @@ impl Volumes {
         v
     }
 
-    pub fn set_owner(&self, ino: u64, perm: Option<u16>, uid: Option<u32>, gid: Option<u32>) {
-        if let Some(e) = lock(&self.table).entries.get_mut(&ino) {
+    /// Sets the mode and owner of a volume file and saves them (per host)
+    /// for the next mirrord run.
+    pub async fn set_owner(
+        &self,
+        ino: u64,
+        perm: Option<u16>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+    ) -> Result<(), MirrorError> {
+        if perm.is_none() && uid.is_none() && gid.is_none() {
+            return Ok(());
+        }
+        let Some(name) = self.by_ino(ino).map(|e| e.name) else {
+            return Ok(());
+        };
+        let blob_id = match self.attached(&name) {
+            Some(m) => m.blob_id(),
+            None => {
+                self.repo
+                    .get_blob(&name)
+                    .await
+                    .map_err(|e| MirrorError::repo(&name, e))?
+                    .id
+            }
+        };
+        let mut t = lock(&self.table);
+        if let Some(e) = t.entries.get_mut(&ino) {
             e.perm = perm.unwrap_or(e.perm);
             e.uid = uid.unwrap_or(e.uid);
             e.gid = gid.unwrap_or(e.gid);
+            let o = owners::Owner {
+                blob_id,
+                perm: e.perm,
+                uid: e.uid,
+                gid: e.gid,
+            };
+            lock(&self.owners).set(&name, o);
         }
+        Ok(())
+    }
+
+    /// Hands the kernel notifier over once the file system is mounted.
+    pub fn set_notifier(&self, n: fuser::Notifier) {
+        let _ = self.notifier.set(n);
+    }
+
+    /// Makes the kernel forget what it cached of `name` (attributes, pages
+    /// and the directory entry), so a change shows at once.
+    pub(crate) fn invalidate(&self, name: &str) {
+        let Some(n) = self.notifier.get() else {
+            return;
+        };
+        if let Some(ino) = lock(&self.table).inos.get(name).copied() {
+            let _ = n.inval_inode(fuser::INodeNo(ino), 0, 0);
+        }
+        let _ = n.inval_entry(fuser::INodeNo::ROOT, std::ffi::OsStr::new(name));
     }
 
     pub fn attached(&self, name: &str) -> Option<Arc<Mirror>> {
@@ -296,24 +311,19 @@ impl Volumes {
     ) -> Result<(u64, Arc<Mirror>), OpError> {
         let mut m = self.mirror(name, None).await?;
         if m.handles.load(Ordering::SeqCst) == 0 && !m.has_changes() {
+            // Follow the volume: a newer or deleted version, or a volume
+            // deleted and made again elsewhere (then start a new mirror).
             if let Ok(b) = self.repo.get_blob(name).await {
-                if b.id != m.blob_id() {
-                    // Deleted and made again elsewhere: start a new mirror.
-                    let stale = {
-                        let mut ms = lock(&self.mirrors);
-                        let same = ms.get(name).is_some_and(|x| Arc::ptr_eq(x, &m));
-                        same.then(|| ms.remove(name)).flatten()
-                    };
-                    if let Some(old) = stale {
-                        let _ = std::fs::remove_dir_all(old.dir());
-                    }
+                self.reconcile(&m, Some(&b)).await;
+                if !self.attached(name).is_some_and(|x| Arc::ptr_eq(&x, &m)) {
                     m = self.mirror(name, None).await?;
-                } else if b.latest_version > m.version() && !lock(&m.inner).pinned {
-                    m.rebase(b.latest_version, false).await?;
                 }
             }
         }
         if writable {
+            if m.is_gone() {
+                return Err(MirrorError::Gone { name: name.into() }.into());
+            }
             if lock(&m.inner).pinned {
                 return Err(OpError::new(libc::EROFS, format!("volume {name} is attached at the older version {}; attach the latest version to write", m.version())));
             }
@@ -330,6 +340,7 @@ impl Volumes {
             Arc::new(Handle {
                 mirror: m.clone(),
                 writable,
+                seen: AtomicU64::new(m.error_seq()),
             }),
         );
         Ok((fh, m))
@@ -374,14 +385,29 @@ impl Volumes {
         if let Err(e) = m.flush_state(false) {
             tracing::error!(volume = %name, "cannot save the mirror state: {e}");
         }
+        self.release_idle_lease(m).await;
+        self.save_profile(m).await;
+    }
+
+    /// Gives the writer lease back when no file writes the volume and no
+    /// claim holds it. With policy `commit`, changes that could not be
+    /// committed keep the lease, so nobody else writes on top of an older
+    /// version and `vol-delete` names this host; a later successful
+    /// `commit` gives it back.
+    pub(crate) async fn release_idle_lease(&self, m: &Arc<Mirror>) {
+        let name = m.name();
         let mut l = m.lease.lock().await;
         // A claimed volume keeps its lease until unclaim.
-        if m.writers.load(Ordering::SeqCst) == 0 && self.claim_owner(&name).is_none() {
-            if let Some(lease) = l.take() {
-                lease.release().await;
-            }
+        if m.writers.load(Ordering::SeqCst) > 0 || self.claim_owner(&name).is_some() {
+            return;
         }
-        drop(l);
-        self.save_profile(m).await;
+        let owed = m.policy() == OnClose::Commit && m.has_changes() && !m.is_gone();
+        if owed {
+            if l.is_some() {
+                tracing::warn!(volume = %name, "keeping the writer lease: the volume has changes that are not committed yet; commit them with blobvirt commit {name}");
+            }
+        } else if let Some(lease) = l.take() {
+            lease.release().await;
+        }
     }
 }

@@ -228,6 +228,26 @@ impl Meta {
         })
     }
 
+    /// Renames volume `name` to `new_name`; its versions, profile and
+    /// clones are unchanged (clones keep the origin name they recorded).
+    pub fn rename_volume(&self, name: &str, new_name: &str) -> Result<pb::BlobInfo> {
+        check_name(new_name)?;
+        self.write(|m| {
+            let (id, mut b) = find_blob(m.r(), name)?;
+            if name == new_name {
+                return blob_info(m.r(), id, &b);
+            }
+            if m.r().get(&key::name(new_name))?.is_some() {
+                return Err(taken(new_name, "delete it first or pick another name"));
+            }
+            b.name = new_name.to_string();
+            m.tx.put(&key::blob(id), &b.encode())?;
+            m.tx.delete(&key::name(name))?;
+            m.tx.put(&key::name(new_name), &codec::enc_u64(id))?;
+            blob_info(m.r(), id, &b)
+        })
+    }
+
     /// Stores the boot profile of `name` (capped at [`MAX_PROFILE`] entries).
     pub fn put_profile(&self, name: &str, chunks: &[u64]) -> Result<()> {
         let chunks = &chunks[..chunks.len().min(MAX_PROFILE)];

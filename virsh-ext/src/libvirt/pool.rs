@@ -191,6 +191,35 @@ pub fn undefine_mount(mount: &Path) -> Result<Vec<String>> {
     Ok(gone)
 }
 
+/// Refreshes the running libvirt pools served by the mirrord whose control
+/// socket is `control`, so that a volume imported, cloned or deleted just
+/// now is in `virsh vol-list` when the command returns. Returns the names
+/// of the pools refreshed.
+pub fn refresh_pools_of(control: &Path) -> Result<Vec<String>> {
+    let cfg = HookConfig::load(&config::path())?;
+    let mut done = Vec::new();
+    for p in cfg.pools.iter().filter(|p| p.control == control) {
+        let uri = if p.connect.is_empty() {
+            DEFAULT_URI
+        } else {
+            &p.connect
+        };
+        let c = open(uri)?;
+        if let Some(pool) = lookup(&c, &p.name).filter(|x| x.is_active().unwrap_or(false)) {
+            pool.refresh(0).map_err(|e| {
+                anyhow!(
+                    "cannot refresh libvirt pool {} ({}); refresh it with virsh pool-refresh {}",
+                    p.name,
+                    msg(&e),
+                    p.name
+                )
+            })?;
+            done.push(p.name.clone());
+        }
+    }
+    Ok(done)
+}
+
 /// True when a mirrord FUSE file system (`fuse` or `fuse.blobvirt`, source
 /// `blobvirt`) is mounted at `mount`.
 pub fn is_blobvirt_mount(mount: &Path) -> bool {

@@ -182,7 +182,7 @@ pub async fn revert(pool: Option<&str>, a: SnapshotRevert) -> Result<()> {
         settle(&ctl, &path, &d.volume).await?;
         let l = format!("revert:{}/{}/{}", snap.domain, snap.name, d.target);
         let v = repo.revert(&d.volume, d.version, &l).await?;
-        match ctl.detach(&d.volume).await {
+        match ctl.detach(&d.volume, false).await {
             Ok(()) | Err(ControlError::Refused(_)) => {}
             Err(e) => return Err(control_error(&path, e)),
         }

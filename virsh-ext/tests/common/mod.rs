@@ -4,7 +4,10 @@
 #![allow(dead_code)]
 
 mod data;
+mod mounted;
 pub use data::*;
+#[allow(unused_imports)]
+pub use mounted::*;
 
 use std::collections::BTreeSet;
 use std::fs;
