@@ -110,3 +110,54 @@ fn sigterm_commits_per_policy_unmounts_and_exits_zero() {
         .unwrap();
     assert_eq!(&b, b"kept locally");
 }
+
+/// A mirrord killed between publishing a version and saving its state map
+/// finds, after a restart, that the newer version in poold is its own
+/// commit: it moves onto it, and the next commit succeeds (it used to fail
+/// with ESTALE) and exports exactly what was written.
+#[test]
+fn crash_between_publish_and_state_flush_reconciles() {
+    let c = Cluster::start(2, 1);
+    let img = image(60, 4 * MIB, CS);
+    c.import("rec", &img, CS as u32);
+    let base = c.dir.path().join("m");
+    let (mount, cache, log) = (base.join("mnt"), base.join("cache"), base.join("log"));
+    let mut m = Mirrord::start_env(
+        &c.pool,
+        &mount,
+        &cache,
+        &log,
+        &[("BLOBVIRT_FAILPOINT", "mirrord-after-publish")],
+    );
+    m.wait_for("rec");
+    let mut want = img.clone();
+    let a = random_bytes(61, 300_000);
+    want[70_000..370_000].copy_from_slice(&a);
+    // Written and fsynced; the close commits, publishes version 2 and dies.
+    pwrite(&m.path("rec"), 70_000, &a);
+    assert!(m.wait_exit(), "the failpoint did not stop mirrord");
+    assert!(m.log_text().contains("failpoint reached"));
+    assert_eq!(c.latest("rec"), 2, "the commit was published");
+    let v2 = want.clone();
+
+    let m = Mirrord::start_with(&c.pool, &mount, &cache, &log);
+    m.wait_for("rec");
+    assert!(std::fs::read(m.path("rec")).unwrap() == want);
+    let st = m.status(&c.rt, "rec");
+    assert_eq!((st.version, st.chunks_dirty), (2, 0), "{st:?}");
+    let b = random_bytes(62, 5000);
+    want[3 * MIB..3 * MIB + 5000].copy_from_slice(&b);
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(m.path("rec"))
+        .unwrap();
+    f.write_all_at(&b, 3 * MIB as u64).unwrap();
+    let out = c.rt.block_on(m.client().commit("rec", true)).unwrap();
+    assert_eq!((out.version, out.published), (3, true), "{out:?}");
+    drop(f);
+    assert!(c.export("rec", 3) == want);
+    assert!(c.export("rec", 2) == v2);
+    assert!(m
+        .log_text()
+        .contains("the mirror's last commit was published before mirrord stopped"));
+}

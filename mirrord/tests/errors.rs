@@ -3,7 +3,7 @@
 
 mod common;
 
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::os::unix::fs::FileExt;
 use std::time::{Duration, Instant};
 
 use common::*;

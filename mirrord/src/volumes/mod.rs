@@ -246,15 +246,27 @@ impl Volumes {
     }
 
     /// Makes the kernel forget what it cached of `name` (attributes, pages
-    /// and the directory entry), so a change shows at once.
+    /// and the directory entry), so a change shows at once. The kernel
+    /// calls run on a thread of their own: a FUSE request that led here
+    /// (an open, a rename) may hold the very locks they wait for until it
+    /// is answered.
     pub(crate) fn invalidate(&self, name: &str) {
-        let Some(n) = self.notifier.get() else {
+        let Some(n) = self.notifier.get().cloned() else {
             return;
         };
-        if let Some(ino) = lock(&self.table).inos.get(name).copied() {
-            let _ = n.inval_inode(fuser::INodeNo(ino), 0, 0);
+        let ino = lock(&self.table).inos.get(name).copied();
+        let name = name.to_string();
+        let spawned = std::thread::Builder::new()
+            .name("fuse-inval".into())
+            .spawn(move || {
+                if let Some(ino) = ino {
+                    let _ = n.inval_inode(fuser::INodeNo(ino), 0, 0);
+                }
+                let _ = n.inval_entry(fuser::INodeNo::ROOT, std::ffi::OsStr::new(&name));
+            });
+        if let Err(e) = spawned {
+            tracing::warn!("cannot start a thread to refresh the kernel's cache: {e}");
         }
-        let _ = n.inval_entry(fuser::INodeNo::ROOT, std::ffi::OsStr::new(name));
     }
 
     pub fn attached(&self, name: &str) -> Option<Arc<Mirror>> {

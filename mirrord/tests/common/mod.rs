@@ -219,6 +219,17 @@ impl Mirrord {
     }
 
     pub fn start_with(pool: &str, mount: &Path, cache: &Path, log: &Path) -> Mirrord {
+        Self::start_env(pool, mount, cache, log, &[])
+    }
+
+    /// [`Mirrord::start_with`] with extra environment variables.
+    pub fn start_env(
+        pool: &str,
+        mount: &Path,
+        cache: &Path,
+        log: &Path,
+        env: &[(&str, &str)],
+    ) -> Mirrord {
         std::fs::create_dir_all(mount).ok();
         std::fs::create_dir_all(cache).unwrap();
         let log_start = std::fs::metadata(log)
@@ -236,6 +247,7 @@ impl Mirrord {
             .arg("--cache")
             .arg(cache)
             .env("RUST_LOG", "info")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(logf)
             .spawn()
@@ -286,6 +298,22 @@ impl Mirrord {
             );
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// Waits (20 s) until the process exited by itself; true if it did.
+    pub fn wait_exit(&mut self) -> bool {
+        let Some(c) = self.child.as_mut() else {
+            return true;
+        };
+        let t = Instant::now();
+        while t.elapsed() < Duration::from_secs(20) {
+            if let Ok(Some(_)) = c.try_wait() {
+                self.child = None;
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        false
     }
 
     /// SIGKILL, leaving the mount stale.
