@@ -251,15 +251,16 @@ impl Filesystem for Fs {
         });
     }
 
-    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+    fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let Some(name) = self.name_of(ino) else {
             return reply.error(Errno::ENOENT);
         };
+        let pid = req.pid();
         let writable = flags.acc_mode() != OpenAccMode::O_RDONLY;
         let direct = flags.0 & libc::O_DIRECT != 0;
         let vols = self.vols.clone();
         self.rt.spawn(async move {
-            match vols.open(&name, writable).await {
+            match vols.open(&name, writable, pid).await {
                 Ok((fh, _)) => reply.opened(FileHandle(fh), fopen_flags(direct)),
                 Err(e) => {
                     log_err("open", &e);
@@ -271,7 +272,7 @@ impl Filesystem for Fs {
 
     fn create(
         &self,
-        _req: &Request,
+        req: &Request,
         parent: INodeNo,
         name: &OsStr,
         _mode: u32,
@@ -287,10 +288,11 @@ impl Filesystem for Fs {
         let fs = self.clone_for_task();
         let writable = flags & libc::O_ACCMODE != libc::O_RDONLY;
         let direct = flags & libc::O_DIRECT != 0;
+        let pid = req.pid();
         self.rt.spawn(async move {
             let res = async {
                 vols.create(&name).await?;
-                vols.open(&name, writable).await
+                vols.open(&name, writable, pid).await
             }
             .await;
             match (res, vols.by_name(&name)) {
@@ -376,24 +378,24 @@ impl Filesystem for Fs {
 
     fn flush(
         &self,
-        _req: &Request,
+        req: &Request,
         _ino: INodeNo,
         fh: FileHandle,
         _lo: LockOwner,
         reply: ReplyEmpty,
     ) {
-        self.sync(fh, true, reply);
+        self.sync(fh, true, req.pid(), reply);
     }
 
     fn fsync(
         &self,
-        _req: &Request,
+        req: &Request,
         _ino: INodeNo,
         fh: FileHandle,
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        self.sync(fh, false, reply);
+        self.sync(fh, false, req.pid(), reply);
     }
 
     fn release(
@@ -593,10 +595,10 @@ impl Fs {
 
     /// fsync, or with `closing` the flush of a close (see
     /// [`Volumes::sync_handle`]).
-    fn sync(&self, fh: FileHandle, closing: bool, reply: ReplyEmpty) {
+    fn sync(&self, fh: FileHandle, closing: bool, pid: u32, reply: ReplyEmpty) {
         let vols = self.vols.clone();
         self.rt.spawn(async move {
-            match vols.sync_handle(fh.0, closing).await {
+            match vols.sync_handle(fh.0, closing, pid).await {
                 Ok(()) => reply.ok(),
                 Err(e) => {
                     tracing::error!("{} failed: {e}", if closing { "close" } else { "fsync" });

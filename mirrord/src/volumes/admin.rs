@@ -51,6 +51,13 @@ impl Volumes {
             lock(&self.mirrors).remove(name);
             tracing::info!(volume = name, "detached");
         }
+        if m.is_gone() {
+            // Its name was kept in the listing only while it was open.
+            let mut t = lock(&self.table);
+            if let Some(ino) = t.inos.get(name).copied() {
+                t.entries.remove(&ino);
+            }
+        }
         self.invalidate(name);
         Ok(())
     }

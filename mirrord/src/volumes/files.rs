@@ -14,12 +14,14 @@ impl Volumes {
     /// At the close of the last writable file, with policy `commit`, it
     /// also commits, so `close` returns the commit's errno when it fails.
     /// A failure of the mirror newer than what this file reported (a
-    /// background commit, a deleted volume) is returned once.
-    pub async fn sync_handle(&self, fh: u64, closing: bool) -> Result<(), OpError> {
+    /// background commit, a deleted volume) is returned once. `pid` is the
+    /// calling thread's: a close by another process than the opener (a
+    /// forked child's close-on-exec) does nothing.
+    pub async fn sync_handle(&self, fh: u64, closing: bool, pid: u32) -> Result<(), OpError> {
         let Some(h) = self.handle(fh) else {
             return Ok(());
         };
-        if !h.writable {
+        if !h.writable || (closing && tgid(pid) != h.opener) {
             return Ok(());
         }
         let m = h.mirror.clone();
@@ -120,6 +122,19 @@ impl Volumes {
         tracing::info!(volume = name, new_name = new, "renamed");
         Ok(())
     }
+}
+
+/// The thread group (process) of thread `pid`, from `/proc`; `pid` itself
+/// when it cannot be read.
+pub(crate) fn tgid(pid: u32) -> u32 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Tgid:"))
+                .and_then(|v| v.trim().parse().ok())
+        })
+        .unwrap_or(pid)
 }
 
 /// The handle's unreported failure, if any (then marked reported).

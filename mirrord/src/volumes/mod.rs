@@ -46,6 +46,9 @@ pub struct Handle {
     /// The mirror's failure sequence this file has reported up to (see
     /// [`crate::mirror::Failure`]).
     pub seen: AtomicU64,
+    /// The process (thread group) that opened it: only its closes commit
+    /// and report failures, not the close-on-exec of a child it forked.
+    pub opener: u32,
 }
 
 #[derive(Default)]
@@ -316,10 +319,12 @@ impl Volumes {
     }
 
     /// Opens volume `name`; a writable open takes the writer lease.
+    /// `pid` is the opening thread's (as FUSE gives it).
     pub async fn open(
         self: &Arc<Self>,
         name: &str,
         writable: bool,
+        pid: u32,
     ) -> Result<(u64, Arc<Mirror>), OpError> {
         let mut m = self.mirror(name, None).await?;
         if m.handles.load(Ordering::SeqCst) == 0 && !m.has_changes() {
@@ -353,6 +358,7 @@ impl Volumes {
                 mirror: m.clone(),
                 writable,
                 seen: AtomicU64::new(m.error_seq()),
+                opener: files::tgid(pid),
             }),
         );
         Ok((fh, m))
