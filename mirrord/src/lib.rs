@@ -13,25 +13,34 @@
 //! * [`failpoint`] — fault injection for crash tests.
 //! * [`trace`] — the `--trace-reads` log of FUSE reads.
 //!
-//! Behaviour of the mounted files, for callers:
+//! Behaviour of the mounted files, for callers (the user-facing version is
+//! in `docs/mount.md`):
 //! * `DIR/NAME` is volume NAME at its latest version (or the version the
-//!   local mirror is based on while it holds uncommitted changes); the
-//!   listing follows poold within about 2 s.
-//! * A write that starts at or past the end fails with `EFBIG` and changes
-//!   nothing (an O_DIRECT write that straddles the end too; a buffered one
-//!   may be cut by the kernel at a page boundary, like a block device).
-//!   Grow a volume with `truncate`/`fallocate`: size changes are published
-//!   at once as a new version.
+//!   local mirror is based on while it holds uncommitted changes or files
+//!   are open); the listing follows poold within about 2 s, and at once
+//!   for changes a CLI command on this host made (`refresh`).
+//! * A write past the end grows the file, as on any file system (up to
+//!   [`mirror::MAX_SIZE`], then `EFBIG`); the size is published with the
+//!   next commit. `truncate` publishes a size change at once.
 //! * A writable open takes the writer lease (`EBUSY` when another node
-//!   holds it); the last writer's close commits (policy `commit`, default),
-//!   keeps or discards the changes, then releases the lease.
+//!   holds it). The close of the last writable file by the process that
+//!   opened it commits (policy `commit`, default) and returns the commit's
+//!   errno if it fails; the release keeps or discards the changes per
+//!   policy and gives the lease back (kept while a commit is owed).
 //! * `fsync`/`close` make written data and the chunk-state map durable;
-//!   `ENOSPC` from the cache disk is returned to the writer.
-//! * `fallocate(PUNCH_HOLE|KEEP_SIZE)` / `ZERO_RANGE`: whole chunks become
-//!   holes in the next version, partial ones are zeroed.
-//!   `lseek(SEEK_DATA/SEEK_HOLE)` works at chunk granularity.
+//!   `ENOSPC` from the cache disk is returned to the writer. A failure of
+//!   the mirror (a failed commit, the volume deleted with `--force`) is
+//!   reported once per open file at its next fsync or close (`ESTALE`,
+//!   `EIO`, ...), and writes to a deleted volume fail with `ESTALE`.
+//! * `fallocate`: the default mode and `ZERO_RANGE` grow the file past its
+//!   end (not with `KEEP_SIZE`); `PUNCH_HOLE|KEEP_SIZE` / `ZERO_RANGE`:
+//!   whole chunks become holes in the next version, partial ones are
+//!   zeroed. `lseek(SEEK_DATA/SEEK_HOLE)` works at chunk granularity.
 //! * `create` makes an empty volume (size 0, 256 KiB chunks); `unlink`
-//!   deletes the volume from the repository.
+//!   deletes the volume from the repository (refused while open here or
+//!   written elsewhere); `rename` renames it (never onto an existing one:
+//!   `EEXIST`; `EBUSY` while open).
+//! * `chmod`/`chown` are kept per host in `CACHE/owners.json`.
 //! * Kernel readahead is capped at 64 KiB (the smallest chunk size) so a
 //!   read pulls in at most one chunk beyond what it covers. mirrord's own
 //!   read-ahead starts only after 16 MiB read in sequence, then fetches up

@@ -219,3 +219,31 @@ fn cluster_up_libvirt_defines_the_pool_and_down_removes_it() {
     assert!(!cfg.contains(&format!("\"{pool}\"")), "{cfg}");
     assert!(!mirrord::daemon::is_mounted(std::path::Path::new(&mnt)));
 }
+
+/// A volume imported or cloned on this host is in the libvirt pool when the
+/// command returns, so `virsh start` of a domain on a fresh clone works at
+/// once (it used to fail with "Storage volume not found" until mirrord's
+/// next poll and a `virsh pool-refresh`).
+#[test]
+fn a_clone_is_in_the_pool_and_starts_when_the_command_returns() {
+    let lab = Lab::up("cs");
+    let p = lab.pool.clone();
+    let ctl = lab.control.display().to_string();
+    let src = lab.tmp.path().join("base.raw");
+    std::fs::write(&src, vec![0u8; 4 * MIB]).unwrap();
+    lab.ok(&["vol-import", &src.display().to_string(), "base", "--control", &ctl]);
+    // No pool-refresh and no waiting: libvirt knows the volume already.
+    virsh_ok(&["vol-info", "--pool", &p, "base"]);
+    lab.ok(&["vol-clone", "base", "c1", "--control", &ctl]);
+    virsh_ok(&["vol-info", "--pool", &p, "c1"]);
+    let dom = format!("bvcs-{}", lab.suffix);
+    lab.define(&dom, &lab.guest_xml(&dom, "c1"));
+    virsh_ok(&["start", &dom]);
+    assert_eq!(domstate(&dom), "running");
+    virsh_ok(&["destroy", &dom]);
+    // A delete leaves the pool at once too.
+    assert!(wait_until(30, || lab.claims().is_empty()), "{:?}", lab.claims());
+    lab.ok(&["vol-delete", "c1", "--control", &ctl]);
+    let o = virsh(&["vol-info", "--pool", &p, "c1"]);
+    assert!(!o.status.success(), "{}", show("virsh vol-info", &o));
+}
