@@ -99,7 +99,7 @@ pub async fn run_until(opts: Opts, shutdown: impl Future<Output = ()>) -> anyhow
     let dir = opts.dir.clone();
     std::fs::create_dir_all(&dir)
         .with_context(|| format!("create the data directory {}", dir.display()))?;
-    let _lock = lock_dir(&dir)?;
+    let _lock = blobvirt_core::fsutil::lock_dir(&dir, "chunkd", "--dir")?;
     let addr_file = dir.join("chunkd.addr");
     let _ = std::fs::remove_file(&addr_file);
     let id = match opts.id {
@@ -194,23 +194,6 @@ pub async fn run_until(opts: Opts, shutdown: impl Future<Output = ()>) -> anyhow
     res.context("serve gRPC")?;
     tracing::info!(node = %id, "chunkd stopped");
     Ok(())
-}
-
-/// Takes an exclusive lock on `DIR/chunkd.lock` for the life of the process.
-fn lock_dir(dir: &Path) -> anyhow::Result<nix::fcntl::Flock<std::fs::File>> {
-    let path = dir.join("chunkd.lock");
-    let f = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .with_context(|| format!("open {}", path.display()))?;
-    nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusiveNonblock).map_err(|_| {
-        anyhow!(
-            "another chunkd already uses {}; stop it first or pick another --dir",
-            dir.display()
-        )
-    })
 }
 
 fn check_id(id: String) -> anyhow::Result<String> {

@@ -1,5 +1,6 @@
 //! Small file-system helpers shared by the daemons: crash-safe writes of
-//! small files such as address and node-id files.
+//! small files such as address and node-id files, and the lock that keeps
+//! two daemons off one data directory.
 
 use std::io::Write;
 use std::path::Path;
@@ -25,9 +26,68 @@ pub fn write_atomic(path: &Path, data: &[u8]) -> std::io::Result<()> {
     res
 }
 
+/// An exclusive lock on a daemon's data directory, held while it lives.
+pub type DirLock = nix::fcntl::Flock<std::fs::File>;
+
+/// Why a data directory could not be locked.
+#[derive(Debug, thiserror::Error)]
+pub enum LockError {
+    #[error("cannot open {path}: {source}")]
+    Open {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("another {daemon} already uses {dir}; stop it first or pick another {flag}")]
+    Busy {
+        daemon: String,
+        dir: String,
+        flag: String,
+    },
+}
+
+/// Takes an exclusive lock on `DIR/DAEMON.lock` without waiting, so two
+/// `daemon`s never share `dir`; `flag` is the option that names the
+/// directory, for the error sentence.
+pub fn lock_dir(dir: &Path, daemon: &str, flag: &str) -> Result<DirLock, LockError> {
+    let path = dir.join(format!("{daemon}.lock"));
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|source| LockError::Open {
+            path: path.display().to_string(),
+            source,
+        })?;
+    nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusiveNonblock).map_err(|_| {
+        LockError::Busy {
+            daemon: daemon.into(),
+            dir: dir.display().to_string(),
+            flag: flag.into(),
+        }
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn one_lock_per_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let l = lock_dir(dir.path(), "chunkd", "--dir").unwrap();
+        let e = lock_dir(dir.path(), "chunkd", "--dir").unwrap_err();
+        assert!(
+            e.to_string().starts_with("another chunkd already uses"),
+            "{e}"
+        );
+        assert!(
+            lock_dir(dir.path(), "poold", "--dir").is_ok(),
+            "one lock file per daemon"
+        );
+        drop(l);
+        assert!(lock_dir(dir.path(), "chunkd", "--dir").is_ok());
+    }
 
     #[test]
     fn replaces_contents_and_leaves_no_tmp() {

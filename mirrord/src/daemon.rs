@@ -146,6 +146,11 @@ pub fn run(opts: Options) -> Result<()> {
         .context("starting the async runtime")?;
     let mount = absolute(&opts.mount);
     let cache = absolute(&opts.cache);
+    std::fs::create_dir_all(&cache)
+        .with_context(|| format!("creating the cache directory {}", cache.display()))?;
+    // Before touching the mount: a second mirrord on the same cache must
+    // not unmount the live one or take its control socket.
+    let _lock = blobvirt_core::fsutil::lock_dir(&cache, "mirrord", "--cache")?;
     clean_stale_mount(&mount)?;
     std::fs::create_dir_all(&mount)
         .with_context(|| format!("creating the mount point {}", mount.display()))?;

@@ -238,3 +238,34 @@ fn listing_follows_volumes_created_and_deleted_elsewhere() {
     m.wait_for("elsewhere");
     assert!(std::fs::read(m.path("elsewhere")).unwrap() == two);
 }
+
+/// A second mirrord on the same cache directory is refused with one
+/// sentence before it touches anything; the first keeps its mount and its
+/// control socket.
+#[test]
+fn second_mirrord_on_the_same_cache_is_refused() {
+    let c = Cluster::start(1, 1);
+    let img = image(81, MIB, CS);
+    c.import("kept", &img, CS as u32);
+    let m = Mirrord::start(&c.pool, c.dir.path());
+    m.wait_for("kept");
+    let other = c.dir.path().join("other-mnt");
+    std::fs::create_dir_all(&other).unwrap();
+    let o = std::process::Command::new(common::bin("mirrord"))
+        .args(["--pool", &c.pool])
+        .arg("--mount")
+        .arg(&other)
+        .arg("--cache")
+        .arg(&m.cache)
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("another mirrord already uses") && err.contains("--cache"),
+        "{err}"
+    );
+    assert!(!mirrord::daemon::is_mounted(&other));
+    assert!(std::fs::read(m.path("kept")).unwrap() == img);
+    assert!(c.rt.block_on(m.client().status()).is_ok());
+}

@@ -3,7 +3,7 @@
 //! shutdown on SIGTERM/SIGINT.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -51,24 +51,6 @@ pub struct Opts {
     pub lease_ttl_ms: u64,
 }
 
-/// Takes `DIR/poold.lock` so two poolds never share a directory (and its
-/// address file). Held until the returned file is dropped.
-fn lock_dir(dir: &Path) -> anyhow::Result<nix::fcntl::Flock<std::fs::File>> {
-    let path = dir.join("poold.lock");
-    let f = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .with_context(|| format!("open {}", path.display()))?;
-    nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusiveNonblock).map_err(|_| {
-        anyhow::anyhow!(
-            "another poold already uses {}; stop it first or pick another --dir",
-            dir.display()
-        )
-    })
-}
-
 async fn shutdown_signal() {
     let term = async {
         match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
@@ -92,7 +74,7 @@ async fn shutdown_signal() {
 pub async fn run(opts: Opts) -> anyhow::Result<()> {
     std::fs::create_dir_all(&opts.dir)
         .with_context(|| format!("create the directory {}", opts.dir.display()))?;
-    let _lock = lock_dir(&opts.dir)?;
+    let _lock = blobvirt_core::fsutil::lock_dir(&opts.dir, "poold", "--dir")?;
     let (dir, engine) = (opts.dir.clone(), opts.engine);
     let meta = tokio::task::spawn_blocking(move || Meta::open(engine, &dir))
         .await?

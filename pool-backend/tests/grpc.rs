@@ -217,11 +217,57 @@ async fn status_codes_leases_profiles() {
         Code::NotFound
     );
 
-    // Deleting a volume drops its lease.
+    // A volume under a writer's lease is neither renamed nor deleted
+    // (unless forced); the refusal names the writer.
+    let (code, msg) = code_msg(
+        c.rename_volume(pb::RenameRequest {
+            name: "v".into(),
+            new_name: "v2".into(),
+        })
+        .await,
+    );
+    assert_eq!(code, Code::FailedPrecondition, "{msg}");
+    assert!(msg.contains("node-b"), "{msg}");
+    let (code, msg) = code_msg(
+        c.delete_volume(pb::DeleteVolumeRequest {
+            name: "v".into(),
+            version: 0,
+            force: false,
+        })
+        .await,
+    );
+    assert_eq!(code, Code::FailedPrecondition, "{msg}");
+    assert!(
+        msg.contains("open for writing by node-b") && msg.contains("--force"),
+        "{msg}"
+    );
+    // A rename of a free volume; never onto an existing one.
+    let (code, msg) = code_msg(
+        c.rename_volume(pb::RenameRequest {
+            name: "vm".into(),
+            new_name: "v".into(),
+        })
+        .await,
+    );
+    assert_eq!(code, Code::AlreadyExists, "{msg}");
+    let b = c
+        .rename_volume(pb::RenameRequest {
+            name: "vm".into(),
+            new_name: "vm2".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(b.name, "vm2");
+    assert_eq!(
+        code_msg(c.get_blob(pb::GetBlobRequest { name: "vm".into() }).await).0,
+        Code::NotFound
+    );
+    // Deleting a volume with --force drops its lease.
     c.delete_volume(pb::DeleteVolumeRequest {
         name: "v".into(),
         version: 0,
-        force: false,
+        force: true,
     })
     .await
     .unwrap();

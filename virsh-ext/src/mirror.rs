@@ -332,6 +332,14 @@ pub async fn status(a: MirrorStatus) -> Result<()> {
         ]);
     }
     t.print();
+    for v in &vols {
+        if let Some(e) = &v.last_error {
+            println!(
+                "{}: the last commit failed ({} failures so far): {e}",
+                v.name, v.commit_failures
+            );
+        }
+    }
     Ok(())
 }
 

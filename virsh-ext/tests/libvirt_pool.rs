@@ -231,7 +231,13 @@ fn a_clone_is_in_the_pool_and_starts_when_the_command_returns() {
     let ctl = lab.control.display().to_string();
     let src = lab.tmp.path().join("base.raw");
     std::fs::write(&src, vec![0u8; 4 * MIB]).unwrap();
-    lab.ok(&["vol-import", &src.display().to_string(), "base", "--control", &ctl]);
+    lab.ok(&[
+        "vol-import",
+        &src.display().to_string(),
+        "base",
+        "--control",
+        &ctl,
+    ]);
     // No pool-refresh and no waiting: libvirt knows the volume already.
     virsh_ok(&["vol-info", "--pool", &p, "base"]);
     lab.ok(&["vol-clone", "base", "c1", "--control", &ctl]);
@@ -242,7 +248,11 @@ fn a_clone_is_in_the_pool_and_starts_when_the_command_returns() {
     assert_eq!(domstate(&dom), "running");
     virsh_ok(&["destroy", &dom]);
     // A delete leaves the pool at once too.
-    assert!(wait_until(30, || lab.claims().is_empty()), "{:?}", lab.claims());
+    assert!(
+        wait_until(30, || lab.claims().is_empty()),
+        "{:?}",
+        lab.claims()
+    );
     lab.ok(&["vol-delete", "c1", "--control", &ctl]);
     let o = virsh(&["vol-info", "--pool", &p, "c1"]);
     assert!(!o.status.success(), "{}", show("virsh vol-info", &o));
