@@ -24,8 +24,14 @@ pub enum RepoError {
     Pool(#[from] tonic::Status),
     #[error("cannot connect to the pool at {url}: {reason}; check --pool or BLOBVIRT_POOL and that poold runs")]
     Connect { url: String, reason: String },
+    /// No replica served the chunk; `corrupt` of them answered with bytes
+    /// that fail the hash check (data that is never returned).
     #[error("chunk {chunk} could not be read from any replica ({tried}); check that its chunkd nodes run")]
-    ChunkUnavailable { chunk: ChunkId, tried: String },
+    ChunkUnavailable {
+        chunk: ChunkId,
+        tried: String,
+        corrupt: usize,
+    },
     #[error("chunk {chunk} could not be stored on enough chunkd nodes ({tried}); check the nodes with `blobvirt cluster status`")]
     ChunkNotStored { chunk: ChunkId, tried: String },
     #[error("chunkd node at {node} could not make the uploaded chunks durable ({reason}); check the node and try again")]
@@ -271,6 +277,7 @@ impl Repo {
     pub async fn get_chunk(&self, id: ChunkId) -> Result<Bytes> {
         let p = self.placement();
         let mut tried = Vec::new();
+        let mut corrupt = 0;
         let mut bad: Vec<String> = Vec::new();
         for m in p.read_order(&id) {
             let req = pb::GetRequest {
@@ -297,6 +304,7 @@ impl Repo {
                     }
                     tracing::error!(chunk = %id, node = %m.id, "chunkd returned bytes that do not match the chunk id");
                     tried.push(format!("{}: corrupt", m.id));
+                    corrupt += 1;
                 }
                 Err(s) if s.code() == tonic::Code::NotFound => {
                     tried.push(format!("{}: absent", m.id));
@@ -306,6 +314,7 @@ impl Repo {
                         bad.push(m.addr.clone());
                         tracing::error!(chunk = %id, node = %m.id, "replica is corrupt: {}", s.message());
                         tried.push(format!("{}: corrupt", m.id));
+                        corrupt += 1;
                     } else {
                         tracing::warn!(chunk = %id, node = %m.id, "fetch failed: {}", s.message());
                         tried.push(format!("{}: {}", m.id, short(s.message())));
@@ -316,6 +325,7 @@ impl Repo {
         Err(RepoError::ChunkUnavailable {
             chunk: id,
             tried: tried.join(", "),
+            corrupt,
         })
     }
 

@@ -5,6 +5,7 @@ pub mod chunk;
 pub mod client;
 pub mod fsutil;
 pub mod placement;
+pub mod publish;
 pub mod transfer;
 pub mod tree;
 

@@ -13,8 +13,9 @@ use bytes::Bytes;
 use futures::stream::{self, StreamExt};
 
 use crate::chunk::{self, ChunkId};
-use crate::client::{Publish, Repo, RepoError};
+use crate::client::{Repo, RepoError};
 use crate::proto as pb;
+use crate::publish::{PublishError, Publisher};
 
 /// Called with the number of bytes just processed.
 pub type Progress = Arc<dyn Fn(u64) + Send + Sync>;
@@ -31,6 +32,13 @@ pub enum TransferError {
     Repo(#[from] RepoError),
     #[error("volume {volume}: {source}")]
     Volume { volume: String, source: RepoError },
+    /// Publishing the new version failed (not a refusal of poold's, which
+    /// is `Volume`).
+    #[error("volume {volume}: {source}")]
+    Publish {
+        volume: String,
+        source: PublishError<io::Error>,
+    },
     #[error("{0}")]
     Invalid(String),
 }
@@ -104,7 +112,7 @@ pub async fn import_file(
     let n = chunk::chunk_count(size, chunk_size);
     // The GC epoch must be read before any chunk is checked or uploaded.
     repo.refresh().await?;
-    let epoch = repo.gc_epoch();
+    let publisher = Publisher::new(repo);
 
     // Read sequentially on a blocking thread; hash and upload in parallel.
     let (tx, rx) = tokio::sync::mpsc::channel::<io::Result<(u64, Bytes)>>(repo.concurrency * 2);
@@ -123,7 +131,7 @@ pub async fn import_file(
     let base_chunks = Arc::new(base.as_ref().map(|b| b.chunks.clone()).unwrap_or_default());
     let mut results = tokio_stream_of(rx)
         .map(|r| {
-            let repo = repo.clone();
+            let publisher = &publisher;
             let base_chunks = base_chunks.clone();
             let progress = progress.clone();
             async move {
@@ -134,26 +142,22 @@ pub async fn import_file(
                     (id, data)
                 })
                 .await
-                .expect("hash task");
+                .map_err(|e| io_err("hash", path)(io::Error::other(e.to_string())))?;
                 let old = base_chunks.get(i as usize).copied().flatten();
                 let changed = old != id;
-                let mut uploaded = 0;
-                let mut nodes = Vec::new();
-                if changed {
-                    if let Some(id) = id {
-                        nodes = repo.put_chunk_staged(id, data).await.map_err(|source| {
-                            TransferError::Volume {
-                                volume: name.to_string(),
-                                source,
-                            }
+                if let Some(id) = id.filter(|_| changed) {
+                    publisher
+                        .put(id, data)
+                        .await
+                        .map_err(|source| TransferError::Volume {
+                            volume: name.to_string(),
+                            source,
                         })?;
-                        uploaded = len;
-                    }
                 }
                 if let Some(p) = &progress {
                     p(len);
                 }
-                Ok::<_, TransferError>((i, id, changed, uploaded, nodes))
+                Ok::<_, TransferError>((i, id, changed))
             }
         })
         .buffer_unordered(repo.concurrency);
@@ -163,11 +167,8 @@ pub async fn import_file(
         size,
         ..Default::default()
     };
-    let mut staged_on = std::collections::HashSet::new();
     while let Some(r) = results.next().await {
-        let (i, id, changed, uploaded, nodes) = r?;
-        staged_on.extend(nodes);
-        report.bytes_uploaded += uploaded;
+        let (i, id, changed) = r?;
         if changed {
             changes.push(pb::ChunkChange {
                 index: i,
@@ -179,18 +180,13 @@ pub async fn import_file(
         }
     }
     drop(results);
-    reader.await.expect("reader task");
+    reader
+        .await
+        .map_err(|e| io_err("read", path)(io::Error::other(e.to_string())))?;
     changes.sort_by_key(|c| c.index);
     report.chunks_changed = changes.len() as u64;
-    // Every chunk must be durable before the version that uses it exists.
-    repo.flush(&staged_on)
-        .await
-        .map_err(|source| TransferError::Volume {
-            volume: name.to_string(),
-            source,
-        })?;
 
-    let mut req = pb::PublishRequest {
+    let req = pb::PublishRequest {
         name: name.to_string(),
         create: base.is_none(),
         chunk_size,
@@ -198,37 +194,38 @@ pub async fn import_file(
         size,
         changes,
         label: opts.label.clone(),
-        gc_epoch: epoch,
+        gc_epoch: 0,
     };
-    for _ in 0..5 {
-        match repo.publish(req.clone()).await? {
-            Publish::Done(v) => {
-                report.version = v;
-                return Ok(report);
-            }
-            Publish::Reupload(ids) => {
-                let f = File::open(path).map_err(io_err("open", path))?;
-                for id in ids {
-                    let i = where_is[&id];
-                    let len = cs.min(size - i * cs) as usize;
-                    let mut buf = vec![0u8; len];
-                    f.read_exact_at(&mut buf, i * cs)
-                        .map_err(io_err("read", path))?;
-                    if !id.verifies(&buf) {
-                        return Err(TransferError::Invalid(format!(
-                            "{} changed while it was being imported; import it again",
-                            path.display()
-                        )));
-                    }
-                    repo.put_chunk(id, Bytes::from(buf)).await?;
-                }
-                req.gc_epoch = repo.gc_epoch();
-            }
+    let f = File::open(path).map_err(io_err("open", path))?;
+    // A chunk GC may have reclaimed meanwhile: read it from the file again.
+    let again = |id: ChunkId| -> io::Result<Bytes> {
+        let i = where_is
+            .get(&id)
+            .copied()
+            .ok_or_else(|| io::Error::other(format!("chunk {id} is not in the file")))?;
+        let mut buf = vec![0u8; cs.min(size - i * cs) as usize];
+        f.read_exact_at(&mut buf, i * cs)?;
+        if !id.verifies(&buf) {
+            return Err(io::Error::other(format!(
+                "{} changed while it was being imported; import it again",
+                path.display()
+            )));
         }
-    }
-    Err(TransferError::Invalid(format!(
-        "volume {name} could not be published because garbage collection kept reclaiming its chunks; try again"
-    )))
+        Ok(Bytes::from(buf))
+    };
+    let res = publisher.publish(req, again).await;
+    report.bytes_uploaded = publisher.bytes_uploaded();
+    report.version = res.map_err(|e| match e {
+        PublishError::Repo(source) => TransferError::Volume {
+            volume: name.to_string(),
+            source,
+        },
+        source => TransferError::Publish {
+            volume: name.to_string(),
+            source,
+        },
+    })?;
+    Ok(report)
 }
 
 fn tokio_stream_of<T: Send + 'static>(

@@ -92,7 +92,7 @@ pub struct Gc {
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
     tokio::task::spawn_blocking(f)
         .await
-        .map_err(|e| MetaError::Corrupt(format!("a metadata task failed: {e}")))?
+        .map_err(|e| MetaError::Internal(format!("a metadata task failed: {e}")))?
 }
 
 impl Gc {

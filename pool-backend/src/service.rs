@@ -21,7 +21,10 @@ pub fn status(e: MetaError) -> Status {
         MetaError::AlreadyExists(_) => Status::already_exists(msg),
         MetaError::InvalidArgument(_) => Status::invalid_argument(msg),
         MetaError::FailedPrecondition(_) => Status::failed_precondition(msg),
-        MetaError::Kv(_) | MetaError::Decode(_) | MetaError::Corrupt(_) => {
+        MetaError::Kv(_)
+        | MetaError::Decode(_)
+        | MetaError::Corrupt(_)
+        | MetaError::Internal(_) => {
             tracing::error!("{msg}");
             Status::internal(msg)
         }

@@ -75,10 +75,15 @@ impl From<&pb::BlobInfo> for VolumeJson {
 fn transfer_error(e: TransferError) -> anyhow::Error {
     if let TransferError::Volume {
         volume,
-        source: RepoError::ChunkUnavailable { chunk, tried },
+        source:
+            RepoError::ChunkUnavailable {
+                chunk,
+                tried,
+                corrupt,
+            },
     } = &e
     {
-        if tried.contains("corrupt") {
+        if *corrupt > 0 {
             return anyhow!(
                 "volume {volume}: no good copy of chunk {chunk} is left ({tried}); corrupt data is never exported, so bring back a node that holds the chunk or import the volume again"
             );

@@ -9,14 +9,14 @@
 //! the frozen chunks that were not written again are present in the new
 //! version; the others stay dirty.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
 use blobvirt_core::chunk::{chunk_count, is_zero};
-use blobvirt_core::client::Publish;
 use blobvirt_core::proto as pb;
+use blobvirt_core::publish::{PublishError, Publisher};
 use blobvirt_core::ChunkId;
 use bytes::Bytes;
 use futures::stream::{self, StreamExt, TryStreamExt};
@@ -177,17 +177,12 @@ impl Mirror {
             });
         }
         let _ = self.repo.refresh().await;
-        let epoch = self.repo.gc_epoch();
-        let uploaded = std::sync::atomic::AtomicU64::new(0);
-        let sent = std::sync::Mutex::new(HashSet::new());
-        // Chunks are staged (written, not yet synced) on their nodes and made
-        // durable by one Flush per node before the publish: two syncfs per
-        // node per commit instead of two fsyncs per chunk and replica.
-        let staged_on = std::sync::Mutex::new(HashSet::new());
+        // Upload, flush, publish and retry: the path import takes too.
+        let publisher = Publisher::new(&self.repo);
         let hashed: Vec<(u64, Option<ChunkId>, Bytes)> = stream::iter(fz.chunks.clone())
             .map(|i| {
                 let m = self.clone();
-                let (name, uploaded, sent, staged_on) = (&name, &uploaded, &sent, &staged_on);
+                let (name, publisher) = (&name, &publisher);
                 let base = fz.ids.get(i as usize).copied().flatten();
                 async move {
                     let (data, id) = tokio::task::spawn_blocking(move || {
@@ -200,15 +195,10 @@ impl Mirror {
                     .and_then(|r| r)
                     .map_err(|e| MirrorError::io("read", &self.dir().join("data"), e))?;
                     if let Some(id) = id.filter(|id| Some(*id) != base) {
-                        if lock(sent).insert(id) {
-                            let nodes = self
-                                .repo
-                                .put_chunk_staged(id, data.clone())
-                                .await
-                                .map_err(|e| MirrorError::repo(name, e))?;
-                            lock(staged_on).extend(nodes);
-                            uploaded.fetch_add(data.len() as u64, Ordering::Relaxed);
-                        }
+                        publisher
+                            .put(id, data.clone())
+                            .await
+                            .map_err(|e| MirrorError::repo(name, e))?;
                     }
                     Ok::<_, MirrorError>((i, id, data))
                 }
@@ -216,11 +206,6 @@ impl Mirror {
             .buffer_unordered(self.repo.concurrency.max(1))
             .try_collect()
             .await?;
-        let staged_on = staged_on.into_inner().unwrap_or_else(|e| e.into_inner());
-        self.repo
-            .flush(&staged_on)
-            .await
-            .map_err(|e| MirrorError::repo(&name, e))?;
         let mut changes: Vec<pb::ChunkChange> = hashed
             .iter()
             .filter(|(i, id, _)| fz.ids.get(*i as usize).copied().flatten() != *id)
@@ -235,10 +220,10 @@ impl Mirror {
             .filter_map(|(_, id, d)| id.map(|id| (id, d.clone())))
             .collect();
         let n_changes = changes.len() as u64;
-        let published = if changes.is_empty() && fz.size == fz.base_size && fz.label.is_empty() {
+        let version = if changes.is_empty() && fz.size == fz.base_size && fz.label.is_empty() {
             fz.version
         } else {
-            let mut req = pb::PublishRequest {
+            let req = pb::PublishRequest {
                 name: name.clone(),
                 create: false,
                 chunk_size: self.chunk_size as u32,
@@ -246,45 +231,27 @@ impl Mirror {
                 size: fz.size,
                 changes,
                 label: fz.label.clone(),
-                gc_epoch: epoch,
+                gc_epoch: 0,
             };
-            let mut done = None;
-            for _ in 0..5 {
-                match self.repo.publish(req.clone()).await {
-                    Ok(Publish::Done(v)) => {
-                        done = Some(v);
-                        break;
-                    }
-                    Ok(Publish::Reupload(ids)) => {
-                        for id in ids {
-                            let d = data_of.get(&id).cloned().ok_or_else(|| MirrorError::Invalid {
-                                name: name.clone(),
-                                msg: format!("poold asked to upload chunk {id} again, which this commit did not send"),
-                            })?;
-                            uploaded.fetch_add(d.len() as u64, Ordering::Relaxed);
-                            self.repo
-                                .put_chunk(id, d)
-                                .await
-                                .map_err(|e| MirrorError::repo(&name, e))?;
+            let again = |id: ChunkId| {
+                data_of.get(&id).cloned().ok_or_else(|| {
+                    std::io::Error::other(format!("chunk {id} is not in this commit"))
+                })
+            };
+            match publisher.publish(req, again).await {
+                Ok(v) => v,
+                Err(PublishError::Repo(e)) => {
+                    return Err(match e.code() {
+                        Some(tonic::Code::FailedPrecondition) => {
+                            self.stale_or_gone(&name, fz.version).await
                         }
-                        req.gc_epoch = self.repo.gc_epoch();
-                    }
-                    Err(e) if e.code() == Some(tonic::Code::FailedPrecondition) => {
-                        return Err(self.stale_or_gone(&name, fz.version).await)
-                    }
-                    Err(e) if e.code() == Some(tonic::Code::NotFound) => {
-                        return Err(MirrorError::Gone { name: name.clone() })
-                    }
-                    Err(e) => return Err(MirrorError::repo(&name, e)),
+                        Some(tonic::Code::NotFound) => MirrorError::Gone { name },
+                        _ => MirrorError::repo(&name, e),
+                    })
                 }
+                Err(e) => return Err(MirrorError::Publish { name, source: e }),
             }
-            done.ok_or_else(|| MirrorError::Invalid {
-                name: name.clone(),
-                msg: "garbage collection kept reclaiming the chunks being committed; commit again"
-                    .into(),
-            })?
         };
-        let version = published;
         crate::failpoint::hit("mirrord-after-publish");
         {
             let mut inner = lock(&self.inner);
@@ -301,7 +268,7 @@ impl Mirror {
             }
             inner.changed = true;
         }
-        let bytes = uploaded.load(Ordering::Relaxed);
+        let bytes = publisher.bytes_uploaded();
         self.stats
             .bytes_committed
             .fetch_add(bytes, Ordering::Relaxed);

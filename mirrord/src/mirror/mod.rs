@@ -92,6 +92,12 @@ pub enum MirrorError {
         errno: Errno,
         msg: String,
     },
+    #[error("volume {name}: {source}")]
+    Publish {
+        name: String,
+        #[source]
+        source: blobvirt_core::publish::PublishError<std::io::Error>,
+    },
     #[error(transparent)]
     State(#[from] StateError),
     #[error("volume {name}: {msg}")]
@@ -114,7 +120,7 @@ impl MirrorError {
                 libc::ESTALE
             }
             MirrorError::CommitFailed { errno, .. } => *errno,
-            MirrorError::State(_) => libc::EIO,
+            MirrorError::State(_) | MirrorError::Publish { .. } => libc::EIO,
             MirrorError::Invalid { .. } => libc::EINVAL,
         }
     }

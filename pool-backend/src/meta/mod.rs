@@ -44,8 +44,12 @@ pub enum MetaError {
     Kv(#[from] KvError),
     #[error(transparent)]
     Decode(#[from] DecodeError),
+    /// Stored metadata is inconsistent: only for data read from disk.
     #[error("the metadata is inconsistent ({0}); stop poold and restore the metadata store from a backup")]
     Corrupt(String),
+    /// A bug or a failed task, not a problem of the stored data.
+    #[error("poold failed internally ({0}); see the poold log and report it")]
+    Internal(String),
 }
 
 impl From<TreeError<MetaError>> for MetaError {

@@ -245,5 +245,5 @@ impl NodeStore for ReadStore<'_> {
 }
 
 fn read_only() -> MetaError {
-    MetaError::Corrupt("a read transaction tried to change the segment tree".into())
+    MetaError::Internal("a read transaction tried to change the segment tree".into())
 }

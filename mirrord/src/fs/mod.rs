@@ -7,18 +7,22 @@
 
 use std::ffi::OsStr;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use fuser::{
-    AccessFlags, BsdFileFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags,
-    Generation, INodeNo, IoctlFlags, KernelConfig, LockOwner, OpenAccMode, OpenFlags, RenameFlags,
-    ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyIoctl,
-    ReplyLseek, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+    AccessFlags, BsdFileFlags, Errno, FileHandle, FileType, Filesystem, Generation, INodeNo,
+    IoctlFlags, KernelConfig, LockOwner, OpenAccMode, OpenFlags, RenameFlags, ReplyAttr,
+    ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyIoctl, ReplyLseek,
+    ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
+
+mod helpers;
+
+use helpers::fopen_flags;
 
 use crate::ioctl;
 use crate::trace::Tracer;
-use crate::volumes::{Entry, OpError, Volumes};
+use crate::volumes::{OpError, Volumes};
 
 const TTL: Duration = Duration::from_secs(1);
 
@@ -56,55 +60,6 @@ impl Fs {
     pub fn with_trace(mut self, trace: Option<Arc<Tracer>>) -> Self {
         self.trace = trace;
         self
-    }
-
-    fn root_attr(&self) -> FileAttr {
-        FileAttr {
-            ino: INodeNo::ROOT,
-            size: 0,
-            blocks: 0,
-            atime: self.started,
-            mtime: self.started,
-            ctime: self.started,
-            crtime: self.started,
-            kind: FileType::Directory,
-            perm: 0o755,
-            nlink: 2,
-            uid: 0,
-            gid: 0,
-            rdev: 0,
-            blksize: 4096,
-            flags: 0,
-        }
-    }
-
-    fn attr(&self, e: &Entry) -> FileAttr {
-        let (size, blocks) = match self.vols.attached(&e.name) {
-            Some(m) => (m.size(), m.blocks()),
-            None => (e.size, e.size.div_ceil(512)),
-        };
-        let t = if e.mtime == UNIX_EPOCH {
-            self.started
-        } else {
-            e.mtime
-        };
-        FileAttr {
-            ino: INodeNo(e.ino),
-            size,
-            blocks,
-            atime: t,
-            mtime: t,
-            ctime: t,
-            crtime: t,
-            kind: FileType::RegularFile,
-            perm: e.perm,
-            nlink: 1,
-            uid: e.uid,
-            gid: e.gid,
-            rdev: 0,
-            blksize: 65536,
-            flags: 0,
-        }
     }
 
     fn name_of(&self, ino: INodeNo) -> Option<String> {
@@ -572,39 +527,5 @@ impl Filesystem for Fs {
             Ok(p) => reply.offset(p as i64),
             Err(e) => reply.error(errno(e)),
         }
-    }
-}
-
-fn fopen_flags(direct: bool) -> FopenFlags {
-    if direct {
-        FopenFlags::FOPEN_DIRECT_IO
-    } else {
-        FopenFlags::empty()
-    }
-}
-
-impl Fs {
-    fn clone_for_task(&self) -> Fs {
-        Fs {
-            vols: self.vols.clone(),
-            rt: self.rt.clone(),
-            started: self.started,
-            trace: self.trace.clone(),
-        }
-    }
-
-    /// fsync, or with `closing` the flush of a close (see
-    /// [`Volumes::sync_handle`]).
-    fn sync(&self, fh: FileHandle, closing: bool, pid: u32, reply: ReplyEmpty) {
-        let vols = self.vols.clone();
-        self.rt.spawn(async move {
-            match vols.sync_handle(fh.0, closing, pid).await {
-                Ok(()) => reply.ok(),
-                Err(e) => {
-                    tracing::error!("{} failed: {e}", if closing { "close" } else { "fsync" });
-                    reply.error(errno(e.errno))
-                }
-            }
-        });
     }
 }
