@@ -2,7 +2,8 @@
 //! the BLAKE3-256 hash of their content, on the node's local disk and serves
 //! them over gRPC (`ChunkStore` in `core/proto/blobvirt.proto`).
 //!
-//! - [`store`]: disk layout, atomic Put, verified Get, quarantine, counters;
+//! - [`store`]: disk layout, atomic Put, verified Get, quarantine, counters,
+//!   and (`store::staged`) staged Puts made durable in bulk by Flush;
 //! - [`durable`]: how Puts are made durable (per-Put fsyncs or syncfs group commit);
 //! - [`service`]: the gRPC service over the store;
 //! - [`membership`]: registration and heartbeats with poold;
@@ -25,7 +26,6 @@
 pub mod durable;
 pub mod membership;
 pub mod service;
-pub mod staged;
 pub mod store;
 
 use std::future::Future;

@@ -11,6 +11,8 @@
 //! `RENAME_NOREPLACE` (so concurrent Puts of one id count it once) and makes
 //! the rename durable through [`Syncer`] before it returns: a chunk is either
 //! fully there or absent. All methods block; call them from blocking threads.
+//! [`staged`] holds the Puts that are acknowledged before they are durable
+//! and made durable in bulk by Flush.
 
 use std::fs::{self, File};
 use std::io::{self, Write};
@@ -22,7 +24,9 @@ use bytes::Bytes;
 use nix::errno::Errno;
 
 use crate::durable::{Durability, Syncer};
-use crate::staged::Staged;
+use staged::Staged;
+
+pub mod staged;
 
 /// Errors of store operations; the service maps them to gRPC codes.
 #[derive(Debug, thiserror::Error)]

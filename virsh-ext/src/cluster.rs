@@ -160,7 +160,7 @@ async fn start_all(
     if let (Some(mount), Some(exe)) = (&a.mount, &mirrord_exe) {
         let cache = a.cache.clone().unwrap_or_else(|| dir.join("mirror-cache"));
         let (mut p, rec) = crate::mirror::plan(mount, &cache, &c.pool, exe, logs)?;
-        children.push(p.start("", Instant::now() + STARTUP)?);
+        children.push(start_proc(&mut p, "", Instant::now() + STARTUP)?);
         c.processes.push(p);
         c.mirror = Some(rec);
     }
@@ -333,11 +333,11 @@ pub async fn restart(a: ClusterRestart) -> Result<()> {
         let listen = p.addr.clone();
         // The child is not waited for: it keeps running after we exit. One
         // retry covers an address that is still briefly in use.
-        let _child = match p.start(&listen, deadline) {
+        let _child = match start_proc(p, &listen, deadline) {
             Ok(c) => c,
             Err(_) => {
                 std::thread::sleep(Duration::from_secs(1));
-                p.start(&listen, deadline)?
+                start_proc(p, &listen, deadline)?
             }
         };
         restarted.push(format!("{} (pid {}, {})", p.name, p.pid, p.addr));
@@ -354,4 +354,14 @@ pub async fn restart(a: ClusterRestart) -> Result<()> {
     }
     println!("BLOBVIRT_POOL={}", c.pool);
     Ok(())
+}
+
+/// Starts a recorded process: mirrord waits for its mount, the daemons for
+/// their address file on `listen`.
+fn start_proc(p: &mut Proc, listen: &str, deadline: Instant) -> Result<Child> {
+    if p.binary == "mirrord" {
+        crate::mirror::start(p, deadline)
+    } else {
+        p.start(listen, deadline)
+    }
 }

@@ -64,12 +64,9 @@ impl Proc {
         self.dir.join(format!("{}.addr", self.binary))
     }
 
-    /// Starts it on `listen` and waits for its address file (mirrord:
-    /// waits for its mount instead; `listen` is unused).
+    /// Starts it on `listen` and waits for its address file (a daemon that
+    /// listens on TCP; mirrord starts with `mirror::start`).
     pub fn start(&mut self, listen: &str, deadline: Instant) -> Result<Child> {
-        if self.binary == "mirrord" {
-            return crate::mirror::start(self, deadline);
-        }
         fs::create_dir_all(&self.dir).map_err(|e| {
             anyhow!(
                 "cannot create the directory {} of {}: {e}; remove what is in the way or pick another --dir",

@@ -217,6 +217,14 @@ pub fn esc(s: &str) -> String {
         .replace('"', "&quot;")
 }
 
+/// Runs a blocking libvirt call on the blocking pool (a panic there is a
+/// bug and is propagated).
+pub async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    tokio::task::spawn_blocking(f)
+        .await
+        .expect("libvirt task panicked")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

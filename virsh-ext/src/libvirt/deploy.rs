@@ -15,8 +15,7 @@ use futures::future::join_all;
 use roxmltree::{Document, Node};
 use serde::Serialize;
 
-use super::conn::{self, esc, DEFAULT_URI};
-use super::snapshot::blocking;
+use super::conn::{self, blocking, esc, DEFAULT_URI};
 use crate::cli::Deploy;
 use crate::output::{print_json, Table};
 use crate::vol::connect;

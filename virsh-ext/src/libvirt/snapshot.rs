@@ -20,7 +20,7 @@ use serde::Serialize;
 use virt::connect::Connect;
 use virt::domain::Domain;
 
-use super::conn::{self, BlobDisk};
+use super::conn::{self, blocking, BlobDisk};
 use super::snapshot_admin::{label, snapshots_of, SnapDisk};
 use crate::cli::{SnapshotCreate, SnapshotCreateAll};
 use crate::mirror::{control_error, control_path};
@@ -209,12 +209,6 @@ fn snapshot_xml(j: &Job, name: &str) -> String {
         conn::esc(&desc.join(" ")),
         j.xml.trim()
     )
-}
-
-pub async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
-    tokio::task::spawn_blocking(f)
-        .await
-        .expect("libvirt task panicked")
 }
 
 /// Snapshots `domains` at once (see the module doc); never fails as a

@@ -16,8 +16,7 @@ use blobvirt_core::{proto as pb, transfer, Repo};
 use mirrord::control::{Client, ControlError};
 use serde::Serialize;
 
-use super::conn;
-use super::snapshot::blocking;
+use super::conn::{self, blocking};
 use crate::cli::{SnapshotDomain, SnapshotExport, SnapshotList, SnapshotRevert};
 use crate::mirror::{control_error, control_path};
 use crate::output::{human_size, print_json, Table};

@@ -23,7 +23,7 @@ use std::sync::Mutex;
 
 use blobvirt_core::ChunkId;
 
-use crate::store::{Store, StoreError};
+use super::{Store, StoreError};
 
 /// Staged chunks of one store: id → (temp file, length).
 #[derive(Default)]
