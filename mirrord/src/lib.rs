@@ -1,11 +1,14 @@
 //! mirrord, the blobvirt mirroring module: one FUSE mount per node where
 //! every repository volume is a raw file. Reads fetch only the chunks they
 //! need (each once); writes stay in a local mirror until COMMIT or CLONE
-//! publishes them as a new version. See `DESIGN.md` ("mirrord").
+//! publishes them as a new version. Users' view: `docs/mount.md`; design
+//! decisions: `docs/design-notes.md`.
 //!
 //! * [`mirror`] — one volume's local mirror: data path, COMMIT, CLONE.
 //! * [`statemap`] — the persistent chunk-state map format.
-//! * [`volumes`] — the volume table, leases, close-to-open commits.
+//! * [`volumes`] — the volume table, close-to-open commits, claims, owners,
+//!   keeping mirrors in step with poold.
+//! * [`lease`] — writer leases from poold, renewed in the background.
 //! * [`fs`] — the FUSE file system.
 //! * [`control`] — the Unix-socket control API and its typed [`control::Client`].
 //! * [`ioctl`] — COMMIT and CLONE as ioctls on the mounted file.

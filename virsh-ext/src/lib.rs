@@ -4,7 +4,9 @@
 //! the command and prints a failure as `error: <one sentence>` on stderr
 //! with exit status 1. Modules: `cli` (clap types), `cluster`/`cluster_file`/
 //! `procs`/`status` (local clusters), `vol` (volumes), `mirror` (mirrord:
-//! mount, control commands), `output` (tables, sizes).
+//! mount, control commands, telling it about CLI changes), `libvirt/`
+//! (pool, hook install, deploy, domain snapshots), `output` (tables,
+//! sizes).
 
 use std::process::ExitCode;
 

@@ -5,8 +5,11 @@
 //!
 //! Concurrency model:
 //! * `inner` (a short-held mutex) owns the chunk states, the base chunk map,
-//!   the dirty set and the in-flight fetch map; no I/O is done under it except
-//!   the rare zeroing of a hole chunk that a write only partly covers.
+//!   the dirty set and the in-flight fetch map. Little I/O is done under it:
+//!   zeroing a hole chunk that a write only partly covers, and the rare
+//!   operations that change the data file's shape or place (resize, the
+//!   directory rename of a CLONE or rename, `SEEK_DATA` probes of local
+//!   chunks). Reads, writes, fetches and hashing never hold it.
 //! * `gate` is held shared by every local write for the whole
 //!   check-mark-write sequence, and exclusively by COMMIT phase 1 (and
 //!   resize/rebase), so phase 1 sees no half-done write.
