@@ -104,7 +104,9 @@ fn commit_under_concurrent_overwrites_holds_phase1_content() {
 
     let out = c.rt.block_on(cl.commit("snap", false)).unwrap();
     assert!(!out.published, "phase 1 returns before publishing");
-    assert!(out.freeze_us < 20_000, "phase 1 took {} us", out.freeze_us);
+    // Phase 1 froze exactly the dirty set (its duration is a benchmark's
+    // business, not a test's: these machines are shared).
+    assert_eq!(out.chunks_changed, (32 * MIB / CS) as u64, "{out:?}");
     // Overwrite the frozen region while phase 2 uploads.
     let stop = Arc::new(AtomicBool::new(false));
     let writer = {
