@@ -71,13 +71,7 @@ pub struct Opts {
 
 /// Logs to stderr with `RUST_LOG` (default info).
 pub fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .try_init();
+    blobvirt_core::fsutil::init_logging("info");
 }
 
 /// Runs chunkd until SIGTERM or SIGINT, then shuts down gracefully.

@@ -26,6 +26,48 @@ pub fn write_atomic(path: &Path, data: &[u8]) -> std::io::Result<()> {
     res
 }
 
+/// Decodes the octal escapes (`\040` for a space) of a `mountinfo` path.
+fn unescape_mountinfo(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\' && i + 3 < b.len() {
+            if let Ok(v) = u8::from_str_radix(&s[i + 1..i + 4], 8) {
+                out.push(v);
+                i += 4;
+                continue;
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// True when something is mounted at `p` (an absolute path, not resolved:
+/// a stale FUSE mount cannot be stat'ed), per `/proc/self/mountinfo` of
+/// this mount namespace.
+pub fn is_mounted(p: &Path) -> bool {
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .any(|m| Path::new(&unescape_mountinfo(m)) == p)
+}
+
+/// Logs to stderr, filtered by `RUST_LOG` (else `default`), in colour only
+/// on a terminal. Every daemon and the CLI start with it.
+pub fn init_logging(default: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .try_init();
+}
+
 /// An exclusive lock on a daemon's data directory, held while it lives.
 pub type DirLock = nix::fcntl::Flock<std::fs::File>;
 
@@ -71,6 +113,14 @@ pub fn lock_dir(dir: &Path, daemon: &str, flag: &str) -> Result<DirLock, LockErr
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn mountinfo_paths_with_spaces() {
+        assert_eq!(unescape_mountinfo("/a\\040b/c"), "/a b/c");
+        assert_eq!(unescape_mountinfo("/plain"), "/plain");
+        assert!(is_mounted(Path::new("/proc")));
+        assert!(!is_mounted(Path::new("/proc/self")));
+    }
 
     #[test]
     fn one_lock_per_directory() {

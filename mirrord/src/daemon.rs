@@ -54,32 +54,9 @@ pub fn absolute(p: &Path) -> PathBuf {
     }
 }
 
-fn unescape_mountinfo(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\' && i + 3 < b.len() {
-            if let Ok(v) = u8::from_str_radix(&s[i + 1..i + 4], 8) {
-                out.push(v);
-                i += 4;
-                continue;
-            }
-        }
-        out.push(b[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-/// True when something is mounted at `p`.
+/// True when something is mounted at `p` (made absolute, not resolved).
 pub fn is_mounted(p: &Path) -> bool {
-    let p = absolute(p);
-    std::fs::read_to_string("/proc/self/mountinfo")
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| l.split(' ').nth(4))
-        .any(|m| Path::new(&unescape_mountinfo(m)) == p)
+    blobvirt_core::fsutil::is_mounted(&absolute(p))
 }
 
 /// Lazily unmounts whatever a previous (killed) mirrord left at `p`.

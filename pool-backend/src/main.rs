@@ -3,14 +3,7 @@ use clap::Parser;
 
 fn main() {
     let opts = pool_backend::Opts::parse();
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .init();
+    blobvirt_core::fsutil::init_logging("info");
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -138,12 +138,7 @@ pub fn wait_file(path: &Path, d: &mut Daemon, limit: Duration) -> Result<String>
 
 /// Whether `p` is a mount point (in this mount namespace).
 pub fn is_mounted(p: &Path) -> bool {
-    let p = p.to_string_lossy().into_owned();
-    std::fs::read_to_string("/proc/self/mountinfo")
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| l.split(' ').nth(4))
-        .any(|m| m == p)
+    blobvirt_core::fsutil::is_mounted(p)
 }
 
 /// Bytes allocated on disk below `dir` (st_blocks, symlinks not followed).

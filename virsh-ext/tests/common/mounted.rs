@@ -26,11 +26,7 @@ pub fn recorded_mirrord(dir: &Path) -> Option<u32> {
 
 /// True when /proc/self/mountinfo lists a mount at `p`.
 pub fn mounted(p: &Path) -> bool {
-    let p = p.to_string_lossy().replace(' ', "\\040");
-    fs::read_to_string("/proc/self/mountinfo")
-        .unwrap()
-        .lines()
-        .any(|l| l.split(' ').nth(4) == Some(&*p))
+    blobvirt_core::fsutil::is_mounted(p)
 }
 
 pub fn lazy_umount(p: &Path) {
