@@ -121,7 +121,7 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'sta
     tokio::task::spawn_blocking(f).await?
 }
 
-async fn status(md: &Mirrord, name: &str) -> Result<mirrord::VolumeStatus> {
+async fn status(md: &Mirrord, name: &str) -> Result<mirrord_client::VolumeStatus> {
     md.client
         .status()
         .await?

@@ -45,6 +45,18 @@ fn unescape_mountinfo(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// Absolute form of `p` without resolving symlinks (a stale FUSE mount
+/// cannot be stat'ed).
+pub fn absolute(p: &Path) -> std::path::PathBuf {
+    if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        std::env::current_dir()
+            .map(|d| d.join(p))
+            .unwrap_or_else(|_| p.to_path_buf())
+    }
+}
+
 /// True when something is mounted at `p` (an absolute path, not resolved:
 /// a stale FUSE mount cannot be stat'ed), per `/proc/self/mountinfo` of
 /// this mount namespace.

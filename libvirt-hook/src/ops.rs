@@ -20,7 +20,7 @@ use std::io::Read;
 use std::path::Path;
 use std::time::Duration;
 
-use mirrord::control::{Client, ControlError};
+use mirrord_client::{Client, ControlError};
 
 use crate::config::{ConfigError, HookConfig};
 use crate::disks::{self, BlobvirtDisk, XmlError};

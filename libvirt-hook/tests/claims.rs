@@ -82,7 +82,7 @@ impl Node2 {
             mount,
         };
         assert!(
-            wait_until(20, || mirrord::daemon::is_mounted(&n.mount)
+            wait_until(20, || blobvirt_core::fsutil::is_mounted(&n.mount)
                 && n.control.exists()),
             "the second mirrord did not come up"
         );
@@ -98,7 +98,7 @@ impl Drop for Node2 {
             let _ = self.child.kill();
             let _ = self.child.wait();
         }
-        if mirrord::daemon::is_mounted(&self.mount) {
+        if blobvirt_core::fsutil::is_mounted(&self.mount) {
             let _ = nix::mount::umount2(&self.mount, nix::mount::MntFlags::MNT_DETACH);
         }
     }

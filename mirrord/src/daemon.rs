@@ -42,17 +42,7 @@ pub struct Options {
     pub trace_reads: Option<PathBuf>,
 }
 
-/// Absolute form of `p` without resolving symlinks (a stale FUSE mount
-/// cannot be stat'ed).
-pub fn absolute(p: &Path) -> PathBuf {
-    if p.is_absolute() {
-        p.to_path_buf()
-    } else {
-        std::env::current_dir()
-            .map(|d| d.join(p))
-            .unwrap_or_else(|_| p.to_path_buf())
-    }
-}
+pub use blobvirt_core::fsutil::absolute;
 
 /// True when something is mounted at `p` (made absolute, not resolved).
 pub fn is_mounted(p: &Path) -> bool {

@@ -61,5 +61,5 @@ pub mod statemap;
 pub mod trace;
 pub mod volumes;
 
-pub use control::Client;
 pub use mirror::{Mirror, MirrorError, OnClose, VolumeStatus};
+pub use mirrord_client::Client;

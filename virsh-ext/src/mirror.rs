@@ -15,10 +15,10 @@ use std::process::Child;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Result};
+use blobvirt_core::fsutil::absolute;
 use blobvirt_core::parse_spec;
-use mirrord::control::{Client, ControlError};
-use mirrord::daemon::absolute;
-use mirrord::VolumeStatus;
+use mirrord_client::VolumeStatus;
+use mirrord_client::{Client, ControlError};
 use serde::Serialize;
 
 use crate::cli::{
@@ -39,7 +39,7 @@ const READY: &str = "mirrord ready";
 
 /// True when something is mounted at `p` (per /proc/self/mountinfo).
 pub fn is_mounted(p: &Path) -> bool {
-    mirrord::daemon::is_mounted(&absolute(p))
+    blobvirt_core::fsutil::is_mounted(&absolute(p))
 }
 
 /// Lazily unmounts `mount` (`umount2(MNT_DETACH)`) while something is

@@ -217,7 +217,9 @@ fn cluster_up_libvirt_defines_the_pool_and_down_removes_it() {
     );
     let cfg = std::fs::read_to_string("/etc/blobvirt/hook.json").unwrap();
     assert!(!cfg.contains(&format!("\"{pool}\"")), "{cfg}");
-    assert!(!mirrord::daemon::is_mounted(std::path::Path::new(&mnt)));
+    assert!(!blobvirt_core::fsutil::is_mounted(std::path::Path::new(
+        &mnt
+    )));
 }
 
 /// A volume imported or cloned on this host is in the libvirt pool when the

@@ -145,7 +145,7 @@ impl System for Blobvirt {
                 .map(|(i, s)| {
                     let b = barrier.clone();
                     tokio::spawn(async move {
-                        let c = mirrord::Client::new(s);
+                        let c = mirrord_client::Client::new(s);
                         b.wait().await;
                         let t = Instant::now();
                         c.commit(&format!("inst-{}", i + 1), true)

@@ -10,7 +10,7 @@ use anyhow::{bail, Context, Result};
 pub struct Mirrord {
     child: Option<Child>,
     pub mount: PathBuf,
-    pub client: mirrord::Client,
+    pub client: mirrord_client::Client,
 }
 
 use crate::emu::proc::is_mounted;
@@ -45,7 +45,7 @@ impl Mirrord {
         let mut m = Mirrord {
             child: Some(child),
             mount: mount.to_path_buf(),
-            client: mirrord::Client::for_cache(cache),
+            client: mirrord_client::Client::for_cache(cache),
         };
         let t = Instant::now();
         loop {

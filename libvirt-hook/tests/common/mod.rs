@@ -336,7 +336,7 @@ impl Drop for Lab {
             }
         }
         // Never leave a mount behind, whatever happened above.
-        if mirrord::daemon::is_mounted(&self.mount) {
+        if blobvirt_core::fsutil::is_mounted(&self.mount) {
             let _ = nix::mount::umount2(&self.mount, nix::mount::MntFlags::MNT_DETACH);
         }
     }

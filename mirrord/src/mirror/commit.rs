@@ -20,23 +20,9 @@ use blobvirt_core::publish::{PublishError, Publisher};
 use blobvirt_core::ChunkId;
 use bytes::Bytes;
 use futures::stream::{self, StreamExt, TryStreamExt};
-use serde::{Deserialize, Serialize};
 
-use super::{chunk_len, lock, Mirror, MirrorError};
+use super::{chunk_len, lock, CommitOutcome, Mirror, MirrorError};
 use crate::statemap::ChunkState;
-
-/// What a commit did.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct CommitOutcome {
-    /// The version that now holds the mirror's content.
-    pub version: u64,
-    /// False when nothing was dirty (no new version).
-    pub published: bool,
-    pub chunks_changed: u64,
-    pub bytes_uploaded: u64,
-    /// Duration of phase 1 in microseconds.
-    pub freeze_us: u64,
-}
 
 /// The result of phase 1.
 pub struct Frozen {

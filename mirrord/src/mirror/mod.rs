@@ -32,11 +32,10 @@ use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
 use blobvirt_core::{ChunkId, Repo, RepoError};
 use bytes::Bytes;
-use serde::{Deserialize, Serialize};
 
 use crate::statemap::{ChunkState, StateError, StateMap};
 
-pub use commit::CommitOutcome;
+pub use mirrord_client::{CommitOutcome, OnClose, VolumeStatus};
 
 /// The largest volume a mirror grows to (16 TiB): writes past it fail
 /// with `EFBIG`.
@@ -49,19 +48,6 @@ pub type Errno = i32;
 /// when they could not be stored (cache disk full) and must be served from
 /// memory, an errno on failure.
 type Fetched = Result<Option<Bytes>, Errno>;
-
-/// What happens to local changes when the last writer closes the volume.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum OnClose {
-    /// Commit them as a new version (close-to-open; the default).
-    #[default]
-    Commit,
-    /// Keep them in the local mirror only.
-    Keep,
-    /// Throw them away; the mirror returns to its base version.
-    Discard,
-}
 
 /// Errors of mirror operations.
 #[derive(Debug, thiserror::Error)]
@@ -173,40 +159,6 @@ pub struct Failure {
     pub seq: u64,
     pub errno: Errno,
     pub msg: String,
-}
-
-/// One attached volume as `status` reports it.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct VolumeStatus {
-    pub name: String,
-    pub version: u64,
-    pub size: u64,
-    pub chunk_size: u32,
-    pub chunks: u64,
-    pub chunks_present: u64,
-    pub chunks_dirty: u64,
-    pub bytes_fetched: u64,
-    pub bytes_committed: u64,
-    pub fetches: u64,
-    pub prefetched: u64,
-    /// Chunks fetched by sequential read-ahead (also counted in `fetches`
-    /// and `bytes_fetched`; boot-profile prefetches are `prefetched`).
-    #[serde(default)]
-    pub readahead: u64,
-    pub commits: u64,
-    pub cow_copies: u64,
-    /// Duration of the last COMMIT phase 1, in microseconds.
-    pub last_freeze_us: u64,
-    pub open_handles: u64,
-    pub writers: u64,
-    pub on_close: OnClose,
-    /// Why the last commit failed, until a commit succeeds (also set when
-    /// the volume or the mirror's base version was deleted under it).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub last_error: Option<String>,
-    /// Commits that failed since attach.
-    #[serde(default)]
-    pub commit_failures: u64,
 }
 
 pub(crate) struct Inner {

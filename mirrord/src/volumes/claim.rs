@@ -9,47 +9,14 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use serde::{Deserialize, Serialize};
-
 use super::{OpError, Volumes};
 use crate::lease;
 use crate::mirror::{lock, OnClose};
+pub use mirrord_client::{Claim, ClaimOutcome, UnclaimOutcome};
 
 /// How long `unclaim` waits for the owner's files to close (FUSE delivers
 /// the last close of a QEMU process asynchronously).
 const CLOSE_WAIT: Duration = Duration::from_secs(30);
-
-/// One claim as `status` shows it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Claim {
-    pub name: String,
-    pub owner: String,
-}
-
-/// What `claim` did.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ClaimOutcome {
-    pub name: String,
-    pub owner: String,
-    /// The version the mirror is based on.
-    pub version: u64,
-    /// False when `owner` already held the claim.
-    pub new: bool,
-}
-
-/// What `unclaim` did.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct UnclaimOutcome {
-    pub name: String,
-    /// False when `owner` did not hold the claim (nothing changed).
-    pub released: bool,
-    /// The version holding the volume's content after the commit.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub version: Option<u64>,
-    /// The owner that holds the claim instead, if any.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub owner: Option<String>,
-}
 
 fn busy(name: &str, owner: &str) -> OpError {
     OpError::new(

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Result};
 use blobvirt_core::Repo;
 use futures::future::join_all;
-use mirrord::control::Client;
+use mirrord_client::Client;
 use serde::Serialize;
 use virt::connect::Connect;
 use virt::domain::Domain;

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Result};
 use blobvirt_core::{proto as pb, transfer, Repo};
-use mirrord::control::{Client, ControlError};
+use mirrord_client::{Client, ControlError};
 use serde::Serialize;
 
 use super::conn::{self, blocking};
