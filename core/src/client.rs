@@ -53,6 +53,11 @@ pub type Result<T, E = RepoError> = std::result::Result<T, E>;
 
 /// Makes a lazily connecting channel to `addr` (`host:port` or a URL).
 pub fn channel(addr: &str) -> Result<Channel, String> {
+    if let Some((scheme, _)) = addr.split_once("://").filter(|(s, _)| *s != "http") {
+        return Err(format!(
+            "{scheme}:// is not supported by this build (it would be used as plain HTTP); give the address as http://HOST:PORT"
+        ));
+    }
     let url = if addr.contains("://") {
         addr.to_string()
     } else {

@@ -103,9 +103,10 @@ pub struct ClusterUp {
     /// Directory for data, logs and cluster.json.
     #[arg(long)]
     pub dir: PathBuf,
-    /// Copies of every chunk.
-    #[arg(long, default_value_t = 2)]
-    pub replicas: u32,
+    /// Copies of every chunk, from 1 to the number of nodes (default 2, or
+    /// 1 on a one-node cluster).
+    #[arg(long)]
+    pub replicas: Option<u32>,
     /// Metadata engine of poold.
     #[arg(long, value_enum, default_value_t = Engine::Redb)]
     pub engine: Engine,
@@ -189,7 +190,9 @@ pub struct VolExport {
 
 #[derive(Debug, Args)]
 pub struct VolInfo {
+    /// NAME, or NAME@VERSION to show that version only.
     pub name: String,
+    /// Print JSON instead of text.
     #[arg(long)]
     pub json: bool,
 }

@@ -34,9 +34,22 @@ fn abs_dir(dir: &Path) -> Result<PathBuf> {
     Ok(dir.canonicalize()?)
 }
 
+/// `--replicas`, else 2 (1 on a one-node cluster).
+fn replicas_of(a: &ClusterUp) -> u32 {
+    a.replicas.unwrap_or(if a.nodes == 1 { 1 } else { 2 })
+}
+
 pub async fn up(a: ClusterUp) -> Result<()> {
     if a.nodes == 0 {
         bail!("a cluster needs at least one chunkd node; pass --nodes 1 or more");
+    }
+    let replicas = replicas_of(&a);
+    if replicas == 0 || replicas as usize > a.nodes {
+        bail!(
+            "--replicas {replicas} does not fit a cluster of {} nodes; pick from 1 to {}",
+            a.nodes,
+            a.nodes
+        );
     }
     let dir = abs_dir(&a.dir)?;
     if let Ok(old) = load(&dir) {
@@ -106,7 +119,7 @@ async fn start_all(
         "--engine".into(),
         a.engine.as_str().into(),
         "--replicas".into(),
-        a.replicas.to_string(),
+        replicas_of(a).to_string(),
     ];
     if let Some(g) = a.gc_grace_secs {
         args.extend(["--gc-grace-secs".to_string(), g.to_string()]);
@@ -152,7 +165,7 @@ async fn start_all(
     let mut c = ClusterFile {
         pool,
         dir: dir.to_path_buf(),
-        replicas: a.replicas,
+        replicas: replicas_of(a),
         processes: procs,
         mirror: None,
     };

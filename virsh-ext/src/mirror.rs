@@ -225,7 +225,7 @@ pub fn control_error(path: &Path, e: ControlError) -> anyhow::Error {
             )
         }
         ControlError::Connect { .. } => anyhow!(
-            "mirrord is not running at {}; start it with blobvirt cluster up --mount DIR or pass --control",
+            "mirrord is not running at {}; if blobvirt cluster up started it, start it again with blobvirt cluster restart --dir DIR mirrord, else start mirrord or pass --control",
             path.display()
         ),
         ControlError::Protocol { msg, .. } => anyhow!(
@@ -543,7 +543,7 @@ mod tests {
         );
         assert_eq!(
             e.to_string(),
-            "mirrord is not running at /run/x.sock; start it with blobvirt cluster up --mount DIR or pass --control"
+            "mirrord is not running at /run/x.sock; if blobvirt cluster up started it, start it again with blobvirt cluster restart --dir DIR mirrord, else start mirrord or pass --control"
         );
         let e = control_error(
             p,

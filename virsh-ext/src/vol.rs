@@ -220,9 +220,17 @@ pub async fn list(pool: Option<&str>, a: JsonFlag) -> Result<()> {
 }
 
 pub async fn info(pool: Option<&str>, a: VolInfo) -> Result<()> {
+    // NAME@V shows the volume with that one version.
+    let (name, version) = parse_spec(&a.name).map_err(|e| anyhow!(e))?;
     let repo = connect(pool).await?;
-    let b = repo.get_blob(&a.name).await?;
-    let v = VolumeJson::from(&b);
+    let b = repo.get_blob(&name).await?;
+    let mut v = VolumeJson::from(&b);
+    if version > 0 {
+        v.versions.retain(|x| x.version == version);
+        if v.versions.is_empty() {
+            bail!("volume {name} has no version {version}; list its versions with blobvirt vol-info {name}");
+        }
+    }
     if a.json {
         return print_json(&v);
     }

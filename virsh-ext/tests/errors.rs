@@ -89,6 +89,30 @@ fn errors_leave_the_pool_unchanged() {
     check(&["vol-delete", "ghost"], &["ghost"]);
     check(&["vol-import", "--new-version", imgs, "ghost"], &["ghost"]);
 
+    // vol-info of a version: that version, or a sentence naming it.
+    let v: Value = serde_json::from_str(&c.ok(&["vol-info", "a@1", "--json"])).unwrap();
+    assert_eq!(
+        (v["name"].as_str(), v["versions"][0]["version"].as_u64()),
+        (Some("a"), Some(1))
+    );
+    let e = c.fail(&["vol-info", "a@9"]);
+    assert!(e.contains("volume a has no version 9"), "{e}");
+    // A pool URL with TLS, which this build cannot speak, is refused.
+    let e = fail(Some("https://127.0.0.1:1"), &["vol-list"]);
+    assert!(e.contains("https:// is not supported"), "{e}");
+    // Replicas that do not fit the nodes.
+    for (n, r) in [("2", "0"), ("2", "3")] {
+        let d = c.tmp.path().join(format!("bad-{r}")).display().to_string();
+        let e = fail(
+            None,
+            &["cluster", "up", "--nodes", n, "--replicas", r, "--dir", &d],
+        );
+        assert!(
+            e.contains(&format!("--replicas {r} does not fit a cluster of 2 nodes")),
+            "{e}"
+        );
+    }
+
     // Unknown versions and malformed specs.
     check(&["vol-export", "a@7", outs], &["a", "7"]);
     check(&["vol-clone", "a@7", "a2"], &["a", "7"]);

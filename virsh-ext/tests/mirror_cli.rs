@@ -207,7 +207,7 @@ fn mount_read_write_commit_clone() {
     let e = fail(None, &args);
     assert_eq!(
         e,
-        format!("error: mirrord is not running at {}; start it with blobvirt cluster up --mount DIR or pass --control", nope.display())
+        format!("error: mirrord is not running at {}; if blobvirt cluster up started it, start it again with blobvirt cluster restart --dir DIR mirrord, else start mirrord or pass --control", nope.display())
     );
 
     // down: mirrord stops first, nothing mounted, no process.

@@ -167,8 +167,12 @@ fn attach_goes_back_to_the_latest_and_cli_changes_show_at_once() {
     let v2 = random(2 * MIB as usize, 7);
     import(&m, "a", &v1, &[]);
     import(&m, "a", &v2, &["--new-version"]);
+    let e = m.fail(&["attach", "a@99"]);
+    assert!(e.contains("volume a has no version 99"), "{e}");
     let out = m.ok(&["attach", "a@1"]);
     assert!(out.contains("a@1"), "{out}");
+    let e = m.fail(&["attach", "a@99"]);
+    assert!(e.contains("volume a has no version 99"), "{e}");
     let p = m.wait_file("a");
     assert!(read_all(&p) == v1);
     let e = OpenOptions::new().write(true).open(&p).unwrap_err();
@@ -188,6 +192,12 @@ fn attach_goes_back_to_the_latest_and_cli_changes_show_at_once() {
     assert_eq!(std::fs::metadata(&p).unwrap().len(), v4.len() as u64);
     assert!(read_all(&p) == v4);
     m.ok(&["vol-clone", "a", "a-clone"]);
+    // CLONE of the mirror onto a taken name: one plain sentence.
+    let e = m.fail(&["clone", "a", "a-clone"]);
+    assert!(
+        e.ends_with("volume a-clone already exists; pick another name"),
+        "{e}"
+    );
     assert!(read_all(&m.mnt.join("a-clone")) == v4);
     m.ok(&["vol-delete", "a-clone"]);
     assert!(!m.mnt.join("a-clone").exists());

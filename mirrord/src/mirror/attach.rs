@@ -32,6 +32,24 @@ pub fn dir_name(name: &str) -> String {
     }
 }
 
+/// The chunk map of `name@version` (None: the latest) of a volume known to
+/// exist: a NotFound is a missing version.
+async fn resolve_wanted(
+    repo: &Repo,
+    name: &str,
+    version: Option<u64>,
+) -> Result<Resolved, MirrorError> {
+    repo.resolve(name, version.unwrap_or(0))
+        .await
+        .map_err(|e| match (e.code(), version) {
+            (Some(tonic::Code::NotFound), Some(version)) => MirrorError::NoVersion {
+                name: name.into(),
+                version,
+            },
+            _ => MirrorError::repo(name, e),
+        })
+}
+
 impl Mirror {
     /// Attaches volume `name`: reuses the mirror in `vols` when one exists
     /// for the same blob, else starts an empty one. With `version`, the
@@ -74,21 +92,11 @@ impl Mirror {
                             msg: format!("the cached mirror holds uncommitted changes based on version {}, which was deleted; remove {} to start over", s.version, dir.display()),
                         });
                     }
-                    let r = repo
-                        .resolve(name, version.unwrap_or(0))
-                        .await
-                        .map_err(|e| MirrorError::repo(name, e))?;
-                    (None, r)
+                    (None, resolve_wanted(repo, name, version).await?)
                 }
                 Err(e) => return Err(MirrorError::repo(name, e)),
             },
-            None => {
-                let r = repo
-                    .resolve(name, version.unwrap_or(0))
-                    .await
-                    .map_err(|e| MirrorError::repo(name, e))?;
-                (None, r)
-            }
+            None => (None, resolve_wanted(repo, name, version).await?),
         };
         if saved.is_none() {
             let _ = fs::remove_dir_all(&dir);
@@ -235,11 +243,7 @@ impl Mirror {
     /// whose id differs there become absent.
     pub async fn rebase(&self, version: u64, pinned: bool) -> Result<(), MirrorError> {
         let name = self.name();
-        let r: Resolved = self
-            .repo
-            .resolve(&name, version)
-            .await
-            .map_err(|e| MirrorError::repo(&name, e))?;
+        let r = resolve_wanted(&self.repo, &name, Some(version)).await?;
         let _g = self.gate.write().unwrap_or_else(|e| e.into_inner());
         let mut inner = lock(&self.inner);
         if !inner.dirty.is_empty() || inner.st.contains(&ChunkState::Dirty) {

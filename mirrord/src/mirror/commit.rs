@@ -307,6 +307,7 @@ impl Mirror {
             .await
             .map_err(|e| match e.code() {
                 Some(tonic::Code::NotFound) => MirrorError::UnknownVolume(old.clone()),
+                Some(tonic::Code::AlreadyExists) => MirrorError::Exists(new.into()),
                 _ => MirrorError::repo(new, e),
             })?;
         {

@@ -54,6 +54,12 @@ type Fetched = Result<Option<Bytes>, Errno>;
 pub enum MirrorError {
     #[error("volume {0} does not exist; list volumes with blobvirt vol-list")]
     UnknownVolume(String),
+    #[error(
+        "volume {name} has no version {version}; list its versions with blobvirt vol-info {name}"
+    )]
+    NoVersion { name: String, version: u64 },
+    #[error("volume {0} already exists; pick another name")]
+    Exists(String),
     #[error("volume {name}: {source}")]
     Repo {
         name: String,
@@ -96,7 +102,8 @@ pub enum MirrorError {
 impl MirrorError {
     pub fn errno(&self) -> Errno {
         match self {
-            MirrorError::UnknownVolume(_) => libc::ENOENT,
+            MirrorError::UnknownVolume(_) | MirrorError::NoVersion { .. } => libc::ENOENT,
+            MirrorError::Exists(_) => libc::EEXIST,
             MirrorError::Repo { source, .. } => match source.code() {
                 Some(tonic::Code::NotFound) => libc::ENOENT,
                 Some(tonic::Code::AlreadyExists) => libc::EEXIST,

@@ -53,10 +53,7 @@ impl Volumes {
         }
         if m.is_gone() {
             // Its name was kept in the listing only while it was open.
-            let mut t = lock(&self.table);
-            if let Some(ino) = t.inos.get(name).copied() {
-                t.entries.remove(&ino);
-            }
+            lock(&self.table).remove(name);
         }
         self.invalidate(name);
         Ok(())
@@ -99,10 +96,7 @@ impl Volumes {
             let _ = std::fs::remove_dir_all(m.dir());
         }
         lock(&self.owners).remove(name);
-        let mut t = lock(&self.table);
-        if let Some(ino) = t.inos.get(name).copied() {
-            t.entries.remove(&ino);
-        }
+        lock(&self.table).remove(name);
         Ok(())
     }
 

@@ -110,15 +110,9 @@ impl Volumes {
             res?;
         }
         lock(&self.owners).rename(name, new);
-        {
-            let mut t = lock(&self.table);
-            if let Some(ino) = t.inos.remove(name) {
-                t.entries.remove(&ino);
-            }
-        }
+        lock(&self.table).rename(name, new);
         self.upsert(&b);
         self.invalidate(name);
-        self.invalidate(new);
         tracing::info!(volume = name, new_name = new, "renamed");
         Ok(())
     }

@@ -56,6 +56,54 @@ struct Table {
     inos: HashMap<String, u64>,
     entries: HashMap<u64, Entry>,
     next_ino: u64,
+    /// Bumped by every change made on this node (create, delete, rename,
+    /// lookups and refreshes of one volume): a background listing that
+    /// started before such a change is stale and is not applied.
+    gen: u64,
+}
+
+impl Table {
+    /// Records `b` (keeping its inode number), with the saved owner `o`.
+    fn upsert(&mut self, b: &pb::BlobInfo, o: Option<owners::Owner>) -> Entry {
+        let ino = match self.inos.get(&b.name) {
+            Some(&i) => i,
+            None => {
+                let i = self.next_ino;
+                self.next_ino += 1;
+                self.inos.insert(b.name.clone(), i);
+                i
+            }
+        };
+        let mut e = entry_of(b, ino);
+        if let Some(o) = o {
+            (e.perm, e.uid, e.gid) = (o.perm, o.uid, o.gid);
+        }
+        self.entries.insert(ino, e.clone());
+        e
+    }
+
+    /// Forgets volume `name` (a local change).
+    fn remove(&mut self, name: &str) {
+        if let Some(ino) = self.inos.get(name).copied() {
+            self.entries.remove(&ino);
+        }
+        self.gen += 1;
+    }
+
+    /// Gives the entry of `name` the name `new`, keeping its inode number
+    /// (the kernel keeps it for the renamed dentry).
+    fn rename(&mut self, name: &str, new: &str) {
+        if let Some(old) = self.inos.get(new).copied() {
+            self.entries.remove(&old);
+        }
+        if let Some(ino) = self.inos.remove(name) {
+            self.inos.insert(new.to_string(), ino);
+            if let Some(e) = self.entries.get_mut(&ino) {
+                e.name = new.to_string();
+            }
+        }
+        self.gen += 1;
+    }
 }
 
 /// Everything mirrord knows about volumes.
@@ -158,23 +206,12 @@ impl Volumes {
         }
     }
 
+    /// Records volume `b` as this node learned it (a local change).
     fn upsert(&self, b: &pb::BlobInfo) -> Entry {
+        let o = lock(&self.owners).get(&b.name, b.id);
         let mut t = lock(&self.table);
-        let ino = match t.inos.get(&b.name) {
-            Some(&i) => i,
-            None => {
-                let i = t.next_ino;
-                t.next_ino += 1;
-                t.inos.insert(b.name.clone(), i);
-                i
-            }
-        };
-        let mut e = entry_of(b, ino);
-        if let Some(o) = lock(&self.owners).get(&b.name, b.id) {
-            (e.perm, e.uid, e.gid) = (o.perm, o.uid, o.gid);
-        }
-        t.entries.insert(ino, e.clone());
-        e
+        t.gen += 1;
+        t.upsert(b, o)
     }
 
     /// Looks a volume up in poold (for names not listed yet).

@@ -24,23 +24,35 @@ impl Volumes {
     /// disappear (unless this node has them open), and attached mirrors
     /// follow their volumes (see the module doc).
     pub async fn refresh(&self) -> Result<(), MirrorError> {
+        let gen = lock(&self.table).gen;
         let blobs = self
             .repo
             .list_blobs()
             .await
             .map_err(|e| MirrorError::repo("(listing)", e))?;
         let names: HashSet<&str> = blobs.iter().map(|b| b.name.as_str()).collect();
-        for b in &blobs {
-            self.upsert(b);
-        }
         let open: HashSet<String> = lock(&self.mirrors)
             .iter()
             .filter(|(_, m)| m.handles.load(Ordering::Relaxed) > 0)
             .map(|(n, _)| n.clone())
             .collect();
-        lock(&self.table)
-            .entries
-            .retain(|_, e| names.contains(e.name.as_str()) || open.contains(&e.name));
+        let owners: Vec<_> = {
+            let o = lock(&self.owners);
+            blobs.iter().map(|b| o.get(&b.name, b.id)).collect()
+        };
+        {
+            let mut t = lock(&self.table);
+            // A change made here while the listing was on its way is newer
+            // than the listing: apply it at the next refresh.
+            if t.gen != gen {
+                return Ok(());
+            }
+            for (b, o) in blobs.iter().zip(owners) {
+                t.upsert(b, o);
+            }
+            t.entries
+                .retain(|_, e| names.contains(e.name.as_str()) || open.contains(&e.name));
+        }
         let by_name: HashMap<&str, &pb::BlobInfo> =
             blobs.iter().map(|b| (b.name.as_str(), b)).collect();
         for m in self.mirrors() {
@@ -68,10 +80,7 @@ impl Volumes {
                     .attached(name)
                     .is_some_and(|m| m.handles.load(Ordering::SeqCst) > 0);
                 if !open {
-                    let mut t = lock(&self.table);
-                    if let Some(ino) = t.inos.get(name).copied() {
-                        t.entries.remove(&ino);
-                    }
+                    lock(&self.table).remove(name);
                 }
             }
         }
