@@ -28,8 +28,9 @@
 //! * A writable open takes the writer lease (`EBUSY` when another node
 //!   holds it). The close of the last writable file by the process that
 //!   opened it commits (policy `commit`, default) and returns the commit's
-//!   errno if it fails; the release keeps or discards the changes per
-//!   policy and gives the lease back (kept while a commit is owed).
+//!   errno if it fails within 5 s (a longer one goes on in the background);
+//!   the release keeps or discards the changes per policy and gives the
+//!   lease back (kept while a commit is owed).
 //! * `fsync`/`close` make written data and the chunk-state map durable;
 //!   `ENOSPC` from the cache disk is returned to the writer. A failure of
 //!   the mirror (a failed commit, the volume deleted with `--force`) is

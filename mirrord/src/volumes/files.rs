@@ -4,9 +4,16 @@
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Duration;
 
 use super::{Handle, OpError, Volumes};
 use crate::mirror::{lock, Errno, OnClose};
+
+/// How long a close waits for its commit. The kernel sends FUSE `flush`
+/// uninterruptibly, even for a SIGKILLed process, and libvirt gives QEMU
+/// about 15 s to die: a longer commit goes on in the background (its
+/// failure then shows in `mirror-status` and keeps the lease).
+const CLOSE_COMMIT_WAIT: Duration = Duration::from_secs(5);
 
 impl Volumes {
     /// fsync (`closing: false`) or close (`closing: true`, FUSE `flush`) of
@@ -31,10 +38,21 @@ impl Volumes {
             && m.has_changes()
             && !m.is_gone()
         {
-            if let Err(e) = m.commit().await {
-                h.seen.store(m.error_seq(), Ordering::SeqCst);
-                tracing::error!(volume = %m.name(), "the commit at close failed; the changes stay in the local mirror: {e}");
-                return Err(e.into());
+            let mm = m.clone();
+            let mut commit = tokio::spawn(async move { mm.commit().await });
+            match tokio::time::timeout(CLOSE_COMMIT_WAIT, &mut commit).await {
+                Ok(Ok(Err(e))) => {
+                    h.seen.store(m.error_seq(), Ordering::SeqCst);
+                    tracing::error!(volume = %m.name(), "the commit at close failed; the changes stay in the local mirror: {e}");
+                    return Err(e.into());
+                }
+                Ok(Ok(Ok(_))) => {}
+                Ok(Err(e)) => {
+                    return Err(OpError::new(libc::EIO, format!("the commit at close of volume {} failed: {e}", m.name())));
+                }
+                Err(_) => {
+                    tracing::info!(volume = %m.name(), "the commit at close goes on in the background");
+                }
             }
         }
         let mm = m.clone();
