@@ -48,7 +48,10 @@ impl Volumes {
                 }
                 Ok(Ok(Ok(_))) => {}
                 Ok(Err(e)) => {
-                    return Err(OpError::new(libc::EIO, format!("the commit at close of volume {} failed: {e}", m.name())));
+                    return Err(OpError::new(
+                        libc::EIO,
+                        format!("the commit at close of volume {} failed: {e}", m.name()),
+                    ));
                 }
                 Err(_) => {
                     tracing::info!(volume = %m.name(), "the commit at close goes on in the background");
