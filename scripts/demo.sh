@@ -37,7 +37,7 @@ stop_all() {
     virsh -q destroy "$d" >/dev/null 2>&1 || true
     virsh -q undefine "$d" --snapshots-metadata >/dev/null 2>&1 || true
   done
-  "$bv" cluster down --dir "$work/cluster" >/dev/null 2>&1 || true
+  "$bv" cluster down --force --dir "$work/cluster" >/dev/null 2>&1 || true
 }
 stop_all
 rm -rf "$work/cluster" "$work/export" "$work/logs"

@@ -48,7 +48,7 @@ cleanup() {
     wait "$mpid" 2>/dev/null || true
   fi
   if mountpoint -q "$mnt" 2>/dev/null; then umount "$mnt" 2>/dev/null || umount -l "$mnt" || true; fi
-  if [ "$cluster_up" = 1 ]; then "$bv" cluster down --dir "$work/cluster" >/dev/null 2>&1 || true; fi
+  if [ "$cluster_up" = 1 ]; then "$bv" cluster down --force --dir "$work/cluster" >/dev/null 2>&1 || true; fi
   if [ "${KEEP:-0}" = 1 ]; then
     echo "$prog: kept $work" >&2
   else

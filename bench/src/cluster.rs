@@ -94,7 +94,7 @@ fn collect_pids(v: &serde_json::Value, out: &mut Vec<(String, u32)>) {
 impl Drop for Cluster {
     fn drop(&mut self) {
         let _ = Command::new(self.bin.join("blobvirt"))
-            .args(["cluster", "down", "--dir"])
+            .args(["cluster", "down", "--force", "--dir"])
             .arg(&self.dir)
             .output();
     }

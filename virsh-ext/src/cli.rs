@@ -135,6 +135,11 @@ pub struct ClusterDown {
     /// Also delete the data directories and logs.
     #[arg(long)]
     pub purge: bool,
+    /// Stop even while volumes are open for writing or claimed by domains
+    /// on the mount (their changes are committed per policy; the domains
+    /// lose their disks).
+    #[arg(long)]
+    pub force: bool,
 }
 
 #[derive(Debug, Args)]

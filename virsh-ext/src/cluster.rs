@@ -34,6 +34,34 @@ fn abs_dir(dir: &Path) -> Result<PathBuf> {
     Ok(dir.canonicalize()?)
 }
 
+/// Refuses `cluster down` while the mirrord at `control` has volumes open
+/// for writing or claimed by domains (a mirrord that does not answer has
+/// nothing open that it could lose).
+async fn refuse_open_writers(control: &Path, dir: &Path) -> Result<()> {
+    let Ok(st) = mirrord_client::Client::new(control).status().await else {
+        return Ok(());
+    };
+    let mut busy: Vec<String> = st
+        .volumes
+        .iter()
+        .filter(|v| v.writers > 0)
+        .map(|v| format!("{} ({} writers)", v.name, v.writers))
+        .collect();
+    busy.extend(
+        st.claims
+            .iter()
+            .map(|c| format!("{} (claimed by {})", c.name, c.owner)),
+    );
+    if busy.is_empty() {
+        return Ok(());
+    }
+    bail!(
+        "the cluster in {} has volumes in use on its mount: {}; stop the domains and close the files first, or pass --force (changes are committed, domains lose their disks)",
+        dir.display(),
+        busy.join(", ")
+    )
+}
+
 /// `--replicas`, else 2 (1 on a one-node cluster).
 fn replicas_of(a: &ClusterUp) -> u32 {
     a.replicas.unwrap_or(if a.nodes == 1 { 1 } else { 2 })
@@ -268,6 +296,9 @@ pub async fn down(a: ClusterDown) -> Result<()> {
     })?;
     let c = load(&dir)?;
     let running = c.processes.iter().filter(|p| p.running()).count();
+    if let Some(m) = c.mirror.as_ref().filter(|_| !a.force) {
+        refuse_open_writers(&m.control, &dir).await?;
+    }
     if let Some(m) = &c.mirror {
         crate::libvirt::pool::cluster_pool_down(&m.mount);
     }

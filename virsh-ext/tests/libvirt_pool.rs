@@ -171,7 +171,9 @@ struct Down<'a> {
 
 impl Drop for Down<'_> {
     fn drop(&mut self) {
-        let _ = self.lab.blobvirt(&["cluster", "down", "--dir", &self.dir]);
+        let _ = self
+            .lab
+            .blobvirt(&["cluster", "down", "--dir", &self.dir, "--force"]);
         let _ = self.lab.blobvirt(&["pool-undefine", "--name", &self.pool]);
     }
 }

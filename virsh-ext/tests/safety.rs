@@ -204,3 +204,22 @@ fn attach_goes_back_to_the_latest_and_cli_changes_show_at_once() {
     import(&m, "fresh", &v1, &[]);
     assert!(read_all(&m.mnt.join("fresh")) == v1);
 }
+
+#[test]
+fn cluster_down_waits_for_open_writers_unless_forced() {
+    let mut m = Mounted::up(2, 1, &[]);
+    import(&m, "busy", &random(MIB as usize, 9), &[]);
+    let p = m.wait_file("busy");
+    let f = OpenOptions::new().write(true).open(&p).unwrap();
+    f.write_all_at(b"open", 0).unwrap();
+    let d = m.d();
+    let e = fail(None, &["cluster", "down", "--dir", &d]);
+    assert!(
+        e.contains("busy (1 writers)") && e.contains("--force"),
+        "{e}"
+    );
+    assert!(mounted(&m.mnt), "a refused cluster down changed nothing");
+    assert_eq!(close_errno(f), 0);
+    m.c.down();
+    assert!(!mounted(&m.mnt));
+}

@@ -330,7 +330,7 @@ impl Drop for Lab {
         }
         if self.cluster_up {
             let d = self.dir.display().to_string();
-            let o = self.blobvirt(&["cluster", "down", "--dir", &d]);
+            let o = self.blobvirt(&["cluster", "down", "--dir", &d, "--force"]);
             if !o.status.success() {
                 eprintln!("{}", show("blobvirt cluster down", &o));
             }

@@ -342,7 +342,7 @@ impl Drop for Cluster {
         if !self.stopped && self.dir.join("cluster.json").exists() {
             let _ = self.procs();
             let d = self.dir.to_string_lossy().to_string();
-            let _ = run(None, &["cluster", "down", "--dir", &d]);
+            let _ = run(None, &["cluster", "down", "--dir", &d, "--force"]);
         }
         let seen: Vec<u32> = self
             .seen
