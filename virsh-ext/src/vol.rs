@@ -273,10 +273,18 @@ pub async fn delete(pool: Option<&str>, a: VolDelete) -> Result<()> {
     if !a.force {
         crate::mirror::check_not_open(&a.ctl, &name, version).await?;
     }
+    // Say what a whole-volume delete takes with it.
+    let versions = match version {
+        0 => repo.get_blob(&name).await.map(|b| b.versions.len()).ok(),
+        _ => None,
+    };
     repo.delete_with(&name, version, a.force).await?;
     crate::mirror::announce(&a.ctl, std::slice::from_ref(&name)).await;
     if version == 0 {
-        println!("deleted volume {name}");
+        match versions {
+            Some(n) if n > 1 => println!("deleted volume {name} with all its {n} versions"),
+            _ => println!("deleted volume {name}"),
+        }
     } else {
         println!("deleted version {name}@{version}");
     }

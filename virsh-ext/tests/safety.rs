@@ -203,6 +203,10 @@ fn attach_goes_back_to_the_latest_and_cli_changes_show_at_once() {
     assert!(!m.mnt.join("a-clone").exists());
     import(&m, "fresh", &v1, &[]);
     assert!(read_all(&m.mnt.join("fresh")) == v1);
+    // A whole-volume delete says what it took with it.
+    let out = m.ok(&["vol-delete", "a"]);
+    assert_eq!(out.trim(), "deleted volume a with all its 4 versions");
+    assert!(!p.exists());
 }
 
 #[test]
