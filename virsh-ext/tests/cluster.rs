@@ -85,8 +85,8 @@ fn status_up_restart_down() {
     assert_eq!(sum, 4 * MIB);
     assert_eq!(c.disk_bytes(), 4 * MIB, "counters agree with the files");
     assert!(s["meta_nodes"].as_u64().unwrap() > meta0, "{s}");
-    assert_eq!(s["blobs"], 1);
-    assert_eq!(s["versions"], 1);
+    assert_eq!(s["volume_count"], 1);
+    assert_eq!(s["version_count"], 1);
 
     // The export is exact and sparse where the volume has holes.
     let out = c.tmp.path().join("disk.out");

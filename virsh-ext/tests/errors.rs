@@ -22,8 +22,8 @@ fn stored_state(c: &Cluster) -> Value {
         "nodes": nodes,
         "stored_bytes": s["stored_bytes"],
         "meta_nodes": s["meta_nodes"],
-        "blobs": s["blobs"],
-        "versions": s["versions"],
+        "volume_count": s["volume_count"],
+        "version_count": s["version_count"],
         "live_chunks": s["live_chunks"],
         "disk_bytes": c.disk_bytes(),
     })
