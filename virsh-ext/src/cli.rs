@@ -9,10 +9,15 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 /// blobvirt: versioned, striped VM disk images for libvirt.
 #[derive(Debug, Parser)]
-#[command(name = "blobvirt", version, about)]
+#[command(
+    name = "blobvirt",
+    version,
+    about,
+    after_help = "Volumes are named NAME; a version of one is NAME@VERSION (NAME@2), and NAME alone means its latest version. --pool (or BLOBVIRT_POOL) is the poold URL; the mirror commands find mirrord with --control, BLOBVIRT_CONTROL or --dir. Every read command takes --json."
+)]
 pub struct Cli {
     /// URL of the pool daemon, e.g. http://127.0.0.1:7400 (`blobvirt
-    /// cluster up` prints it).
+    /// cluster up` prints it); used by the commands that talk to poold.
     #[arg(long, env = "BLOBVIRT_POOL", global = true)]
     pub pool: Option<String>,
     #[command(subcommand)]
@@ -155,6 +160,7 @@ pub struct ClusterStatus {
     /// Read the pool URL from DIR/cluster.json when --pool is not given.
     #[arg(long, env = "BLOBVIRT_CLUSTER_DIR")]
     pub dir: Option<PathBuf>,
+    /// Print JSON instead of text (field names: virsh-ext/README.md).
     #[arg(long)]
     pub json: bool,
 }
@@ -247,6 +253,7 @@ pub struct MirrorStatus {
 
 #[derive(Debug, Args)]
 pub struct MirrorCommit {
+    /// The mirrored volume whose local changes become its next version.
     pub name: String,
     /// Return after phase 1 (the snapshot point); phase 2 runs in the background.
     #[arg(long)]
@@ -275,6 +282,7 @@ pub struct MirrorAttach {
 
 #[derive(Debug, Args)]
 pub struct MirrorDetach {
+    /// The volume to stop mirroring on this host.
     pub name: String,
     /// Detach even when the mirror holds uncommitted changes, throwing
     /// them away.
@@ -321,12 +329,14 @@ pub struct Deploy {
 
 #[derive(Debug, Args)]
 pub struct SnapshotCreate {
+    /// The libvirt domain.
     pub domain: String,
     /// Snapshot name (default: snap-<unix time>).
     pub name: Option<String>,
     /// Freeze the guest file systems with the guest agent (pause if unavailable).
     #[arg(long)]
     pub quiesce: bool,
+    /// Print JSON instead of text (field names: virsh-ext/README.md).
     #[arg(long)]
     pub json: bool,
     #[command(flatten)]
@@ -347,6 +357,7 @@ pub struct SnapshotCreateAll {
     pub name: Option<String>,
     #[arg(long)]
     pub quiesce: bool,
+    /// Print JSON instead of text (field names: virsh-ext/README.md).
     #[arg(long)]
     pub json: bool,
     #[command(flatten)]
@@ -357,14 +368,18 @@ pub struct SnapshotCreateAll {
 
 #[derive(Debug, Args)]
 pub struct SnapshotList {
+    /// The libvirt domain.
     pub domain: String,
+    /// Print JSON instead of text (field names: virsh-ext/README.md).
     #[arg(long)]
     pub json: bool,
 }
 
 #[derive(Debug, Args)]
 pub struct SnapshotRevert {
+    /// The libvirt domain.
     pub domain: String,
+    /// The snapshot's name (see snapshot-list).
     pub name: String,
     /// Stop (destroy) the domain first when it runs.
     #[arg(long)]
@@ -377,7 +392,9 @@ pub struct SnapshotRevert {
 
 #[derive(Debug, Args)]
 pub struct SnapshotDomain {
+    /// The libvirt domain.
     pub domain: String,
+    /// The snapshot's name (see snapshot-list).
     pub name: String,
     #[command(flatten)]
     pub lv: LibvirtArgs,
@@ -385,7 +402,9 @@ pub struct SnapshotDomain {
 
 #[derive(Debug, Args)]
 pub struct SnapshotExport {
+    /// The libvirt domain.
     pub domain: String,
+    /// The snapshot's name (see snapshot-list).
     pub name: String,
     /// Directory for the raw files.
     #[arg(value_name = "DIR")]
