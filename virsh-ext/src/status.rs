@@ -119,9 +119,10 @@ fn natural_key(s: &str) -> (String, u64) {
 }
 
 pub async fn status(pool: Option<&str>, a: ClusterStatus) -> Result<()> {
+    // The cluster's own record beats a BLOBVIRT_POOL that may be stale.
     let url = match (pool, &a.dir) {
-        (Some(u), _) => u.to_string(),
-        (None, Some(d)) => crate::cluster::load(d)?.pool,
+        (_, Some(d)) => crate::cluster::load(d)?.pool,
+        (Some(u), None) => u.to_string(),
         (None, None) => {
             return Err(anyhow!(
                 "no pool is given; pass --pool URL, set BLOBVIRT_POOL or pass --dir of a cluster started with blobvirt cluster up"

@@ -250,3 +250,26 @@ fn json_shapes_of_vol_list_and_vol_info() {
     c.ok(&["vol-delete", "y"]);
     assert_eq!(c.vol_list().as_array().unwrap().len(), 1);
 }
+
+/// `vol-*` commands find the pool through `BLOBVIRT_CLUSTER_DIR`, and
+/// `cluster status --dir` trusts the cluster's record over a stale
+/// `BLOBVIRT_POOL`.
+#[test]
+fn the_cluster_dir_names_the_pool() {
+    let c = Cluster::up(1, 1);
+    let d = c.dir.display().to_string();
+    let o = std::process::Command::new(blobvirt())
+        .args(["vol-list", "--json"])
+        .env_remove("BLOBVIRT_POOL")
+        .env("BLOBVIRT_CLUSTER_DIR", &d)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), "[]");
+    let s: Value = serde_json::from_str(&ok(
+        Some("http://127.0.0.1:1"),
+        &["cluster", "status", "--json", "--dir", &d],
+    ))
+    .unwrap();
+    assert_eq!(s["pool"], c.pool.as_str());
+}
