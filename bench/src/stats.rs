@@ -9,19 +9,10 @@ pub struct Summary {
 }
 
 pub fn summarize(xs: &[f64]) -> Summary {
-    let mut v = xs.to_vec();
-    v.sort_by(|a, b| a.total_cmp(b));
-    let n = v.len();
-    let median = if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    };
-    Summary {
-        median,
-        min: v[0],
-        max: v[n - 1],
-    }
+    let median = blobvirt_core::stats::median(xs).unwrap_or(f64::NAN);
+    let min = xs.iter().copied().fold(f64::INFINITY, f64::min);
+    let max = xs.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    Summary { median, min, max }
 }
 
 impl std::fmt::Display for Summary {

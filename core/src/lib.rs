@@ -6,6 +6,7 @@ pub mod client;
 pub mod fsutil;
 pub mod placement;
 pub mod publish;
+pub mod stats;
 pub mod transfer;
 pub mod tree;
 

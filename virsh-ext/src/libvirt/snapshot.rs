@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Result};
+use blobvirt_core::stats::median;
 use blobvirt_core::Repo;
 use futures::future::join_all;
 use mirrord_client::Client;
@@ -349,16 +350,17 @@ fn print_outcomes(outs: &[Outcome], name: &str) {
         ]);
     }
     t.print();
-    let mut p: Vec<f64> = outs.iter().filter(|o| o.ok).map(|o| o.paused_ms).collect();
-    let mut d: Vec<f64> = outs.iter().filter(|o| o.ok).map(|o| o.durable_ms).collect();
+    let p: Vec<f64> = outs.iter().filter(|o| o.ok).map(|o| o.paused_ms).collect();
+    let d: Vec<f64> = outs.iter().filter(|o| o.ok).map(|o| o.durable_ms).collect();
+    let max = |v: &[f64]| v.iter().copied().fold(0.0, f64::max);
     if p.len() > 1 {
         println!(
             "snapshot {name}: {} domains, paused median {:.1} ms max {:.1} ms, durable median {:.1} ms max {:.1} ms",
             p.len(),
-            median(&mut p),
-            p.last().copied().unwrap_or(0.0),
-            median(&mut d),
-            d.last().copied().unwrap_or(0.0)
+            median(&p).unwrap_or(0.0),
+            max(&p),
+            median(&d).unwrap_or(0.0),
+            max(&d)
         );
     }
     for o in outs.iter().filter(|o| !o.ok) {
@@ -367,16 +369,6 @@ fn print_outcomes(outs: &[Outcome], name: &str) {
             o.domain,
             o.error.as_deref().unwrap_or("failed")
         );
-    }
-}
-
-/// Median of `v` (sorts it).
-pub fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    match v.len() {
-        0 => 0.0,
-        n if n % 2 == 1 => v[n / 2],
-        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
     }
 }
 
