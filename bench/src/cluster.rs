@@ -111,3 +111,25 @@ pub fn memory_kib(pid: u32) -> Option<(u64, u64)> {
     };
     Some((field("VmRSS:")?, field("VmHWM:")?))
 }
+
+/// The options the `repo` and `mirror` suites share (each adds its own
+/// work directory).
+#[derive(clap::Args)]
+pub struct SuiteOpts {
+    /// Runs per measurement.
+    #[arg(long, default_value_t = 5)]
+    pub runs: usize,
+    /// Size of the image or volume measured, in MiB.
+    #[arg(long, default_value_t = 1024)]
+    pub size_mib: u64,
+    /// chunkd nodes of the local cluster.
+    #[arg(long, default_value_t = 4)]
+    pub nodes: usize,
+    /// Copies of every chunk.
+    #[arg(long, default_value_t = 2)]
+    pub replicas: usize,
+    /// Directory holding the blobvirt, poold, chunkd and mirrord binaries
+    /// (default: next to this binary).
+    #[arg(long)]
+    pub bin: Option<PathBuf>,
+}

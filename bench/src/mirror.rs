@@ -21,7 +21,7 @@ use blobvirt_core::client::Repo;
 use blobvirt_core::proto as pb;
 use blobvirt_core::ChunkId;
 
-use crate::cluster::Cluster;
+use crate::cluster::{Cluster, SuiteOpts};
 use daemon::Mirrord;
 use reads::{drop_caches, open_direct, rand_read, random_writes, seq_read};
 
@@ -30,23 +30,11 @@ const CS: u64 = 256 * 1024;
 
 #[derive(clap::Args)]
 pub struct Opts {
-    /// Runs per measurement.
-    #[arg(long, default_value_t = 5)]
-    runs: usize,
-    /// Size of the volume read and committed, in MiB.
-    #[arg(long, default_value_t = 1024)]
-    size_mib: u64,
-    #[arg(long, default_value_t = 4)]
-    nodes: usize,
-    #[arg(long, default_value_t = 2)]
-    replicas: usize,
+    #[command(flatten)]
+    suite: SuiteOpts,
     /// Work directory (on the disk being measured).
     #[arg(long, default_value = "/var/tmp/blobvirt-bench-mirror")]
     dir: PathBuf,
-    /// Directory holding the blobvirt, poold, chunkd and mirrord binaries
-    /// (default: next to this binary).
-    #[arg(long)]
-    bin: Option<PathBuf>,
     /// 4 KiB random reads per random-read measurement.
     #[arg(long, default_value_t = 20000)]
     rand_reads: usize,
@@ -136,7 +124,7 @@ async fn timed_seq(path: PathBuf) -> Result<(u64, f64)> {
 }
 
 pub async fn run(o: Opts) -> Result<()> {
-    let bin = match o.bin.clone() {
+    let bin = match o.suite.bin.clone() {
         Some(b) => b,
         None => std::env::current_exe()?
             .parent()
@@ -146,10 +134,15 @@ pub async fn run(o: Opts) -> Result<()> {
     let _ = std::fs::remove_dir_all(&o.dir);
     std::fs::create_dir_all(&o.dir)?;
     anyhow::ensure!(drop_caches(), "dropping the page cache needs root (echo 3 > /proc/sys/vm/drop_caches); run the mirror suite as root");
-    let cluster = Cluster::up(&bin, &o.dir.join("cluster"), o.nodes, o.replicas)?;
+    let cluster = Cluster::up(
+        &bin,
+        &o.dir.join("cluster"),
+        o.suite.nodes,
+        o.suite.replicas,
+    )?;
     let repo = Repo::connect(&cluster.pool).await?;
     let mut runs = Vec::new();
-    for r in 0..o.runs {
+    for r in 0..o.suite.runs {
         let run = one_run(&o, &bin, &cluster, &repo, r)
             .await
             .with_context(|| format!("run {r}"))?;
@@ -165,10 +158,10 @@ pub async fn run(o: Opts) -> Result<()> {
 
 async fn one_run(o: &Opts, bin: &Path, cluster: &Cluster, repo: &Repo, r: usize) -> Result<Run> {
     let mut run = Run::default();
-    let size = o.size_mib * MIB;
+    let size = o.suite.size_mib * MIB;
     let name = format!("seq-{r}");
     let img = o.dir.join("image.raw");
-    write_image(&img, o.size_mib, 1000 + r as u64)?;
+    write_image(&img, o.suite.size_mib, 1000 + r as u64)?;
     cluster.cli(&[
         "vol-import",
         img.to_str().unwrap(),

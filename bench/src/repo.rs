@@ -15,28 +15,16 @@ use blobvirt_core::client::{Publish, Repo};
 use blobvirt_core::proto as pb;
 use blobvirt_core::ChunkId;
 
-use crate::cluster::{memory_kib, Cluster};
+use crate::cluster::{memory_kib, Cluster, SuiteOpts};
 use crate::stats::summarize;
 
 #[derive(clap::Args)]
 pub struct Opts {
-    /// Runs per measurement.
-    #[arg(long, default_value_t = 5)]
-    runs: usize,
-    /// Image size for the throughput runs, in MiB.
-    #[arg(long, default_value_t = 1024)]
-    size_mib: u64,
-    #[arg(long, default_value_t = 4)]
-    nodes: usize,
-    #[arg(long, default_value_t = 2)]
-    replicas: usize,
+    #[command(flatten)]
+    suite: SuiteOpts,
     /// Work directory (on the disk being measured).
     #[arg(long, default_value = "/var/tmp/blobvirt-bench")]
     dir: PathBuf,
-    /// Directory holding the blobvirt, poold and chunkd binaries
-    /// (default: next to this binary).
-    #[arg(long)]
-    bin: Option<PathBuf>,
 }
 
 fn secs(f: impl FnOnce() -> Result<()>) -> Result<f64> {
@@ -64,7 +52,7 @@ fn sh(cmd: &mut Command) -> Result<()> {
 }
 
 pub async fn run(o: Opts) -> Result<()> {
-    let bin = match o.bin.clone() {
+    let bin = match o.suite.bin.clone() {
         Some(b) => b,
         None => std::env::current_exe()?
             .parent()
@@ -73,17 +61,22 @@ pub async fn run(o: Opts) -> Result<()> {
     };
     let _ = std::fs::remove_dir_all(&o.dir);
     std::fs::create_dir_all(&o.dir)?;
-    let cluster = Cluster::up(&bin, &o.dir.join("cluster"), o.nodes, o.replicas)?;
+    let cluster = Cluster::up(
+        &bin,
+        &o.dir.join("cluster"),
+        o.suite.nodes,
+        o.suite.replicas,
+    )?;
     let repo = Repo::connect(&cluster.pool).await?;
-    let size = o.size_mib << 20;
+    let size = o.suite.size_mib << 20;
     let img = o.dir.join("image.raw");
     let copy = o.dir.join("copy.raw");
     let out = o.dir.join("export.raw");
 
     let (mut cp, mut cp_sync, mut imp, mut exp) = (vec![], vec![], vec![], vec![]);
-    for r in 0..o.runs {
+    for r in 0..o.suite.runs {
         // Fresh random content per run, so no run dedups against another.
-        write_random(&img, o.size_mib, r as u64)?;
+        write_random(&img, o.suite.size_mib, r as u64)?;
         let name = format!("bench-{r}");
         cp.push(secs(|| sh(Command::new("cp").arg(&img).arg(&copy)))?);
         let _ = std::fs::remove_file(&copy);
@@ -115,10 +108,10 @@ pub async fn run(o: Opts) -> Result<()> {
         );
     }
     let _ = std::fs::remove_file(&img);
-    let mib = o.size_mib as f64;
+    let mib = o.suite.size_mib as f64;
     let ratio = |a: &[f64], b: &[f64]| a.iter().zip(b).map(|(x, y)| x / y).collect::<Vec<_>>();
 
-    println!("### Repository: import/export throughput ({} MiB random image, {} nodes, replicas {}, {} runs)\n", o.size_mib, o.nodes, o.replicas, o.runs);
+    println!("### Repository: import/export throughput ({} MiB random image, {} nodes, replicas {}, {} runs)\n", o.suite.size_mib, o.suite.nodes, o.suite.replicas, o.suite.runs);
     println!("| measurement | median (min–max) |\n|---|---|");
     println!(
         "| cp MiB/s | {} |",
@@ -155,11 +148,11 @@ pub async fn run(o: Opts) -> Result<()> {
 
     println!(
         "\n### Repository: publish of 16 changed chunks vs volume size ({} runs each)\n",
-        o.runs
+        o.suite.runs
     );
     println!("| volume size | publish ms, median (min–max) | meta nodes added per publish |\n|---|---|---|");
     for gib in [1u64, 16, 64] {
-        let (ms, nodes) = publish_latency(&repo, gib, o.runs).await?;
+        let (ms, nodes) = publish_latency(&repo, gib, o.suite.runs).await?;
         println!("| {gib} GiB | {} | {} |", summarize(&ms), summarize(&nodes));
     }
 

@@ -6,9 +6,9 @@ use crate::stats::summarize;
 
 pub(super) fn report(o: &Opts, runs: &[Run]) {
     let col = |f: &dyn Fn(&Run) -> f64| summarize(&runs.iter().map(f).collect::<Vec<_>>());
-    let mib = o.size_mib as f64;
+    let mib = o.suite.size_mib as f64;
     let cmd: Vec<String> = std::env::args().collect();
-    println!("### mirrord: reads and COMMIT ({} MiB volumes of random data, 256 KiB chunks, {} nodes, replicas {}, {} runs)\n", o.size_mib, o.nodes, o.replicas, runs.len());
+    println!("### mirrord: reads and COMMIT ({} MiB volumes of random data, 256 KiB chunks, {} nodes, replicas {}, {} runs)\n", o.suite.size_mib, o.suite.nodes, o.suite.replicas, runs.len());
     println!("Command: `{}`\n", cmd.join(" "));
     println!("Method: every read is O_DIRECT (1 MiB sequential or 4 KiB random), and the page cache is dropped (sync; echo 3 > /proc/sys/vm/drop_caches) before each timed pass of the cold and fully local comparisons, so mirrord's own buffered reads of its cache file start cold too. The fully local passes run in the order mount, file, file, mount and each side's two times are summed. mirrord itself reads its cache file buffered: it asks the kernel (POSIX_FADV_WILLNEED) to read local chunks ahead of a sequential reader, so the mount can beat O_DIRECT reads of the file at queue depth 1; a buffered pass over the file is shown for context. Ratios are taken within each run, then summarized.\n");
     println!("| measurement | median (min–max) |\n|---|---|");
@@ -59,7 +59,7 @@ pub(super) fn report(o: &Opts, runs: &[Run]) {
         "\n### mirrord: a local reader next to one waiting on a chunkd slowed to {} MB/s\n",
         o.slow_mbps
     );
-    println!("Method: one of the {} chunkd nodes is re-registered to poold under the address of a loopback TCP proxy in the bench that passes its replies at {} MB/s (token bucket over all its connections; other nodes untouched), and mirrord is restarted so it sees that address. The waiting reader reads a {} MiB volume whose every chunk has that node first in its read order (O_DIRECT 1 MiB, sequential). The local reader reads the fully local {} MiB volume through the mount (O_DIRECT 1 MiB, its cache file warm in the page cache in both passes), for at least 3 s alone and then for at least 3 s starting 2 s after the other reader started.\n", o.nodes, o.slow_mbps, o.slow_mib, o.size_mib);
+    println!("Method: one of the {} chunkd nodes is re-registered to poold under the address of a loopback TCP proxy in the bench that passes its replies at {} MB/s (token bucket over all its connections; other nodes untouched), and mirrord is restarted so it sees that address. The waiting reader reads a {} MiB volume whose every chunk has that node first in its read order (O_DIRECT 1 MiB, sequential). The local reader reads the fully local {} MiB volume through the mount (O_DIRECT 1 MiB, its cache file warm in the page cache in both passes), for at least 3 s alone and then for at least 3 s starting 2 s after the other reader started.\n", o.suite.nodes, o.slow_mbps, o.slow_mib, o.suite.size_mib);
     println!("| measurement | median (min–max) |\n|---|---|");
     println!(
         "| local reader alone, MiB/s | {} |",
@@ -78,7 +78,7 @@ pub(super) fn report(o: &Opts, runs: &[Run]) {
         "| MiB through the slow proxy | {} |",
         col(&|r| r.proxied_mib)
     );
-    println!("\n### mirrord: COMMIT of {} MiB of random writes (4 KiB–1 MiB, O_DIRECT) on a {} MiB volume\n", o.commit_mib, o.size_mib);
+    println!("\n### mirrord: COMMIT of {} MiB of random writes (4 KiB–1 MiB, O_DIRECT) on a {} MiB volume\n", o.commit_mib, o.suite.size_mib);
     println!("The file stays open for writing; `commit` without waiting returns after phase 1, then `wait` returns after phase 2 (both over the control socket).\n");
     println!("| measurement | median (min–max) |\n|---|---|");
     println!("| dirty chunks | {} |", col(&|r| r.dirty_chunks));
@@ -96,7 +96,7 @@ pub(super) fn report(o: &Opts, runs: &[Run]) {
     );
     println!(
         "| MiB uploaded (chunk bytes; each chunk goes to {} nodes) | {} |",
-        o.replicas,
+        o.suite.replicas,
         col(&|r| r.uploaded_mib)
     );
 }
