@@ -129,7 +129,7 @@ impl Mirror {
         Ok(self.version())
     }
 
-    async fn finish(self: &Arc<Self>, fz: Frozen) -> Result<CommitOutcome, MirrorError> {
+    pub(crate) async fn finish(self: &Arc<Self>, fz: Frozen) -> Result<CommitOutcome, MirrorError> {
         let res = self.upload_publish(&fz).await;
         let mut sh = lock(&self.shadow);
         sh.frozen.clear();

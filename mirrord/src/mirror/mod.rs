@@ -23,6 +23,8 @@ mod attach;
 mod commit;
 mod io;
 mod readahead;
+#[cfg(test)]
+mod tests;
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fs::File;
