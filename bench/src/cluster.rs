@@ -112,6 +112,25 @@ pub fn memory_kib(pid: u32) -> Option<(u64, u64)> {
     Some((field("VmRSS:")?, field("VmHWM:")?))
 }
 
+impl SuiteOpts {
+    /// Empties the work directory `dir` and starts the suite's cluster in
+    /// it; returns the binaries' directory and the cluster.
+    pub fn start(&self, dir: &Path) -> Result<(PathBuf, Cluster)> {
+        let bin = match self.bin.clone() {
+            Some(b) => b,
+            None => std::env::current_exe()?
+                .parent()
+                .context("finding the directory of this binary")?
+                .to_path_buf(),
+        };
+        let _ = std::fs::remove_dir_all(dir);
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("creating the work directory {}", dir.display()))?;
+        let cluster = Cluster::up(&bin, &dir.join("cluster"), self.nodes, self.replicas)?;
+        Ok((bin, cluster))
+    }
+}
+
 /// The options the `repo` and `mirror` suites share (each adds its own
 /// work directory).
 #[derive(clap::Args)]

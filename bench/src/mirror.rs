@@ -124,22 +124,8 @@ async fn timed_seq(path: PathBuf) -> Result<(u64, f64)> {
 }
 
 pub async fn run(o: Opts) -> Result<()> {
-    let bin = match o.suite.bin.clone() {
-        Some(b) => b,
-        None => std::env::current_exe()?
-            .parent()
-            .context("binary dir")?
-            .to_path_buf(),
-    };
-    let _ = std::fs::remove_dir_all(&o.dir);
-    std::fs::create_dir_all(&o.dir)?;
     anyhow::ensure!(drop_caches(), "dropping the page cache needs root (echo 3 > /proc/sys/vm/drop_caches); run the mirror suite as root");
-    let cluster = Cluster::up(
-        &bin,
-        &o.dir.join("cluster"),
-        o.suite.nodes,
-        o.suite.replicas,
-    )?;
+    let (bin, cluster) = o.suite.start(&o.dir)?;
     let repo = Repo::connect(&cluster.pool).await?;
     let mut runs = Vec::new();
     for r in 0..o.suite.runs {

@@ -15,7 +15,7 @@ use blobvirt_core::client::{Publish, Repo};
 use blobvirt_core::proto as pb;
 use blobvirt_core::ChunkId;
 
-use crate::cluster::{memory_kib, Cluster, SuiteOpts};
+use crate::cluster::{memory_kib, SuiteOpts};
 use crate::stats::summarize;
 
 #[derive(clap::Args)]
@@ -52,21 +52,7 @@ fn sh(cmd: &mut Command) -> Result<()> {
 }
 
 pub async fn run(o: Opts) -> Result<()> {
-    let bin = match o.suite.bin.clone() {
-        Some(b) => b,
-        None => std::env::current_exe()?
-            .parent()
-            .context("binary dir")?
-            .to_path_buf(),
-    };
-    let _ = std::fs::remove_dir_all(&o.dir);
-    std::fs::create_dir_all(&o.dir)?;
-    let cluster = Cluster::up(
-        &bin,
-        &o.dir.join("cluster"),
-        o.suite.nodes,
-        o.suite.replicas,
-    )?;
+    let (_bin, cluster) = o.suite.start(&o.dir)?;
     let repo = Repo::connect(&cluster.pool).await?;
     let size = o.suite.size_mib << 20;
     let img = o.dir.join("image.raw");
