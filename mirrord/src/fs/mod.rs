@@ -38,6 +38,17 @@ fn errno(e: i32) -> Errno {
     Errno::from_i32(e)
 }
 
+/// Replies to a request that returns no data, logging a failure.
+fn answer(reply: ReplyEmpty, op: &str, r: Result<(), OpError>) {
+    match r {
+        Ok(()) => reply.ok(),
+        Err(e) => {
+            log_err(op, &e);
+            reply.error(errno(e.errno))
+        }
+    }
+}
+
 fn log_err(op: &str, e: &OpError) {
     if e.errno == libc::ENOENT {
         tracing::debug!("{op}: {}", e.msg);
@@ -161,15 +172,8 @@ impl Filesystem for Fs {
             return reply.error(Errno::ENOENT);
         };
         let vols = self.vols.clone();
-        self.rt.spawn(async move {
-            match vols.unlink(&name).await {
-                Ok(()) => reply.ok(),
-                Err(e) => {
-                    log_err("delete", &e);
-                    reply.error(errno(e.errno))
-                }
-            }
-        });
+        self.rt
+            .spawn(async move { answer(reply, "delete", vols.unlink(&name).await) });
     }
 
     fn rename(
@@ -195,15 +199,8 @@ impl Filesystem for Fs {
         }
         let (name, new) = (name.to_string(), new.to_string());
         let vols = self.vols.clone();
-        self.rt.spawn(async move {
-            match vols.rename(&name, &new).await {
-                Ok(()) => reply.ok(),
-                Err(e) => {
-                    log_err("rename", &e);
-                    reply.error(errno(e.errno))
-                }
-            }
-        });
+        self.rt
+            .spawn(async move { answer(reply, "rename", vols.rename(&name, &new).await) });
     }
 
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {

@@ -173,17 +173,22 @@ pub fn undefine(c: &Connect, name: &str) -> Result<bool> {
     Ok(true)
 }
 
+/// The libvirt URI pool `p` was defined on.
+fn uri_of(p: &PoolConfig) -> &str {
+    if p.connect.is_empty() {
+        DEFAULT_URI
+    } else {
+        &p.connect
+    }
+}
+
 /// Removes the libvirt pools (and hook entries) that serve `mount`;
 /// used by `cluster down`. Returns the pool names.
 pub fn undefine_mount(mount: &Path) -> Result<Vec<String>> {
     let cfg = HookConfig::load(&config::path())?;
     let mut gone = Vec::new();
     for p in cfg.pools.iter().filter(|p| p.mount == mount) {
-        let uri = if p.connect.is_empty() {
-            DEFAULT_URI
-        } else {
-            &p.connect
-        };
+        let uri = uri_of(p);
         undefine(&open(uri)?, &p.name)?;
         HookConfig::remove(&config::path(), &p.name)?;
         gone.push(p.name.clone());
@@ -199,11 +204,7 @@ pub fn refresh_pools_of(control: &Path) -> Result<Vec<String>> {
     let cfg = HookConfig::load(&config::path())?;
     let mut done = Vec::new();
     for p in cfg.pools.iter().filter(|p| p.control == control) {
-        let uri = if p.connect.is_empty() {
-            DEFAULT_URI
-        } else {
-            &p.connect
-        };
+        let uri = uri_of(p);
         let c = open(uri)?;
         if let Some(pool) = lookup(&c, &p.name).filter(|x| x.is_active().unwrap_or(false)) {
             pool.refresh(0).map_err(|e| {
