@@ -286,6 +286,7 @@ fn in_child_as_nobody(
     let mut cmd = Command::new("true");
     // SAFETY: between fork and exec only system calls run (no allocation):
     // setgroups/setgid/setuid and what `f` does.
+    #[allow(unsafe_code)]
     unsafe {
         cmd.pre_exec(move || {
             if libc::setgroups(groups.len(), groups.as_ptr()) != 0
@@ -307,18 +308,8 @@ fn in_child_as_nobody(
 }
 
 /// CLONE on the open `fd` into `new`, called in the child.
-fn clone_in_child(fd: i32, new: &str) -> impl Fn() -> std::io::Result<()> + Send + Sync {
-    let mut arg = [0u8; mirrord::ioctl::NAME_MAX];
-    arg[..new.len()].copy_from_slice(new.as_bytes());
-    move || {
-        let mut arg = arg;
-        // SAFETY: CLONE reads and writes the NAME_MAX bytes of `arg`.
-        let r = unsafe { libc::ioctl(fd, mirrord::ioctl::CLONE as _, arg.as_mut_ptr()) };
-        if r < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        Ok(())
-    }
+fn clone_in_child(fd: i32, new: &'static str) -> impl Fn() -> std::io::Result<()> + Send + Sync {
+    move || mirrord::ioctl::clone(&fd, new).map(|_| ())
 }
 
 #[test]
