@@ -190,6 +190,9 @@ pub fn run(opts: Options) -> Result<()> {
         MountOption::RW,
         MountOption::NoDev,
         MountOption::NoSuid,
+        // The kernel checks the modes and owners mirrord reports (see
+        // fs/access.rs); allow_other (SessionACL::All) lets QEMU's user in.
+        MountOption::DefaultPermissions,
     ];
     cfg.acl = SessionACL::All;
     cfg.n_threads = Some(opts.threads.max(1));
