@@ -37,6 +37,7 @@ trap cleanup EXIT
   --libvirt --libvirt-pool "$pool" > "$work/up.out"
 export BLOBVIRT_POOL="$(sed -n 's/^BLOBVIRT_POOL=//p' "$work/up.out")"
 export BLOBVIRT_CONTROL="$(sed -n 's/^BLOBVIRT_CONTROL=//p' "$work/up.out")"
+export BLOBVIRT_CONFIG="$work/cluster/blobvirt.toml"   # the cluster's own CA and certificate
 guest/build-guest.sh "$work/guest.raw" >/dev/null
 guest/set-stay.sh "$work/guest.raw" on
 "$bv" vol-import "$work/guest.raw" guest >/dev/null

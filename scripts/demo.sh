@@ -50,6 +50,7 @@ echo "== 1. a 4-node cluster, mirrord on $work/mnt, libvirt pool $pool, hook"
   --libvirt --libvirt-pool "$pool" | tee "$work/up.out"
 export BLOBVIRT_POOL="$(sed -n 's/^BLOBVIRT_POOL=//p' "$work/up.out")"
 export BLOBVIRT_CONTROL="$(sed -n 's/^BLOBVIRT_CONTROL=//p' "$work/up.out")"
+export BLOBVIRT_CONFIG="$work/cluster/blobvirt.toml"   # the cluster's own CA and certificate
 
 echo "== 2. repository: import a 64 MiB image with holes, clone, export, compare"
 python3 - "$work/image.raw" <<'PY'
@@ -110,7 +111,7 @@ echo "snapshot:    $(grep '^snapshot demo-snap' "$work/snap.out" || tail -n 1 "$
 echo "export:      $prefix-1@demo-snap holds '$snap_marker' with $snap_ticks ticks"
 echo "plain QEMU:  booted the export: marker now '$after' ($(grep -o 'qemu ran [0-9.]* s' "$work/boot.out" | head -1))"
 if [ "${KEEP:-0}" = 1 ]; then
-  echo "everything keeps running: export BLOBVIRT_POOL=$BLOBVIRT_POOL BLOBVIRT_CONTROL=$BLOBVIRT_CONTROL"
+  echo "everything keeps running: export BLOBVIRT_POOL=$BLOBVIRT_POOL BLOBVIRT_CONTROL=$BLOBVIRT_CONTROL BLOBVIRT_CONFIG=$BLOBVIRT_CONFIG"
   echo "stop with: for d in \$(virsh list --all --name | grep ^$prefix-); do virsh destroy \$d; virsh undefine \$d --snapshots-metadata; done; $bv cluster down --dir $work/cluster"
 fi
 exit 0

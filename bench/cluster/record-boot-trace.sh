@@ -75,6 +75,7 @@ cluster_up=1
   || fail "blobvirt cluster up failed"
 pool=$(sed -n 's/^BLOBVIRT_POOL=//p' "$work/up.out")
 [ -n "$pool" ] || fail "blobvirt cluster up printed no BLOBVIRT_POOL line"
+export BLOBVIRT_CONFIG="$work/cluster/blobvirt.toml"   # the cluster's CA and certificate
 "$bv" vol-import --pool "$pool" "$work/guest.raw" "$vol" >"$work/import.out" \
   || fail "blobvirt vol-import of the guest image failed"
 # IMAGE_OUT=PATH keeps the image the trace belongs to (bench/cluster/run.sh

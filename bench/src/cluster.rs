@@ -13,20 +13,24 @@ pub struct Cluster {
 }
 
 impl Cluster {
-    pub fn up(bin: &Path, dir: &Path, nodes: usize, replicas: usize) -> Result<Cluster> {
-        let out = Command::new(bin.join("blobvirt"))
-            .args([
-                "cluster",
-                "up",
-                "--nodes",
-                &nodes.to_string(),
-                "--replicas",
-                &replicas.to_string(),
-                "--dir",
-            ])
-            .arg(dir)
-            .output()
-            .context("running blobvirt cluster up")?;
+    /// `blobvirt cluster up` in `dir` (`--no-tls` unless `tls`); this process
+    /// takes the cluster's TLS identity for its own connections.
+    pub fn up(bin: &Path, dir: &Path, nodes: usize, replicas: usize, tls: bool) -> Result<Cluster> {
+        let mut cmd = Command::new(bin.join("blobvirt"));
+        cmd.args([
+            "cluster",
+            "up",
+            "--nodes",
+            &nodes.to_string(),
+            "--replicas",
+            &replicas.to_string(),
+            "--dir",
+        ])
+        .arg(dir);
+        if !tls {
+            cmd.arg("--no-tls");
+        }
+        let out = cmd.output().context("running blobvirt cluster up")?;
         if !out.status.success() {
             bail!(
                 "cluster up failed: {}",
@@ -40,6 +44,9 @@ impl Cluster {
             .and_then(|l| l.strip_prefix("BLOBVIRT_POOL="))
             .context("cluster up did not print BLOBVIRT_POOL=")?
             .to_string();
+        let config = dir.join("blobvirt.toml");
+        let cfg = blobvirt_core::config::Config::load(&config)?;
+        blobvirt_core::tls::install_from(&cfg)?;
         Ok(Cluster {
             bin: bin.to_path_buf(),
             dir: dir.to_path_buf(),
@@ -52,6 +59,7 @@ impl Cluster {
         let out = Command::new(self.bin.join("blobvirt"))
             .args(args)
             .env("BLOBVIRT_POOL", &self.pool)
+            .env("BLOBVIRT_CONFIG", self.dir.join("blobvirt.toml"))
             .output()
             .with_context(|| format!("running blobvirt {}", args.join(" ")))?;
         if !out.status.success() {
@@ -126,7 +134,13 @@ impl SuiteOpts {
         let _ = std::fs::remove_dir_all(dir);
         std::fs::create_dir_all(dir)
             .with_context(|| format!("creating the work directory {}", dir.display()))?;
-        let cluster = Cluster::up(&bin, &dir.join("cluster"), self.nodes, self.replicas)?;
+        let cluster = Cluster::up(
+            &bin,
+            &dir.join("cluster"),
+            self.nodes,
+            self.replicas,
+            !self.no_tls,
+        )?;
         Ok((bin, cluster))
     }
 }
@@ -151,4 +165,7 @@ pub struct SuiteOpts {
     /// (default: next to this binary).
     #[arg(long)]
     pub bin: Option<PathBuf>,
+    /// Run the cluster without TLS (plain HTTP/2), to measure what TLS costs.
+    #[arg(long)]
+    pub no_tls: bool,
 }

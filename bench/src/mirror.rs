@@ -161,7 +161,15 @@ async fn one_run(o: &Opts, bin: &Path, cluster: &Cluster, repo: &Repo, r: usize)
         o.dir.join("cache"),
         o.dir.join("mirrord.log"),
     );
-    let mut md = Mirrord::start(bin, &cluster.pool, &mnt, &cache, &log).await?;
+    let mut md = Mirrord::start(
+        bin,
+        &cluster.dir.join("blobvirt.toml"),
+        &cluster.pool,
+        &mnt,
+        &cache,
+        &log,
+    )
+    .await?;
     let path = md.path(&name);
     let data = cache.join("vols").join(&name).join("data");
 
@@ -298,7 +306,15 @@ async fn slow_phase(
             o.dir.join("cache"),
             o.dir.join("mirrord.log"),
         );
-        let md = Mirrord::start(bin, &cluster.pool, &mnt, &cache, &log).await?;
+        let md = Mirrord::start(
+            bin,
+            &cluster.dir.join("blobvirt.toml"),
+            &cluster.pool,
+            &mnt,
+            &cache,
+            &log,
+        )
+        .await?;
         let (path, slow_path) = (md.path(local), md.path(&slow));
         timed_seq(path.clone()).await?; // warm the cache file's pages
         run.unloaded_mibs = local_reader(&path).await?;

@@ -34,7 +34,7 @@ pub enum ConfigError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("configuration file {path}, line {line}: {key}: {problem}; fix the value (example: packaging/blobvirt.toml)")]
+    #[error("configuration file {path}, line {line}: {key}: {problem}; fix it (every key is in packaging/blobvirt.toml)")]
     Invalid {
         path: PathBuf,
         line: usize,

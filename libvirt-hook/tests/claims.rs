@@ -66,6 +66,8 @@ impl Node2 {
         let (mount, cache) = (lab.tmp.path().join("mnt2"), lab.tmp.path().join("cache2"));
         let log = std::fs::File::create(lab.tmp.path().join("mirrord2.log")).unwrap();
         let child = Command::new(lab.bin("mirrord"))
+            .arg("--config")
+            .arg(lab.dir.join("blobvirt.toml"))
             .arg("--pool")
             .arg(&lab.pool_url)
             .arg("--mount")

@@ -49,7 +49,16 @@ fn configure(cli: &Cli) -> Result<Option<String>> {
     }
     let cfg = Config::locate(cli.config.as_deref(), &fallbacks)?;
     blobvirt_core::tls::install_from(&cfg)?;
-    Ok(cli.pool.clone().or_else(|| cfg.pool().map(str::to_string)))
+    let pool = cli.pool.clone().or_else(|| cfg.pool().map(str::to_string));
+    let _ = CONFIG.set(cfg);
+    Ok(pool)
+}
+
+static CONFIG: std::sync::OnceLock<blobvirt_core::config::Config> = std::sync::OnceLock::new();
+
+/// The configuration file this command read, if it read one.
+pub fn config() -> Option<&'static blobvirt_core::config::Config> {
+    CONFIG.get()
 }
 
 /// Runs one command.

@@ -5,8 +5,8 @@
 //! `detach`.
 //!
 //! The socket is `--control`, else `BLOBVIRT_CONTROL`, else the one recorded
-//! in the cluster.json of `--dir`/`BLOBVIRT_CLUSTER_DIR`, else
-//! [`DEFAULT_CONTROL`].
+//! in the cluster.json of `--dir`/`BLOBVIRT_CLUSTER_DIR`, else `[mirrord]
+//! control` of the configuration file, else [`DEFAULT_CONTROL`].
 
 use std::fs;
 use std::io::{Read, Seek, SeekFrom};
@@ -209,6 +209,9 @@ pub fn control_path(a: &ControlArgs) -> Result<PathBuf> {
                 d.display()
             )
         });
+    }
+    if let Some(p) = crate::config().and_then(|c| c.mirrord.control.clone()) {
+        return Ok(p);
     }
     Ok(PathBuf::from(DEFAULT_CONTROL))
 }

@@ -24,7 +24,7 @@ fn status_up_restart_down() {
     // cluster.json: poold and 3 chunkd with live pids and their logs.
     let cj = c.cluster_json();
     assert_eq!(cj["pool"].as_str().unwrap(), c.pool);
-    assert!(c.pool.starts_with("http://127.0.0.1:"), "{}", c.pool);
+    assert!(c.pool.starts_with("https://127.0.0.1:"), "{}", c.pool);
     let procs = c.procs();
     assert_eq!(procs.len(), 4, "{procs:?}");
     for (name, pid) in &procs {

@@ -97,9 +97,11 @@ fn errors_leave_the_pool_unchanged() {
     );
     let e = c.fail(&["vol-info", "a@9"]);
     assert!(e.contains("volume a has no version 9"), "{e}");
-    // A pool URL with TLS, which this build cannot speak, is refused.
+    // A TLS pool URL without a certificate, or another scheme, is refused.
     let e = fail(Some("https://127.0.0.1:1"), &["vol-list"]);
-    assert!(e.contains("https:// is not supported"), "{e}");
+    assert!(e.contains("this host has no certificate"), "{e}");
+    let e = fail(Some("ftp://127.0.0.1:1"), &["vol-list"]);
+    assert!(e.contains("ftp:// is not a poold or chunkd address"), "{e}");
     // Replicas that do not fit the nodes.
     for (n, r) in [("2", "0"), ("2", "3")] {
         let d = c.tmp.path().join(format!("bad-{r}")).display().to_string();

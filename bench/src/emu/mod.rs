@@ -7,23 +7,22 @@
 //! and are then turned into tables and plots (see `report`).
 //!
 //! * [`opts`] — the command line.
-//! * [`net`] — namespaces, links, counters, cleanup.
-//! * [`proc`] — processes in the namespaces.
+//! * [`net`], [`proc`] — namespaces, links, counters, cleanup, and the
+//!   processes in them: the shared test bed (crate `testbed`).
 //! * [`instances`] — the N instance processes of a run.
 //! * [`sys_blobvirt`], [`sys_prepro`], [`sys_qcow2`] — the systems.
 //! * [`report`] — tables, lower bounds, plots.
 //! * [`sample`] — how busy the CPUs and the disk were in a phase.
-//! * [`sample`] — how busy the CPUs and the disk were in a phase.
 
 pub mod instances;
-pub mod net;
 pub mod opts;
-pub mod proc;
 pub mod report;
 pub mod sample;
 pub mod sys_blobvirt;
 pub mod sys_prepro;
 pub mod sys_qcow2;
+/// The emulated network and processes in it live in the shared test bed.
+pub use testbed::{net, proc};
 
 use std::io::Write;
 use std::path::{Path, PathBuf};

@@ -20,6 +20,7 @@ impl Mirrord {
     /// `log`, and waits until the mount and the control socket answer.
     pub async fn start(
         bin: &Path,
+        config: &Path,
         pool: &str,
         mount: &Path,
         cache: &Path,
@@ -33,6 +34,8 @@ impl Mirrord {
             .open(log)
             .context("opening the mirrord log")?;
         let child = Command::new(bin.join("mirrord"))
+            .arg("--config")
+            .arg(config)
             .args(["--pool", pool, "--mount"])
             .arg(mount)
             .arg("--cache")

@@ -183,7 +183,8 @@ impl Lab {
         let mut c = Command::new(self.bin("blobvirt"));
         c.args(args).env_remove("RUST_LOG");
         c.env_remove("BLOBVIRT_CONTROL")
-            .env_remove("BLOBVIRT_CLUSTER_DIR");
+            .env_remove("BLOBVIRT_CLUSTER_DIR")
+            .env("BLOBVIRT_CONFIG", self.dir.join("blobvirt.toml"));
         if self.pool_url.is_empty() {
             c.env_remove("BLOBVIRT_POOL");
         } else {

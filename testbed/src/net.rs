@@ -3,7 +3,8 @@
 //! shaped with `tc tbf`. Owns creating, reading the link counters, and
 //! removing every namespace (and the processes and mounts in them) again.
 //!
-//! Names are `bvb<RUN>-sw`, `bvb<RUN>-srv`, `bvb<RUN>-n<I>`; addresses are
+//! Names are `<PREFIX>-sw`, `<PREFIX>-srv`, `<PREFIX>-n<I>` (the bench uses
+//! `bvb<RUN>`); addresses are
 //! 10.201.0.1 (server) and 10.201.<I/250>.<I%250+1> (nodes) inside those
 //! namespaces only; nothing is configured in the root namespace.
 
@@ -151,6 +152,16 @@ impl Net {
     /// Bytes each node sent into the switch (rx of the switch-side ends),
     /// server first: interface counters, not ours.
     pub fn sent_bytes(&self) -> Result<Vec<u64>> {
+        self.port_bytes("rx")
+    }
+
+    /// Bytes the switch sent to each node (tx of the switch-side ends),
+    /// server first.
+    pub fn received_bytes(&self) -> Result<Vec<u64>> {
+        self.port_bytes("tx")
+    }
+
+    fn port_bytes(&self, dir: &str) -> Result<Vec<u64>> {
         let out = Command::new("ip")
             .args(["-n", &self.sw(), "-s", "-j", "link", "show"])
             .output()
@@ -164,7 +175,7 @@ impl Net {
                 continue;
             };
             if i <= self.nodes {
-                by_port[i] = l["stats64"]["rx"]["bytes"].as_u64().unwrap_or(0);
+                by_port[i] = l["stats64"][dir]["bytes"].as_u64().unwrap_or(0);
             }
         }
         Ok(by_port)

@@ -1,6 +1,7 @@
 //! Processes inside the emulated nodes: started with `nsenter --net` (so
 //! they share the root mount namespace and their FUSE mounts are visible
-//! to the harness), logged to files, and stopped by PID.
+//! to the harness; [`crate::hosts`] also enters a host's own mount
+//! namespace), logged to files, and stopped by PID.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

@@ -1,0 +1,246 @@
+//! Three emulated hosts (crate `testbed`: a network and a mount namespace
+//! each), installed the way README.md "Install on a cluster" says: a CA
+//! and a certificate per host, one `/etc/blobvirt/blobvirt.toml` per host,
+//! the daemons started with the exact command lines of the systemd units'
+//! `ExecStart` (there is no systemd here; only the binaries' directory
+//! differs). Host 1 runs poold and a chunkd, hosts 2 and 3 a chunkd and
+//! mirrord. Import on host 1, read through host 2's mount, write and commit
+//! through host 3's mount, export on host 1: byte-identical, and the bytes
+//! crossed the emulated links.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use common::*;
+use testbed::proc::Daemon;
+use testbed::{Host, Hosts, Link};
+
+const IMAGE: u64 = 8 * MIB;
+const PATCH: u64 = MIB;
+const PATCH_AT: u64 = 2 * MIB;
+
+fn bin_dir() -> PathBuf {
+    blobvirt().parent().unwrap().to_path_buf()
+}
+
+/// The unit's `ExecStart` command line, with the binary taken from the
+/// build instead of /usr/bin.
+fn exec_start(unit: &str) -> (PathBuf, Vec<String>) {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../packaging/systemd")
+        .join(unit);
+    let text = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+    let line = text
+        .lines()
+        .find_map(|l| l.strip_prefix("ExecStart="))
+        .unwrap_or_else(|| panic!("{} has no ExecStart", path.display()));
+    let mut words = line.split_whitespace().map(str::to_string);
+    let exe = PathBuf::from(words.next().unwrap());
+    let built = bin_dir().join(exe.file_name().unwrap());
+    assert!(built.is_file(), "{} is not built", built.display());
+    (built, words.collect())
+}
+
+fn start(h: &Host, unit: &str, log_dir: &Path) -> Daemon {
+    let (exe, args) = exec_start(unit);
+    let mut c = h.cmd(&exe);
+    c.args(&args)
+        .env_remove("BLOBVIRT_POOL")
+        .env_remove("BLOBVIRT_CONFIG");
+    let name = format!("{unit} on {}", h.name);
+    Daemon::spawn(&name, c, &log_dir.join(format!("{}-{unit}.log", h.name))).unwrap()
+}
+
+/// `blobvirt ARGS` on host `h`, which reads the host's own config file.
+fn cli(h: &Host, args: &[&str]) -> String {
+    let mut c = h.cmd(bin_dir().join("blobvirt"));
+    for v in [
+        "BLOBVIRT_POOL",
+        "BLOBVIRT_CONFIG",
+        "BLOBVIRT_CLUSTER_DIR",
+        "BLOBVIRT_CONTROL",
+    ] {
+        c.env_remove(v);
+    }
+    c.args(args);
+    testbed::proc::run_ok(c, &format!("blobvirt {} on {}", args.join(" "), h.name)).unwrap()
+}
+
+fn wait(what: &str, mut f: impl FnMut() -> bool) {
+    for _ in 0..300 {
+        if f() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("{what} did not happen within 30 s");
+}
+
+/// The host's configuration, as the README's template has it.
+fn config(h: &Host, poold: &Host) -> String {
+    format!(
+        r#"[cluster]
+pool = ["https://{poold}:7000"]
+replicas = 2
+
+[tls]
+ca = "/etc/blobvirt/tls/ca.pem"
+cert = "/etc/blobvirt/tls/{name}.pem"
+key = "/etc/blobvirt/tls/{name}.key"
+
+[poold]
+listen = "0.0.0.0:7000"
+
+[chunkd]
+listen = "0.0.0.0:7001"
+advertise = "{addr}:7001"
+node_id = "{name}"
+
+[mirrord]
+control = "/run/blobvirt/mirrord.sock"
+"#,
+        poold = poold.addr,
+        addr = h.addr,
+        name = h.name
+    )
+}
+
+#[test]
+fn three_hosts_import_read_write_export() {
+    let tmp = tempfile::Builder::new()
+        .prefix("blobvirt-hosts-")
+        .tempdir()
+        .unwrap();
+    let link = Link {
+        rate_bps: 1_000_000_000,
+        latency_ms: 0.2,
+    };
+    let hosts = Hosts::create(&format!("bvt{}", std::process::id()), 3, link, tmp.path()).unwrap();
+    let (h1, h2, h3) = (hosts.host(0), hosts.host(1), hosts.host(2));
+
+    // The CA on host 1; a certificate per host, copied to it as scp would.
+    cli(h1, &["ca", "init"]);
+    cli(h1, &["ca", "issue", &h1.name, "--ip", &h1.addr]);
+    for h in &hosts.hosts[1..] {
+        let out = format!("/var/lib/blobvirt/certs/{}", h.name);
+        cli(
+            h1,
+            &["ca", "issue", &h.name, "--ip", &h.addr, "--out", &out],
+        );
+        let tls = h.path("/etc/blobvirt/tls");
+        std::fs::create_dir_all(&tls).unwrap();
+        std::fs::copy(h1.path("/etc/blobvirt/tls/ca.pem"), tls.join("ca.pem")).unwrap();
+        for ext in ["pem", "key"] {
+            let f = format!("{}.{ext}", h.name);
+            std::fs::copy(h1.path(&out).join(&f), tls.join(&f)).unwrap();
+        }
+    }
+    for h in &hosts.hosts {
+        std::fs::write(h.path("/etc/blobvirt/blobvirt.toml"), config(h, h1)).unwrap();
+    }
+    assert!(
+        !h2.path("/etc/blobvirt/tls/ca.key").exists(),
+        "the CA key stays on host 1"
+    );
+
+    let logs = tmp.path().join("logs");
+    std::fs::create_dir_all(&logs).unwrap();
+    let mut daemons = vec![start(h1, "blobvirt-poold.service", &logs)];
+    for h in [h1, h2, h3] {
+        daemons.push(start(h, "blobvirt-chunkd.service", &logs));
+    }
+    wait("three chunkd nodes registered", || {
+        let mut c = h1.cmd(bin_dir().join("blobvirt"));
+        c.args(["cluster", "status", "--json"]);
+        c.output().ok().is_some_and(|o| {
+            serde_json::from_slice::<serde_json::Value>(&o.stdout)
+                .is_ok_and(|v| v["nodes_alive"] == 3)
+        })
+    });
+    for h in [h2, h3] {
+        daemons.push(start(h, "blobvirt-mirrord.service", &logs));
+        wait("mirrord's control socket", || {
+            h.path("/run/blobvirt/mirrord.sock").exists()
+        });
+    }
+    let before_rx = hosts.net.received_bytes().unwrap();
+    let before_tx = hosts.net.sent_bytes().unwrap();
+
+    // Import on host 1.
+    let img = h1.path("/var/lib/blobvirt/img.raw");
+    write_image(&img, IMAGE, &[], 42);
+    cli(h1, &["vol-import", "/var/lib/blobvirt/img.raw", "disk"]);
+
+    // Read through host 2's mount.
+    let want = hex(&sha256_file(&img));
+    wait("the volume on host 2's mount", || {
+        h2.run("test", &["-f", "/var/lib/blobvirt/pool/disk"])
+            .is_ok()
+    });
+    let got = h2
+        .run("sha256sum", &["/var/lib/blobvirt/pool/disk"])
+        .unwrap();
+    assert_eq!(
+        got.split_whitespace().next(),
+        Some(want.as_str()),
+        "host 2 read other bytes"
+    );
+
+    // Write through host 3's mount; the close commits version 2.
+    let patch = h3.path("/var/lib/blobvirt/patch.raw");
+    write_image(&patch, PATCH, &[], 43);
+    h3.run(
+        "dd",
+        &[
+            "if=/var/lib/blobvirt/patch.raw",
+            "of=/var/lib/blobvirt/pool/disk",
+            "bs=1M",
+            &format!("seek={}", PATCH_AT / MIB),
+            "conv=notrunc",
+            "status=none",
+        ],
+    )
+    .unwrap();
+    wait("version 2 of disk", || {
+        let v: serde_json::Value =
+            serde_json::from_str(&cli(h1, &["vol-info", "disk", "--json"])).unwrap();
+        v["latest_version"] == 2
+    });
+
+    // Export on host 1: the image with the patch in place.
+    cli(h1, &["vol-export", "disk", "/var/lib/blobvirt/out.raw"]);
+    let mut expect = std::fs::read(&img).unwrap();
+    let p = std::fs::read(&patch).unwrap();
+    expect[PATCH_AT as usize..(PATCH_AT + PATCH) as usize].copy_from_slice(&p);
+    let out = std::fs::read(h1.path("/var/lib/blobvirt/out.raw")).unwrap();
+    assert!(
+        out == expect,
+        "the export differs from the image with host 3's write"
+    );
+
+    // The bytes crossed the links (switch port counters; index 0 is the
+    // unused server namespace, host i is i + 1).
+    let rx = hosts.net.received_bytes().unwrap();
+    let tx = hosts.net.sent_bytes().unwrap();
+    let sent = |i: usize| tx[i + 1] - before_tx[i + 1];
+    let got = |i: usize| rx[i + 1] - before_rx[i + 1];
+    assert!(
+        sent(0) >= IMAGE,
+        "host 1 sent {} bytes for an {IMAGE}-byte import",
+        sent(0)
+    );
+    assert!(
+        got(1) >= IMAGE / 4,
+        "host 2 received only {} bytes for its read",
+        got(1)
+    );
+    assert!(
+        sent(2) >= PATCH,
+        "host 3 sent only {} bytes for a {PATCH}-byte commit",
+        sent(2)
+    );
+    drop(daemons);
+}
