@@ -35,11 +35,11 @@ passed=0
 failed=0
 ok() { passed=$((passed + 1)); echo "ok   $*"; }
 bad() { failed=$((failed + 1)); echo "FAIL $*"; }
-# check DESCRIPTION COMMAND...: one counted check.
+# check DESCRIPTION COMMAND...: one counted check; fails like COMMAND.
 check() {
   local what=$1
   shift
-  if "$@"; then ok "$what"; else bad "$what"; fi
+  if "$@"; then ok "$what"; else bad "$what"; return 1; fi
 }
 
 hook=/etc/libvirt/hooks/qemu.d/50-blobvirt
@@ -342,6 +342,8 @@ had_dir /var/lib/blobvirt/poold ||
   check "the empty /var/lib/blobvirt/poold is gone after purge" test ! -e /var/lib/blobvirt/poold
 had_dir /var/lib/blobvirt/cache ||
   check "the empty /var/lib/blobvirt/cache is gone after purge" test ! -e /var/lib/blobvirt/cache
+had_dir /var/lib/blobvirt/pool ||
+  check "the empty mount point /var/lib/blobvirt/pool is gone after purge" test ! -e /var/lib/blobvirt/pool
 check "the user and group blobvirt stay after purge (they may own the data)" \
   bash -c 'getent passwd blobvirt >/dev/null && getent group blobvirt >/dev/null'
 # Everything else as before: only the data (chunkd's directory and the file
