@@ -24,5 +24,13 @@ if ! command -v cargo >/dev/null 2>&1; then
   echo "error: cargo (Rust >= 1.88) is not installed; install it with rustup (https://rustup.rs) and run this again" >&2
   exit 1
 fi
+# mirrord gives the mount root and its control socket to group blobvirt:
+# its members may create, delete and rename volumes and use the control
+# socket without being root (docs/mount.md). mirrord falls back to group
+# root without it.
+if ! getent group blobvirt >/dev/null; then
+  echo "creating the system group blobvirt"
+  groupadd --system blobvirt
+fi
 # FUSE needs the device; load the module where it is a module.
 [ -e /dev/fuse ] || modprobe fuse 2>/dev/null || true

@@ -78,6 +78,9 @@ async fn grpc(
     conc: usize,
 ) -> anyhow::Result<()> {
     let opts = chunkd::Opts {
+        config: None,
+        advertise: None,
+        metrics: None,
         dir: dir.to_path_buf(),
         pool: "http://127.0.0.1:1".into(),
         listen: "127.0.0.1:0".parse()?,

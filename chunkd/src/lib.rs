@@ -47,15 +47,32 @@ pub use store::{Stats, Store, StoreError};
 #[derive(Parser, Debug, Clone)]
 #[command(name = "chunkd", version, about = "blobvirt chunk store daemon")]
 pub struct Opts {
+    /// Configuration file (default /etc/blobvirt/blobvirt.toml, if it
+    /// exists); flags and environment beat it, it beats the defaults.
+    #[arg(long, env = blobvirt_core::config::ENV)]
+    pub config: Option<PathBuf>,
     /// Data directory (chunks, node id, address file).
-    #[arg(long)]
+    #[arg(long, default_value = "/var/lib/blobvirt/chunkd")]
     pub dir: PathBuf,
-    /// URL of poold, e.g. http://127.0.0.1:7000.
-    #[arg(long, env = "BLOBVIRT_POOL")]
+    /// URL of poold, e.g. https://10.0.0.1:7000 (default: [cluster] pool
+    /// of the configuration file).
+    #[arg(
+        long,
+        env = "BLOBVIRT_POOL",
+        default_value = "",
+        hide_default_value = true
+    )]
     pub pool: String,
     /// Address to listen on; port 0 picks a free port.
     #[arg(long, default_value = "127.0.0.1:0")]
     pub listen: SocketAddr,
+    /// HOST:PORT registered with poold, which clients dial (default: the
+    /// listen address, 127.0.0.1 when that is unspecified).
+    #[arg(long)]
+    pub advertise: Option<String>,
+    /// Serve Prometheus metrics at http://ADDR/metrics.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics: Option<SocketAddr>,
     /// Node id; default: the one persisted in DIR/node-id (created once).
     #[arg(long)]
     pub id: Option<String>,
@@ -69,9 +86,33 @@ pub struct Opts {
     pub durability: Durability,
 }
 
-/// Logs to stderr with `RUST_LOG` (default info).
+/// Logs to stderr with `RUST_LOG` (default info and refused TLS handshakes).
 pub fn init_logging() {
-    blobvirt_core::fsutil::init_logging("info");
+    blobvirt_core::fsutil::init_logging(blobvirt_core::fsutil::DAEMON_LOG);
+}
+
+impl Opts {
+    /// Parses the command line, fills what it leaves open from the
+    /// configuration file, and installs the file's TLS identity.
+    pub fn from_args() -> anyhow::Result<Opts> {
+        use blobvirt_core::config::{pick, Config};
+        use clap::{CommandFactory, FromArgMatches};
+        let m = Opts::command().get_matches();
+        let mut o = Opts::from_arg_matches(&m).unwrap_or_else(|e| e.exit());
+        let cfg = Config::locate(o.config.as_deref(), &[])?;
+        let c = cfg.chunkd.clone();
+        pick(&m, "dir", &mut o.dir, c.data_dir);
+        pick(&m, "pool", &mut o.pool, cfg.pool().map(str::to_string));
+        pick(&m, "listen", &mut o.listen, c.listen);
+        pick(&m, "advertise", &mut o.advertise, c.advertise.map(Some));
+        pick(&m, "id", &mut o.id, c.node_id.map(Some));
+        pick(&m, "metrics", &mut o.metrics, c.metrics.map(Some));
+        if o.pool.is_empty() {
+            bail!("chunkd does not know where poold is; pass --pool URL or set pool in [cluster] of {}", cfg.origin());
+        }
+        blobvirt_core::tls::install_from(&cfg)?;
+        Ok(o)
+    }
 }
 
 /// Runs chunkd until SIGTERM or SIGINT, then shuts down gracefully.
@@ -102,7 +143,7 @@ pub async fn run_until(opts: Opts, shutdown: impl Future<Output = ()>) -> anyhow
     };
     let pool = blobvirt_core::client::channel(&opts.pool).map_err(|e| {
         anyhow!(
-            "pool URL {} is not valid ({e}); pass --pool http://HOST:PORT",
+            "pool URL {} cannot be used ({e}); pass --pool https://HOST:PORT",
             opts.pool
         )
     })?;
@@ -125,9 +166,10 @@ pub async fn run_until(opts: Opts, shutdown: impl Future<Output = ()>) -> anyhow
     if local.ip().is_unspecified() {
         local.set_ip(IpAddr::V4(Ipv4Addr::LOCALHOST));
     }
-    let addr = local.to_string();
+    let addr = opts.advertise.clone().unwrap_or_else(|| local.to_string());
     write_atomic(&addr_file, addr.as_bytes())?;
-    tracing::info!(node = %id, %addr, "chunkd listening");
+    tracing::info!(node = %id, %addr, tls = blobvirt_core::tls::installed().is_some(), "chunkd listening");
+    blobvirt_core::fsutil::notify_ready();
 
     let member = tokio::spawn(membership::maintain(
         pool,
@@ -152,7 +194,8 @@ pub async fn run_until(opts: Opts, shutdown: impl Future<Output = ()>) -> anyhow
         }
     });
     let stop = Arc::new(tokio::sync::Notify::new());
-    let serve = tonic::transport::Server::builder()
+    let serve = blobvirt_core::tls::server_builder()
+        .map_err(anyhow::Error::msg)?
         .initial_stream_window_size(Some(4 << 20))
         .initial_connection_window_size(Some(32 << 20))
         .max_frame_size(blobvirt_core::MAX_FRAME)

@@ -1,11 +1,15 @@
 //! The `chunkd` binary: parses the command line and runs the library.
 
-use clap::Parser;
-
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    let opts = chunkd::Opts::parse();
     chunkd::init_logging();
+    let opts = match chunkd::Opts::from_args() {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("chunkd: {e:#}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
     match chunkd::run(opts).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {

@@ -36,6 +36,12 @@ pub enum RepoError {
     ChunkNotStored { chunk: ChunkId, tried: String },
     #[error("chunkd node at {node} could not make the uploaded chunks durable ({reason}); check the node and try again")]
     Flush { node: String, reason: String },
+    /// The address cannot be used as given (scheme, TLS); a sentence.
+    #[error("{0}")]
+    Address(String),
+    /// A TLS handshake was refused; the sentence names the certificate.
+    #[error("{0}")]
+    Tls(String),
     #[error("no live chunkd node is registered; start chunkd nodes first")]
     NoLiveNodes,
 }
@@ -51,20 +57,17 @@ impl RepoError {
 
 pub type Result<T, E = RepoError> = std::result::Result<T, E>;
 
-/// Makes a lazily connecting channel to `addr` (`host:port` or a URL).
+/// Makes a lazily connecting channel to `addr` (`host:port` or a URL), with
+/// TLS when this process has an identity ([`crate::tls`]).
 pub fn channel(addr: &str) -> Result<Channel, String> {
-    if let Some((scheme, _)) = addr.split_once("://").filter(|(s, _)| *s != "http") {
-        return Err(format!(
-            "{scheme}:// is not supported by this build (it would be used as plain HTTP); give the address as http://HOST:PORT"
-        ));
+    let url = crate::tls::url_for(addr)?;
+    let mut ep = Endpoint::from_shared(url).map_err(|e| e.to_string())?;
+    if let Some(tls) = crate::tls::installed() {
+        ep = ep.tls_config(tls.client_config()).map_err(|e| {
+            format!("the TLS configuration of this host cannot be used ({e}); check [tls]")
+        })?;
     }
-    let url = if addr.contains("://") {
-        addr.to_string()
-    } else {
-        format!("http://{addr}")
-    };
-    Ok(Endpoint::from_shared(url)
-        .map_err(|e| e.to_string())?
+    Ok(ep
         .connect_timeout(Duration::from_secs(3))
         .tcp_nodelay(true)
         // Chunks are up to 4 MiB: HTTP/2's default 64 KiB windows would
@@ -109,10 +112,7 @@ pub struct Repo {
 impl Repo {
     /// Connects to poold at `url` and loads the membership.
     pub async fn connect(url: &str) -> Result<Self> {
-        let ch = channel(url).map_err(|reason| RepoError::Connect {
-            url: url.into(),
-            reason,
-        })?;
+        let ch = channel(url).map_err(RepoError::Address)?;
         let repo = Repo {
             url: url.to_string(),
             pool: pool_client(ch),
@@ -124,10 +124,15 @@ impl Repo {
             concurrency: 16,
         };
         repo.refresh().await.map_err(|e| match e {
-            RepoError::Pool(s) if s.code() == tonic::Code::Unavailable => RepoError::Connect {
-                url: url.into(),
-                reason: s.message().to_string(),
-            },
+            RepoError::Pool(s) if s.code() == tonic::Code::Unavailable => {
+                match crate::tls::explain(url, &s) {
+                    Some(sentence) => RepoError::Tls(sentence),
+                    None => RepoError::Connect {
+                        url: url.into(),
+                        reason: s.message().to_string(),
+                    },
+                }
+            }
             e => e,
         })?;
         Ok(repo)

@@ -80,6 +80,18 @@ pub fn init_logging(default: &str) {
         .try_init();
 }
 
+/// Tells systemd (units with `Type=notify`) that the daemon serves; a
+/// no-op when not started by systemd.
+pub fn notify_ready() {
+    if let Err(e) = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]) {
+        tracing::warn!("cannot tell systemd that the daemon is ready: {e}");
+    }
+}
+
+/// The default log filter of a daemon: `info`, plus refused TLS
+/// handshakes (tonic logs them at debug).
+pub const DAEMON_LOG: &str = "info,tonic::transport::server::io_stream=debug";
+
 /// An exclusive lock on a daemon's data directory, held while it lives.
 pub type DirLock = nix::fcntl::Flock<std::fs::File>;
 

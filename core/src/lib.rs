@@ -3,10 +3,12 @@
 
 pub mod chunk;
 pub mod client;
+pub mod config;
 pub mod fsutil;
 pub mod placement;
 pub mod publish;
 pub mod stats;
+pub mod tls;
 pub mod transfer;
 pub mod tree;
 

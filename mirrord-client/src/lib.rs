@@ -218,11 +218,28 @@ pub enum ControlError {
         path: String,
         source: std::io::Error,
     },
+    /// The socket's mode keeps this user out (`EACCES` on connect): it is
+    /// `root:blobvirt` 0660.
+    #[error("permission denied on mirrord's control socket {path}; run as root or as a member of group blobvirt")]
+    PermissionDenied { path: String },
     #[error("mirrord at {path} closed the connection or sent a bad reply: {msg}")]
     Protocol { path: String, msg: String },
     /// mirrord refused; the message is a user sentence.
     #[error("{0}")]
     Refused(String),
+}
+
+/// The kind of a failed connect to the socket at `path`.
+fn connect_error(path: &str, source: std::io::Error) -> ControlError {
+    match source.kind() {
+        std::io::ErrorKind::PermissionDenied => {
+            ControlError::PermissionDenied { path: path.into() }
+        }
+        _ => ControlError::Connect {
+            path: path.into(),
+            source,
+        },
+    }
 }
 
 /// Typed client of the control socket (one connection per call).
@@ -249,10 +266,7 @@ impl Client {
         };
         let s = UnixStream::connect(&self.path)
             .await
-            .map_err(|source| ControlError::Connect {
-                path: path.clone(),
-                source,
-            })?;
+            .map_err(|source| connect_error(&path, source))?;
         let (r, mut w) = s.into_split();
         let mut line = serde_json::to_vec(req).map_err(|e| proto(e.to_string()))?;
         line.push(b'\n');
@@ -423,6 +437,22 @@ mod tests {
             serde_json::to_string(&Request::Status).unwrap(),
             r#"{"op":"status"}"#
         );
+    }
+
+    #[test]
+    fn permission_denied_is_its_own_kind() {
+        let denied = std::io::Error::from(std::io::ErrorKind::PermissionDenied);
+        let e = connect_error("/run/c.sock", denied);
+        assert!(matches!(e, ControlError::PermissionDenied { .. }), "{e:?}");
+        assert_eq!(
+            e.to_string(),
+            "permission denied on mirrord's control socket /run/c.sock; run as root or as a member of group blobvirt"
+        );
+        let gone = std::io::Error::from(std::io::ErrorKind::NotFound);
+        assert!(matches!(
+            connect_error("/run/c.sock", gone),
+            ControlError::Connect { .. }
+        ));
     }
 
     #[test]

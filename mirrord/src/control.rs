@@ -5,6 +5,9 @@
 //! module maps each request onto the volume table. `refresh {names}` means
 //! a CLI command on this host changed these volumes: show it in the mount
 //! now.
+//!
+//! Who may connect is decided by the socket file's mode: `root:blobvirt`
+//! 0660 (see [`bind`]); a request is not checked again here.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -14,6 +17,7 @@ use serde::Serialize;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixListener;
 
+use crate::fs::access::{admin_gid, ADMIN_GROUP, SOCKET_MODE};
 use crate::mirror::VolumeStatus;
 use crate::volumes::{OpError, Volumes};
 
@@ -143,11 +147,32 @@ pub async fn serve(listener: UnixListener, vols: Arc<Volumes>) {
     }
 }
 
-/// Binds the control socket, replacing a stale one.
+/// Binds the control socket, replacing a stale one. The socket is
+/// `root:blobvirt` mode 0660 (see `fs/access.rs`) before it appears at
+/// `path`: it is bound under a temporary name, given its mode and group,
+/// then renamed into place, so no connection is ever accepted that the
+/// final mode would refuse.
 pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
-    let _ = std::fs::remove_file(path);
+    use std::os::unix::fs::PermissionsExt;
     if let Some(d) = path.parent() {
         std::fs::create_dir_all(d)?;
     }
-    UnixListener::bind(path)
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(format!(".{}.new", std::process::id()));
+    let tmp = std::path::PathBuf::from(tmp);
+    let _ = std::fs::remove_file(&tmp);
+    let listener = UnixListener::bind(&tmp)?;
+    let placed = (|| {
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(SOCKET_MODE))?;
+        let gid = admin_gid();
+        if let Err(e) = nix::unistd::chown(&tmp, None, Some(nix::unistd::Gid::from_raw(gid))) {
+            tracing::warn!(socket = %path.display(), gid, "cannot give the control socket to group {ADMIN_GROUP} ({e}); only mirrord's own user may use it");
+        }
+        std::fs::rename(&tmp, path)
+    })();
+    if let Err(e) = placed {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
+    }
+    Ok(listener)
 }

@@ -21,14 +21,24 @@ use crate::volumes::Volumes;
     about = "blobvirt mirroring module: shows the repository's volumes as raw files"
 )]
 pub struct Options {
-    /// poold address (http://127.0.0.1:PORT).
-    #[arg(long, env = "BLOBVIRT_POOL")]
+    /// Configuration file (default /etc/blobvirt/blobvirt.toml, if it
+    /// exists); flags and environment beat it, it beats the defaults.
+    #[arg(long, env = blobvirt_core::config::ENV)]
+    pub config: Option<PathBuf>,
+    /// poold address (https://HOST:PORT; default: [cluster] pool of the
+    /// configuration file).
+    #[arg(
+        long,
+        env = "BLOBVIRT_POOL",
+        default_value = "",
+        hide_default_value = true
+    )]
     pub pool: String,
     /// Mount point; every volume appears as DIR/NAME.
-    #[arg(long)]
+    #[arg(long, default_value = "/var/lib/blobvirt/pool")]
     pub mount: PathBuf,
     /// Cache directory for the local mirrors.
-    #[arg(long)]
+    #[arg(long, default_value = "/var/lib/blobvirt/cache")]
     pub cache: PathBuf,
     /// Control socket (default CACHE/control.sock).
     #[arg(long)]
@@ -40,6 +50,33 @@ pub struct Options {
     /// FILE (LENGTH clipped to the volume size).
     #[arg(long, value_name = "FILE")]
     pub trace_reads: Option<PathBuf>,
+    /// Serve Prometheus metrics at http://ADDR/metrics.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics: Option<std::net::SocketAddr>,
+}
+
+impl Options {
+    /// Parses the command line, fills what it leaves open from the
+    /// configuration file, and installs the file's TLS identity.
+    pub fn from_args() -> Result<Options> {
+        use blobvirt_core::config::{pick, Config};
+        use clap::{CommandFactory, FromArgMatches};
+        let m = Options::command().get_matches();
+        let mut o = Options::from_arg_matches(&m).unwrap_or_else(|e| e.exit());
+        let cfg = Config::locate(o.config.as_deref(), &[])?;
+        let c = cfg.mirrord.clone();
+        pick(&m, "pool", &mut o.pool, cfg.pool().map(str::to_string));
+        pick(&m, "mount", &mut o.mount, c.mount);
+        pick(&m, "cache", &mut o.cache, c.cache_dir);
+        pick(&m, "control", &mut o.control, c.control.map(Some));
+        pick(&m, "threads", &mut o.threads, c.threads);
+        pick(&m, "metrics", &mut o.metrics, c.metrics.map(Some));
+        if o.pool.is_empty() {
+            anyhow::bail!("mirrord does not know where poold is; pass --pool URL or set pool in [cluster] of {}", cfg.origin());
+        }
+        blobvirt_core::tls::install_from(&cfg)?;
+        Ok(o)
+    }
 }
 
 pub use blobvirt_core::fsutil::absolute;
@@ -67,6 +104,10 @@ async fn connect(pool: &str) -> Result<Repo> {
     for _ in 0..60 {
         match Repo::connect(pool).await {
             Ok(r) => return Ok(r),
+            // A refused certificate does not heal by waiting.
+            Err(e @ blobvirt_core::RepoError::Tls(_)) => {
+                return Err(e).context("connecting to poold")
+            }
             Err(e) => {
                 last = Some(e);
                 tokio::time::sleep(Duration::from_millis(500)).await;
@@ -149,6 +190,9 @@ pub fn run(opts: Options) -> Result<()> {
         MountOption::RW,
         MountOption::NoDev,
         MountOption::NoSuid,
+        // The kernel checks the modes and owners mirrord reports (see
+        // fs/access.rs); allow_other (SessionACL::All) lets QEMU's user in.
+        MountOption::DefaultPermissions,
     ];
     cfg.acl = SessionACL::All;
     cfg.n_threads = Some(opts.threads.max(1));
@@ -174,6 +218,7 @@ pub fn run(opts: Options) -> Result<()> {
         })
         .context("starting the FUSE session")?;
     tracing::info!(mount = %mount.display(), control = %control.display(), pool = %opts.pool, "mirrord ready");
+    blobvirt_core::fsutil::notify_ready();
 
     let ended_by_signal = rt.block_on(async {
         use tokio::signal::unix::{signal, SignalKind};

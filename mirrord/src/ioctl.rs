@@ -8,6 +8,8 @@
 //!   The mirror continues on the new volume; on return the first 8 bytes of
 //!   the buffer hold the new volume's version (little-endian `u64`).
 //!
+//! Both need the file open for writing (`EBADF` otherwise); CLONE makes a
+//! volume, so only root and group `blobvirt` may call it (`EACCES`).
 //! Errors come back as errno: `EBUSY` (lease held elsewhere), `EEXIST`
 //! (name taken), `ESTALE` (volume changed elsewhere), `EIO`, `EINVAL`.
 

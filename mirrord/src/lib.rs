@@ -44,7 +44,10 @@
 //!   deletes the volume from the repository (refused while open here or
 //!   written elsewhere); `rename` renames it (never onto an existing one:
 //!   `EEXIST`; `EBUSY` while open).
-//! * `chmod`/`chown` are kept per host in `CACHE/owners.json`.
+//! * `chmod`/`chown` are kept per host in `CACHE/owners.json`; the kernel
+//!   checks the modes (`default_permissions`): files `root:root 0600`, the
+//!   root `root:blobvirt 0771`, the control socket `root:blobvirt 0660`
+//!   (see `fs/access.rs`).
 //! * Kernel readahead is capped at 64 KiB (the smallest chunk size) so a
 //!   read pulls in at most one chunk beyond what it covers. mirrord's own
 //!   read-ahead starts only after 16 MiB read in sequence, then fetches up

@@ -169,6 +169,7 @@ fn chmod_and_chown_survive_a_restart() {
     };
     assert_eq!(show(&m, "own"), (0o640, 1234, 5678));
     let plain = show(&m, "plain");
+    assert_eq!(plain, (0o600, 0, 0), "the default owner and mode");
     assert_eq!(m.stop().map(|s| s.success()), Some(true));
     let m = Mirrord::start(&c.pool, &base);
     m.wait_for("own");

@@ -4,7 +4,8 @@
 //! * [`codec`] — key layout and binary record formats;
 //! * [`meta`] — blobs, versions, segment trees, refcounts (usable in-process);
 //! * [`gc`], [`membership`], [`leases`] — the service's moving parts;
-//! * [`service`] — the `Pool` gRPC service; [`server`] — the process.
+//! * [`service`] — the `Pool` gRPC service; [`server`] — the process;
+//! * [`peer`] — which certificate made a request (logged with each change).
 
 pub mod codec;
 pub mod gc;
@@ -12,6 +13,7 @@ pub mod kv;
 pub mod leases;
 pub mod membership;
 pub mod meta;
+pub mod peer;
 pub mod server;
 pub mod service;
 

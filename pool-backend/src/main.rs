@@ -1,9 +1,13 @@
 //! The `poold` binary: parses options, sets up logging, runs [`pool_backend::run`].
-use clap::Parser;
-
 fn main() {
-    let opts = pool_backend::Opts::parse();
-    blobvirt_core::fsutil::init_logging("info");
+    blobvirt_core::fsutil::init_logging(blobvirt_core::fsutil::DAEMON_LOG);
+    let opts = match pool_backend::Opts::from_args() {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("poold: {e:#}");
+            std::process::exit(1);
+        }
+    };
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -25,8 +25,12 @@ use crate::service::PoolService;
 #[derive(Parser, Debug, Clone)]
 #[command(name = "poold", version, about)]
 pub struct Opts {
+    /// Configuration file (default /etc/blobvirt/blobvirt.toml, if it
+    /// exists); flags and environment beat it, it beats the defaults.
+    #[arg(long, env = blobvirt_core::config::ENV)]
+    pub config: Option<PathBuf>,
     /// Directory of the metadata store and the address file.
-    #[arg(long)]
+    #[arg(long, default_value = "/var/lib/blobvirt/poold")]
     pub dir: PathBuf,
     /// Address to listen on (port 0 = any free port; see DIR/poold.addr).
     #[arg(long, default_value = "127.0.0.1:0")]
@@ -49,6 +53,51 @@ pub struct Opts {
     /// Default writer lease lifetime.
     #[arg(long, default_value_t = 10000)]
     pub lease_ttl_ms: u64,
+    /// Serve Prometheus metrics at http://ADDR/metrics.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics: Option<SocketAddr>,
+}
+
+impl Opts {
+    /// Parses the command line, fills what it leaves open from the
+    /// configuration file, and installs the file's TLS identity.
+    pub fn from_args() -> anyhow::Result<Opts> {
+        use blobvirt_core::config::{pick, Config, ConfigError};
+        use clap::{CommandFactory, FromArgMatches};
+        let m = Opts::command().get_matches();
+        let mut o = Opts::from_arg_matches(&m).unwrap_or_else(|e| e.exit());
+        let cfg = Config::locate(o.config.as_deref(), &[])?;
+        let p = cfg.poold.clone();
+        if let Some(e) = &p.engine {
+            let engine =
+                <Engine as clap::ValueEnum>::from_str(e, true).map_err(|_| ConfigError::Value {
+                    path: cfg.path.clone().unwrap_or_default(),
+                    key: "[poold] engine".into(),
+                    problem: format!("{e:?} is not an engine, expected \"redb\" or \"sled\""),
+                })?;
+            pick(&m, "engine", &mut o.engine, Some(engine));
+        }
+        pick(&m, "dir", &mut o.dir, p.data_dir);
+        pick(&m, "listen", &mut o.listen, p.listen);
+        pick(&m, "replicas", &mut o.replicas, cfg.cluster.replicas);
+        pick(&m, "gc_grace_secs", &mut o.gc_grace_secs, p.gc_grace_secs);
+        pick(
+            &m,
+            "gc_interval_secs",
+            &mut o.gc_interval_secs,
+            p.gc_interval_secs,
+        );
+        pick(
+            &m,
+            "heartbeat_timeout_ms",
+            &mut o.heartbeat_timeout_ms,
+            p.heartbeat_timeout_ms,
+        );
+        pick(&m, "lease_ttl_ms", &mut o.lease_ttl_ms, p.lease_ttl_ms);
+        pick(&m, "metrics", &mut o.metrics, p.metrics.map(Some));
+        blobvirt_core::tls::install_from(&cfg)?;
+        Ok(o)
+    }
 }
 
 async fn shutdown_signal() {
@@ -100,13 +149,16 @@ pub async fn run(opts: Opts) -> anyhow::Result<()> {
         .context("read the listening address")?;
     write_atomic(&opts.dir.join("poold.addr"), addr.to_string().as_bytes())
         .with_context(|| format!("write {}", opts.dir.join("poold.addr").display()))?;
-    tracing::info!(%addr, engine = meta.engine(), dir = %opts.dir.display(), "poold listening");
+    tracing::info!(%addr, engine = meta.engine(), dir = %opts.dir.display(),
+        tls = blobvirt_core::tls::installed().is_some(), "poold listening");
+    blobvirt_core::fsutil::notify_ready();
 
     let gc_task = tokio::spawn(gc.run_every(Duration::from_secs(opts.gc_interval_secs)));
     let server = PoolServer::new(svc)
         .max_decoding_message_size(MAX_MESSAGE)
         .max_encoding_message_size(MAX_MESSAGE);
-    let res = tonic::transport::Server::builder()
+    let res = blobvirt_core::tls::server_builder()
+        .map_err(anyhow::Error::msg)?
         .add_service(server)
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown_signal())
         .await

@@ -96,6 +96,7 @@ impl Pool for PoolService {
         &self,
         req: Request<pb::RegisterRequest>,
     ) -> Result<Response<pb::RegisterReply>, Status> {
+        let by = crate::peer::who(&req);
         let r = req.into_inner();
         if r.id.is_empty() || r.addr.is_empty() {
             return Err(Status::invalid_argument(format!(
@@ -107,7 +108,7 @@ impl Pool for PoolService {
             let meta = self.meta.clone();
             let (id, addr) = (r.id.clone(), r.addr.clone());
             blocking(move || meta.put_member(&id, &addr)).await?;
-            tracing::info!(node = %r.id, addr = %r.addr, "chunkd registered");
+            tracing::info!(node = %r.id, addr = %r.addr, %by, "chunkd registered");
         }
         self.members.registered(&r.id, &r.addr);
         ok(pb::RegisterReply {
@@ -170,6 +171,7 @@ impl Pool for PoolService {
         req: Request<pb::PublishRequest>,
     ) -> Result<Response<pb::PublishReply>, Status> {
         let meta = self.meta.clone();
+        let by = crate::peer::who(&req);
         let r = req.into_inner();
         let (name, n_changes) = (r.name.clone(), r.changes.len());
         let (out, epoch) = blocking(move || {
@@ -179,7 +181,7 @@ impl Pool for PoolService {
         .await?;
         match &out {
             PublishOutcome::Published(v) => {
-                tracing::info!(volume = %name, version = v, changes = n_changes, "published")
+                tracing::info!(volume = %name, version = v, changes = n_changes, %by, "published")
             }
             PublishOutcome::Reupload { chunks, .. } => {
                 tracing::info!(volume = %name, chunks = chunks.len(), "publish refused: chunks must be uploaded again")
@@ -207,9 +209,10 @@ impl Pool for PoolService {
         req: Request<pb::CloneRequest>,
     ) -> Result<Response<pb::BlobInfo>, Status> {
         let meta = self.meta.clone();
+        let by = crate::peer::who(&req);
         let r = req.into_inner();
         let info = blocking(move || meta.clone_volume(&r.src, r.version, &r.dst)).await?;
-        tracing::info!(volume = %info.name, origin = %info.origin, "cloned");
+        tracing::info!(volume = %info.name, origin = %info.origin, %by, "cloned");
         ok(info)
     }
 
@@ -217,6 +220,7 @@ impl Pool for PoolService {
         &self,
         req: Request<pb::DeleteVolumeRequest>,
     ) -> Result<Response<pb::DeleteVolumeReply>, Status> {
+        let by = crate::peer::who(&req);
         let r = req.into_inner();
         let name = r.name.clone();
         if let Some(holder) = self.leases.holder(&name).filter(|_| !r.force) {
@@ -237,7 +241,7 @@ impl Pool for PoolService {
         let meta = self.meta.clone();
         let version = r.version;
         blocking(move || meta.delete_volume(&r.name, r.version)).await?;
-        tracing::info!(volume = %name, version, force = r.force, "deleted (version 0 = whole volume)");
+        tracing::info!(volume = %name, version, force = r.force, %by, "deleted (version 0 = whole volume)");
         if version == 0 {
             self.leases.forget(&name);
         }
@@ -248,6 +252,7 @@ impl Pool for PoolService {
         &self,
         req: Request<pb::RenameRequest>,
     ) -> Result<Response<pb::BlobInfo>, Status> {
+        let by = crate::peer::who(&req);
         let r = req.into_inner();
         if let Some(holder) = self.leases.holder(&r.name) {
             return Err(Status::failed_precondition(format!(
@@ -258,7 +263,7 @@ impl Pool for PoolService {
         let meta = self.meta.clone();
         let (old, new) = (r.name.clone(), r.new_name.clone());
         let info = blocking(move || meta.rename_volume(&r.name, &r.new_name)).await?;
-        tracing::info!(volume = %old, new_name = %new, "renamed");
+        tracing::info!(volume = %old, new_name = %new, %by, "renamed");
         ok(info)
     }
 
@@ -267,10 +272,11 @@ impl Pool for PoolService {
         req: Request<pb::RevertRequest>,
     ) -> Result<Response<pb::RevertReply>, Status> {
         let meta = self.meta.clone();
+        let by = crate::peer::who(&req);
         let r = req.into_inner();
         let (name, from) = (r.name.clone(), r.version);
         let version = blocking(move || meta.revert_volume(&r.name, r.version, &r.label)).await?;
-        tracing::info!(volume = %name, version, from, "reverted");
+        tracing::info!(volume = %name, version, from, %by, "reverted");
         ok(pb::RevertReply { version })
     }
 

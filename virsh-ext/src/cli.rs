@@ -20,6 +20,11 @@ pub struct Cli {
     /// cluster up` prints it); used by the commands that talk to poold.
     #[arg(long, env = "BLOBVIRT_POOL", global = true)]
     pub pool: Option<String>,
+    /// Configuration file: the pool and this host's TLS certificate
+    /// (default: BLOBVIRT_CONFIG, else BLOBVIRT_CLUSTER_DIR/blobvirt.toml,
+    /// else /etc/blobvirt/blobvirt.toml).
+    #[arg(long, env = blobvirt_core::config::ENV, global = true)]
+    pub config: Option<PathBuf>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -29,6 +34,9 @@ pub enum Command {
     /// Run a whole repository (poold and chunkd nodes) on this machine.
     #[command(subcommand)]
     Cluster(ClusterCmd),
+    /// The cluster's certificate authority: one CA, a certificate per node.
+    #[command(subcommand)]
+    Ca(CaCmd),
     /// Import a raw image file as a volume, or as a new version of one.
     VolImport(VolImport),
     /// Export a volume version to a sparse raw file.
@@ -71,6 +79,42 @@ pub enum Command {
     PoolUndefine(PoolUndefine),
     /// Install blobvirt-hook as /etc/libvirt/hooks/qemu.d/50-blobvirt and activate it.
     HookInstall(HookInstall),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CaCmd {
+    /// Create the cluster's CA (ca.pem, ca.key) in --dir.
+    Init(CaInit),
+    /// Issue NODE.pem and NODE.key from the CA in --dir.
+    Issue(CaIssue),
+}
+
+#[derive(Debug, Args)]
+pub struct CaInit {
+    /// Directory of the CA.
+    #[arg(long, default_value = "/etc/blobvirt/tls")]
+    pub dir: PathBuf,
+    /// Name of the cluster, in the CA's subject.
+    #[arg(long, default_value = "cluster")]
+    pub name: String,
+}
+
+#[derive(Debug, Args)]
+pub struct CaIssue {
+    /// Node name: the certificate's common name (and a DNS name in it).
+    pub node: String,
+    /// An IP address clients use to reach the node (repeat for more).
+    #[arg(long)]
+    pub ip: Vec<std::net::IpAddr>,
+    /// A DNS name clients use to reach the node (repeat for more).
+    #[arg(long)]
+    pub dns: Vec<String>,
+    /// Directory of the CA.
+    #[arg(long, default_value = "/etc/blobvirt/tls")]
+    pub dir: PathBuf,
+    /// Where to write NODE.pem and NODE.key (default: --dir).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -131,6 +175,10 @@ pub struct ClusterUp {
     /// Name of the libvirt pool of --libvirt.
     #[arg(long, value_name = "NAME", default_value = "blobvirt")]
     pub libvirt_pool: String,
+    /// Plain HTTP/2 between the daemons instead of mutual TLS under a CA
+    /// made in DIR/tls.
+    #[arg(long)]
+    pub no_tls: bool,
 }
 
 #[derive(Debug, Args)]

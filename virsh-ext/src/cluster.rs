@@ -3,7 +3,9 @@
 //!
 //! Layout of DIR: `poold/` (metadata), `chunkd-<i>/` (chunks of node
 //! `node-<i>`, i from 1), `logs/<name>.log`, `cluster.json`, and with
-//! `--mount` the mirrord cache `mirror-cache/` (see `mirror.rs`).
+//! `--mount` the mirrord cache `mirror-cache/` (see `mirror.rs`); `tls/`
+//! and `blobvirt.toml` are the cluster's CA and configuration
+//! (`cluster_config.rs`).
 
 use std::collections::HashSet;
 use std::fs;
@@ -17,6 +19,7 @@ use blobvirt_core::proto as pb;
 use nix::sys::signal::Signal;
 
 use crate::cli::{ClusterDown, ClusterRestart, ClusterUp};
+use crate::cluster_config;
 use crate::cluster_file::save;
 pub use crate::cluster_file::{cluster_file, load, ClusterFile, Proc};
 use crate::output::Table;
@@ -90,10 +93,20 @@ pub async fn up(a: ClusterUp) -> Result<()> {
     }
     let poold_exe = find_binary("poold")?;
     let chunkd_exe = find_binary("chunkd")?;
+    let config = cluster_config::prepare(&dir, !a.no_tls)?;
     let logs = dir.join("logs");
     fs::create_dir_all(&logs)?;
     let mut children: Vec<Child> = Vec::new();
-    let res = start_all(&a, &dir, &logs, &poold_exe, &chunkd_exe, &mut children).await;
+    let res = start_all(
+        &a,
+        &dir,
+        &config,
+        &logs,
+        &poold_exe,
+        &chunkd_exe,
+        &mut children,
+    )
+    .await;
     let c = match res {
         Ok(c) => c,
         Err(e) => {
@@ -126,6 +139,7 @@ pub async fn up(a: ClusterUp) -> Result<()> {
 async fn start_all(
     a: &ClusterUp,
     dir: &Path,
+    config: &Path,
     logs: &Path,
     poold_exe: &Path,
     chunkd_exe: &Path,
@@ -141,7 +155,10 @@ async fn start_all(
     }
     let deadline = Instant::now() + STARTUP;
     let pdir = dir.join("poold");
+    let cfg_args = ["--config".to_string(), config.display().to_string()];
     let mut args = vec![
+        cfg_args[0].clone(),
+        cfg_args[1].clone(),
         "--dir".to_string(),
         pdir.display().to_string(),
         "--engine".into(),
@@ -164,7 +181,9 @@ async fn start_all(
         node_id: None,
     };
     children.push(poold.start("127.0.0.1:0", deadline)?);
-    let pool = format!("http://{}", poold.addr);
+    let tls = blobvirt_core::tls::installed().is_some();
+    let pool = format!("{}://{}", if tls { "https" } else { "http" }, poold.addr);
+    cluster_config::write(dir, tls, Some(&pool))?;
     let mut procs = vec![poold];
     for i in 1..=a.nodes {
         let cdir = dir.join(format!("chunkd-{i}"));
@@ -175,6 +194,8 @@ async fn start_all(
             pid: 0,
             addr: String::new(),
             args: vec![
+                cfg_args[0].clone(),
+                cfg_args[1].clone(),
                 "--dir".into(),
                 cdir.display().to_string(),
                 "--pool".into(),
@@ -201,6 +222,7 @@ async fn start_all(
     if let (Some(mount), Some(exe)) = (&a.mount, &mirrord_exe) {
         let cache = a.cache.clone().unwrap_or_else(|| dir.join("mirror-cache"));
         let (mut p, rec) = crate::mirror::plan(mount, &cache, &c.pool, exe, logs)?;
+        p.args.splice(0..0, cfg_args.iter().cloned());
         children.push(start_proc(&mut p, "", Instant::now() + STARTUP)?);
         c.processes.push(p);
         c.mirror = Some(rec);
@@ -295,6 +317,7 @@ pub async fn down(a: ClusterDown) -> Result<()> {
         anyhow!("directory {} does not exist; give the --dir of a cluster started with blobvirt cluster up", a.dir.display())
     })?;
     let c = load(&dir)?;
+    cluster_config::use_it(&dir)?;
     let running = c.processes.iter().filter(|p| p.running()).count();
     if let Some(m) = c.mirror.as_ref().filter(|_| !a.force) {
         refuse_open_writers(&m.control, &dir).await?;
@@ -341,6 +364,7 @@ pub async fn restart(a: ClusterRestart) -> Result<()> {
         anyhow!("directory {} does not exist; give the --dir of a cluster started with blobvirt cluster up", a.dir.display())
     })?;
     let mut c = load(&dir)?;
+    cluster_config::use_it(&dir)?;
     for n in &a.names {
         let Some(p) = c.processes.iter().find(|p| &p.name == n) else {
             bail!(

@@ -13,8 +13,10 @@ use std::process::ExitCode;
 use anyhow::Result;
 use clap::Parser;
 
+pub mod ca;
 pub mod cli;
 pub mod cluster;
+pub mod cluster_config;
 pub mod cluster_file;
 pub mod libvirt;
 pub mod mirror;
@@ -23,12 +25,42 @@ pub mod procs;
 pub mod status;
 pub mod vol;
 
-use cli::{Cli, ClusterCmd, Command};
+use cli::{CaCmd, Cli, ClusterCmd, Command};
+
+/// Reads the configuration file for commands that talk to a cluster they
+/// did not start, installs its TLS identity, and returns the pool URL it
+/// names when none was given. `ca` and `cluster up/down/restart` read no
+/// file here: the latter use their cluster's own (`DIR/blobvirt.toml`).
+fn configure(cli: &Cli) -> Result<Option<String>> {
+    use blobvirt_core::config::Config;
+    let mut fallbacks = Vec::new();
+    match &cli.command {
+        Command::Ca(_)
+        | Command::Cluster(ClusterCmd::Up(_) | ClusterCmd::Down(_) | ClusterCmd::Restart(_)) => {
+            return Ok(cli.pool.clone())
+        }
+        Command::Cluster(ClusterCmd::Status(a)) => {
+            fallbacks.extend(a.dir.iter().map(|d| d.join(cluster_config::CONFIG_FILE)))
+        }
+        _ => {}
+    }
+    if let Some(d) = std::env::var_os("BLOBVIRT_CLUSTER_DIR") {
+        fallbacks.push(std::path::Path::new(&d).join(cluster_config::CONFIG_FILE));
+    }
+    let cfg = Config::locate(cli.config.as_deref(), &fallbacks)?;
+    blobvirt_core::tls::install_from(&cfg)?;
+    Ok(cli.pool.clone().or_else(|| cfg.pool().map(str::to_string)))
+}
 
 /// Runs one command.
 pub async fn run(cli: Cli) -> Result<()> {
-    let pool = cli.pool.as_deref();
+    let pool = configure(&cli)?;
+    let pool = pool.as_deref();
     match cli.command {
+        Command::Ca(c) => match c {
+            CaCmd::Init(a) => ca::cmd_init(a),
+            CaCmd::Issue(a) => ca::cmd_issue(a),
+        },
         Command::Cluster(c) => match c {
             ClusterCmd::Up(a) => cluster::up(a).await,
             ClusterCmd::Down(a) => cluster::down(a).await,
@@ -86,8 +118,13 @@ pub fn sentence(e: &anyhow::Error) -> String {
             } else {
                 top
             };
+            let hint = if blobvirt_core::tls::installed().is_none() {
+                " (if the cluster uses TLS, give its https:// URL and set [tls] in the configuration file)"
+            } else {
+                ""
+            };
             return format!(
-                "poold did not answer ({why}); check that it runs with blobvirt cluster status and try again"
+                "poold did not answer ({why}); check that it runs with blobvirt cluster status{hint} and try again"
             );
         }
     }

@@ -216,14 +216,8 @@ pub fn control_path(a: &ControlArgs) -> Result<PathBuf> {
 /// A control-client error as one user sentence.
 pub fn control_error(path: &Path, e: ControlError) -> anyhow::Error {
     match e {
-        ControlError::Connect { source, .. }
-            if source.kind() == std::io::ErrorKind::PermissionDenied =>
-        {
-            anyhow!(
-                "cannot use mirrord's control socket {} ({source}); run blobvirt as the user mirrord runs as, or pass --control",
-                path.display()
-            )
-        }
+        // The socket is root:blobvirt 0660; the sentence says so.
+        e @ ControlError::PermissionDenied { .. } => anyhow!(e),
         ControlError::Connect { .. } => anyhow!(
             "mirrord is not running at {}; if blobvirt cluster up started it, start it again with blobvirt cluster restart --dir DIR mirrord, else start mirrord or pass --control",
             path.display()
@@ -271,8 +265,12 @@ pub async fn check_not_open(a: &ControlArgs, name: &str, version: u64) -> Result
     let Ok(p) = control_path(a) else {
         return Ok(());
     };
-    let Ok(st) = Client::new(&p).status().await else {
-        return Ok(());
+    let st = match Client::new(&p).status().await {
+        Ok(st) => st,
+        // A user kept out of the socket cannot tell whether the volume is
+        // open here: refuse rather than delete it under a running domain.
+        Err(e @ ControlError::PermissionDenied { .. }) => return Err(control_error(&p, e)),
+        Err(_) => return Ok(()),
     };
     let Some(v) = st.volumes.iter().find(|v| v.name == name) else {
         return Ok(());
@@ -544,6 +542,16 @@ mod tests {
         assert_eq!(
             e.to_string(),
             "mirrord is not running at /run/x.sock; if blobvirt cluster up started it, start it again with blobvirt cluster restart --dir DIR mirrord, else start mirrord or pass --control"
+        );
+        let e = control_error(
+            p,
+            ControlError::PermissionDenied {
+                path: p.display().to_string(),
+            },
+        );
+        assert_eq!(
+            e.to_string(),
+            "permission denied on mirrord's control socket /run/x.sock; run as root or as a member of group blobvirt"
         );
         let e = control_error(
             p,

@@ -70,6 +70,24 @@ fn json(lab: &Lab, args: &[&str]) -> Value {
     serde_json::from_slice(&o.stdout).expect("JSON output")
 }
 
+/// The real uid of the QEMU process of running domain `dom`.
+fn qemu_uid(dom: &str) -> u32 {
+    let pid = std::fs::read_to_string(format!("/run/libvirt/qemu/{dom}.pid")).unwrap();
+    let st = std::fs::read_to_string(format!("/proc/{}/status", pid.trim())).unwrap();
+    st.lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|u| u.parse().ok())
+        .expect("a Uid line")
+}
+
+/// (mode, uid, gid) of `p`.
+fn mode_uid_gid(p: &Path) -> (u32, u32, u32) {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(p).unwrap();
+    (m.mode() & 0o7777, m.uid(), m.gid())
+}
+
 fn wait_state(names: &[String], state: &str, secs: u64) {
     assert!(
         wait_until(secs, || names.iter().all(|n| domstate(n) == state)),
@@ -225,6 +243,12 @@ fn deploy_snapshot_revert_export_cycle() {
     let r1 = run3[0].clone();
     let live = lab.mount.join(&r1);
     assert!(wait_until(120, || ticks(&live) >= 2), "{r1} does not tick");
+    // libvirt's DAC driver gave the disk to QEMU's user with chown; the
+    // mode stays 0600, so no one else may open it (docs/mount.md).
+    let qemu_uid = qemu_uid(&r1);
+    assert_ne!(qemu_uid, 0, "QEMU runs as root: the relabel is not tested");
+    assert_eq!(mode_uid_gid(&live).0, 0o600);
+    assert_eq!(mode_uid_gid(&live).1, qemu_uid);
     let snap = json(
         &lab,
         &["snapshot-create", &r1, "snap1", "--json", "--control", &ctl],
@@ -269,6 +293,8 @@ fn deploy_snapshot_revert_export_cycle() {
         &ctl,
     ]);
     assert_eq!(domstate(&r1), "shut off");
+    // ... and gave it back to root when the domain stopped.
+    assert_eq!(mode_uid_gid(&live), (0o600, 0, 0));
     let info = json(&lab, &["vol-info", &r1, "--json"]);
     let last = info["versions"].as_array().unwrap().last().unwrap().clone();
     assert!(last["version"].as_u64().unwrap() > version, "{info}");

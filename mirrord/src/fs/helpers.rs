@@ -1,11 +1,12 @@
-//! Helpers of the FUSE file system: file attributes, open flags, and the
-//! fsync/close path handed to the volume table.
+//! Helpers of the FUSE file system: file attributes, `chmod`/`chown` of
+//! the root, open flags, and the fsync/close path handed to the volume
+//! table.
 
 use std::time::UNIX_EPOCH;
 
-use fuser::{FileAttr, FileHandle, FileType, FopenFlags, INodeNo, ReplyEmpty};
+use fuser::{Errno, FileAttr, FileHandle, FileType, FopenFlags, INodeNo, ReplyAttr, ReplyEmpty};
 
-use super::{errno, Fs};
+use super::{errno, Fs, TTL};
 use crate::volumes::Entry;
 
 impl Fs {
@@ -19,10 +20,10 @@ impl Fs {
             ctime: self.started,
             crtime: self.started,
             kind: FileType::Directory,
-            perm: 0o755,
+            perm: super::access::ROOT_MODE,
             nlink: 2,
             uid: 0,
-            gid: 0,
+            gid: super::access::admin_gid(),
             rdev: 0,
             blksize: 4096,
             flags: 0,
@@ -68,6 +69,35 @@ pub(super) fn fopen_flags(direct: bool) -> FopenFlags {
 }
 
 impl Fs {
+    /// `chmod`/`chown` of the mount root: its owner and mode are fixed (see
+    /// `access.rs`), so only a change to what it already is succeeds (as
+    /// libvirt's pool build does); anything else is `EPERM`.
+    pub(super) fn setattr_root(
+        &self,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        reply: ReplyAttr,
+    ) {
+        let a = self.root_attr();
+        let same = mode.is_none_or(|m| (m & 0o7777) as u16 == a.perm)
+            && uid.is_none_or(|u| u == a.uid)
+            && gid.is_none_or(|g| g == a.gid);
+        if same {
+            return reply.attr(&TTL, &a);
+        }
+        tracing::warn!(
+            ?mode,
+            ?uid,
+            ?gid,
+            "refused to change the mount root: it stays {}:{} mode {:o} (see docs/mount.md)",
+            a.uid,
+            a.gid,
+            a.perm
+        );
+        reply.error(Errno::EPERM)
+    }
+
     pub(super) fn clone_for_task(&self) -> Fs {
         Fs {
             vols: self.vols.clone(),

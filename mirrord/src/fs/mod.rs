@@ -4,6 +4,9 @@
 //! them; anything that waits for the network (fetches, leases, commits,
 //! poold calls) is moved to a tokio task that replies when it is done, so a
 //! slow fetch never holds up reads of local data.
+//!
+//! Permissions are the kernel's (`default_permissions`): the attributes in
+//! `helpers.rs` carry the owners and modes `access.rs` describes.
 
 use std::ffi::OsStr;
 use std::sync::Arc;
@@ -16,6 +19,7 @@ use fuser::{
     ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 
+pub mod access;
 mod helpers;
 
 use helpers::fopen_flags;
@@ -137,6 +141,9 @@ impl Filesystem for Fs {
         _flags: Option<BsdFileFlags>,
         reply: ReplyAttr,
     ) {
+        if ino == INodeNo::ROOT {
+            return self.setattr_root(mode, uid, gid, reply);
+        }
         let Some(name) = self.name_of(ino) else {
             return reply.error(Errno::ENOENT);
         };
@@ -227,8 +234,8 @@ impl Filesystem for Fs {
         req: &Request,
         parent: INodeNo,
         name: &OsStr,
-        _mode: u32,
-        _umask: u32,
+        mode: u32,
+        umask: u32,
         flags: i32,
         reply: ReplyCreate,
     ) {
@@ -241,9 +248,12 @@ impl Filesystem for Fs {
         let writable = flags & libc::O_ACCMODE != libc::O_RDONLY;
         let direct = flags & libc::O_DIRECT != 0;
         let pid = req.pid();
+        // The kernel checked that the caller may write the root; the new
+        // file is the caller's.
+        let owner = (access::created_mode(mode, umask), req.uid(), req.gid());
         self.rt.spawn(async move {
             let res = async {
-                vols.create(&name).await?;
+                vols.create(&name, owner).await?;
                 vols.open(&name, writable, pid).await
             }
             .await;
@@ -437,7 +447,7 @@ impl Filesystem for Fs {
 
     fn ioctl(
         &self,
-        _req: &Request,
+        req: &Request,
         _ino: INodeNo,
         fh: FileHandle,
         _flags: IoctlFlags,
@@ -449,6 +459,10 @@ impl Filesystem for Fs {
         let Some(h) = self.vols.handle(fh.0) else {
             return reply.error(Errno::EBADF);
         };
+        // Both publish what was written: only for a file open for writing.
+        if !h.writable {
+            return reply.error(Errno::EBADF);
+        }
         let vols = self.vols.clone();
         match cmd as u64 {
             c if c == ioctl::COMMIT as u64 => {
@@ -466,6 +480,11 @@ impl Filesystem for Fs {
                 let Some(new) = ioctl::parse_name(in_data) else {
                     return reply.error(Errno::EINVAL);
                 };
+                // A new name in the root, which the kernel does not check.
+                if !access::may_change_names(req.uid(), req.gid(), req.pid()) {
+                    tracing::warn!(volume = %h.mirror.name(), new_name = %new, uid = req.uid(), "CLONE ioctl refused: only root and group {} may create volumes", access::ADMIN_GROUP);
+                    return reply.error(Errno::EACCES);
+                }
                 self.rt.spawn(async move {
                     match vols.clone_volume(&h.mirror.name(), &new).await {
                         Ok(v) => {

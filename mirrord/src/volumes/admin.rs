@@ -59,8 +59,9 @@ impl Volumes {
         Ok(())
     }
 
-    /// Creates an empty volume (size 0, default chunk size).
-    pub async fn create(&self, name: &str) -> Result<Entry, OpError> {
+    /// Creates an empty volume (size 0, default chunk size) whose file has
+    /// `owner` = (mode, uid, gid) on this host.
+    pub async fn create(&self, name: &str, owner: (u16, u32, u32)) -> Result<Entry, OpError> {
         let req = pb::PublishRequest {
             name: name.into(),
             create: true,
@@ -75,7 +76,20 @@ impl Volumes {
             .publish(req)
             .await
             .map_err(|e| MirrorError::repo(name, e))?;
-        Ok(self.fetch_entry(name).await?)
+        let b = self
+            .repo
+            .get_blob(name)
+            .await
+            .map_err(|e| MirrorError::repo(name, e))?;
+        let (perm, uid, gid) = owner;
+        let o = super::owners::Owner {
+            blob_id: b.id,
+            perm,
+            uid,
+            gid,
+        };
+        lock(&self.owners).set(name, o);
+        Ok(self.upsert(&b))
     }
 
     /// Deletes volume `name` from the repository and its local mirror.

@@ -179,14 +179,21 @@ fn entry_of(b: &pb::BlobInfo, ino: u64) -> Entry {
         name: b.name.clone(),
         size: latest.map_or(0, |v| v.size),
         mtime: UNIX_EPOCH + Duration::from_secs(latest.map_or(0, |v| v.created.max(0) as u64)),
-        perm: 0o666,
+        perm: crate::fs::access::FILE_MODE,
         uid: 0,
         gid: 0,
     }
 }
 
 impl Volumes {
+    /// The table over the mirrors in `vols_dir`, which is made private to
+    /// mirrord's user (it holds every mirrored volume's data).
     pub fn new(repo: Repo, vols_dir: PathBuf, holder: String) -> Self {
+        use std::os::unix::fs::PermissionsExt;
+        let private = std::fs::Permissions::from_mode(0o700);
+        if let Err(e) = std::fs::set_permissions(&vols_dir, private) {
+            tracing::error!(dir = %vols_dir.display(), "cannot make the mirror directory private (mode 0700), so local users may read mirrored volumes there: {e}; fix its owner or mode");
+        }
         let owners_file = vols_dir.parent().unwrap_or(&vols_dir).join("owners.json");
         Volumes {
             owners: Mutex::new(owners::Owners::load(owners_file)),

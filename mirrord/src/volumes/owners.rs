@@ -3,9 +3,12 @@
 //! chowns a disk to QEMU's user before a domain starts) survives a mirrord
 //! restart. Another host has its own users and its own file.
 //!
-//! The file maps a volume name to `{blob_id, perm, uid, gid}`; an entry
-//! applies only to the volume with that id, so a volume deleted and made
-//! again under the same name starts with the defaults.
+//! The file is `{"format": 2, "volumes": {NAME: {blob_id, perm, uid,
+//! gid}}}`; an entry applies only to the volume with that id, so a volume
+//! deleted and made again under the same name starts with the defaults
+//! (`root:root 0600`, see `fs/access.rs`). Format 1 was the bare map,
+//! written when every file was `0666`: its entries still carrying that old
+//! default get `0600` when it is loaded (and saved as format 2).
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -21,6 +24,17 @@ pub struct Owner {
     pub gid: u32,
 }
 
+/// The current file format.
+const FORMAT: u32 = 2;
+/// The mode every file had before format 2.
+const OLD_DEFAULT: u16 = 0o666;
+
+#[derive(Serialize, Deserialize)]
+struct File {
+    format: u32,
+    volumes: HashMap<String, Owner>,
+}
+
 /// The persisted table.
 pub struct Owners {
     path: PathBuf,
@@ -31,14 +45,40 @@ impl Owners {
     /// Loads `path`; a missing file is an empty table, an unreadable one
     /// is logged and treated as empty (the defaults apply).
     pub fn load(path: PathBuf) -> Owners {
-        let map = match std::fs::read(&path) {
-            Ok(b) => serde_json::from_slice(&b).unwrap_or_else(|e| {
-                tracing::warn!(file = %path.display(), "ignoring the saved volume owners: {e}");
-                HashMap::new()
-            }),
-            Err(_) => HashMap::new(),
+        let Ok(b) = std::fs::read(&path) else {
+            return Owners {
+                path,
+                map: HashMap::new(),
+            };
         };
-        Owners { path, map }
+        if let Ok(f) = serde_json::from_slice::<File>(&b) {
+            if f.format == FORMAT {
+                return Owners {
+                    path,
+                    map: f.volumes,
+                };
+            }
+        }
+        match serde_json::from_slice::<HashMap<String, Owner>>(&b) {
+            Ok(mut map) => {
+                let mut fixed = 0;
+                for o in map.values_mut().filter(|o| o.perm == OLD_DEFAULT) {
+                    o.perm = crate::fs::access::FILE_MODE;
+                    fixed += 1;
+                }
+                tracing::info!(file = %path.display(), fixed, "volume owners saved by an older mirrord: files that had the old default mode 0666 now have 0600");
+                let o = Owners { path, map };
+                o.save();
+                o
+            }
+            Err(e) => {
+                tracing::warn!(file = %path.display(), "ignoring the saved volume owners (every volume file gets the default owner and mode): {e}");
+                Owners {
+                    path,
+                    map: HashMap::new(),
+                }
+            }
+        }
     }
 
     /// The saved owner of volume `name` with id `blob_id`.
@@ -70,7 +110,11 @@ impl Owners {
     }
 
     fn save(&self) {
-        let res = serde_json::to_vec_pretty(&self.map)
+        let f = File {
+            format: FORMAT,
+            volumes: self.map.clone(),
+        };
+        let res = serde_json::to_vec_pretty(&f)
             .map_err(std::io::Error::other)
             .and_then(|b| blobvirt_core::fsutil::write_atomic(&self.path, &b));
         if let Err(e) = res {
@@ -105,5 +149,38 @@ mod tests {
         let mut o = o;
         o.remove("disk");
         assert_eq!(Owners::load(p).get("disk", 7), None);
+    }
+
+    #[test]
+    fn the_old_default_mode_is_dropped_on_upgrade() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("owners.json");
+        // Format 1: libvirt chowned "vm" (mode untouched, 0666); "mine"
+        // was chmodded by its owner.
+        let old = r#"{"vm":{"blob_id":3,"perm":438,"uid":64055,"gid":64055},
+                      "mine":{"blob_id":4,"perm":416,"uid":0,"gid":0}}"#;
+        std::fs::write(&p, old).unwrap();
+        let o = Owners::load(p.clone());
+        assert_eq!(
+            o.get("vm", 3).map(|x| (x.perm, x.uid)),
+            Some((0o600, 64055))
+        );
+        assert_eq!(o.get("mine", 4).map(|x| x.perm), Some(0o640));
+        // Saved in the new format: a second load keeps what the first did.
+        let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&p).unwrap()).unwrap();
+        assert_eq!(v["format"], 2);
+        let mut o = Owners::load(p.clone());
+        assert_eq!(o.get("vm", 3).map(|x| x.perm), Some(0o600));
+        // A 0666 chosen after the upgrade stays.
+        o.set(
+            "vm",
+            Owner {
+                blob_id: 3,
+                perm: 0o666,
+                uid: 0,
+                gid: 0,
+            },
+        );
+        assert_eq!(Owners::load(p).get("vm", 3).map(|x| x.perm), Some(0o666));
     }
 }

@@ -10,9 +10,10 @@
 //!
 //! DAC: libvirt's default `dynamic_ownership` chowns a disk to QEMU's user
 //! (`libvirt-qemu`) at start and back at stop. mirrord accepts chown/chmod
-//! (owner and mode are kept in memory), mounts with `allow_other` and does
-//! no permission checks of its own, so QEMU opens the volumes with the
-//! stock `qemu.conf`; `remember_owner`'s xattrs are refused with ENOTSUP,
+//! (owner and mode are kept per host) and mounts with `allow_other` and
+//! `default_permissions` (files `root:root 0600` until chowned, see
+//! `docs/mount.md`), so QEMU opens the volumes with the stock `qemu.conf`;
+//! `remember_owner`'s xattrs are refused with ENOTSUP,
 //! which libvirt tolerates. No `<seclabel>` is needed in domain XML.
 //!
 //! libvirt reads the hook directory when libvirtd starts and on SIGHUP; a

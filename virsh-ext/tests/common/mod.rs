@@ -35,14 +35,29 @@ pub fn blobvirt() -> PathBuf {
     exe
 }
 
-/// Runs `blobvirt args` with `pool` (if any) in BLOBVIRT_POOL.
+/// The configuration file (TLS identity) of each cluster a test started,
+/// by pool URL, so a command given that URL also gets the certificate.
+static CONFIGS: Mutex<Vec<(String, PathBuf)>> = Mutex::new(Vec::new());
+
+/// The configuration file of the cluster whose pool is `pool`.
+pub fn config_of(pool: &str) -> Option<PathBuf> {
+    let c = CONFIGS.lock().unwrap();
+    c.iter().find(|(p, _)| p == pool).map(|(_, f)| f.clone())
+}
+
+/// Runs `blobvirt args` with `pool` (if any) in BLOBVIRT_POOL, and that
+/// cluster's configuration file in BLOBVIRT_CONFIG.
 pub fn run(pool: Option<&str>, args: &[&str]) -> Output {
     let mut c = Command::new(blobvirt());
     c.args(args)
         .env_remove("BLOBVIRT_POOL")
+        .env_remove("BLOBVIRT_CONFIG")
         .env_remove("RUST_LOG");
     if let Some(p) = pool {
         c.env("BLOBVIRT_POOL", p);
+        if let Some(f) = config_of(p) {
+            c.env("BLOBVIRT_CONFIG", f);
+        }
     }
     c.output().expect("run blobvirt")
 }
@@ -199,6 +214,10 @@ impl Cluster {
             .and_then(|l| l.strip_prefix("BLOBVIRT_POOL="))
             .unwrap_or_else(|| panic!("last line is not BLOBVIRT_POOL=...: {out}"))
             .to_string();
+        CONFIGS
+            .lock()
+            .unwrap()
+            .push((self.pool.clone(), self.dir.join("blobvirt.toml")));
     }
 
     pub fn p(&self) -> Option<&str> {

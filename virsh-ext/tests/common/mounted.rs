@@ -46,12 +46,16 @@ pub fn cli(pool: Option<&str>, env: &[(&str, &str)], args: &[&str]) -> Output {
         "BLOBVIRT_POOL",
         "BLOBVIRT_CONTROL",
         "BLOBVIRT_CLUSTER_DIR",
+        "BLOBVIRT_CONFIG",
         "RUST_LOG",
     ] {
         c.env_remove(v);
     }
     if let Some(p) = pool {
         c.env("BLOBVIRT_POOL", p);
+        if let Some(f) = super::config_of(p) {
+            c.env("BLOBVIRT_CONFIG", f);
+        }
     }
     for (k, v) in env {
         c.env(k, v);
