@@ -2,8 +2,10 @@
 # Tests blobvirt's Debian packages on this machine, as root: builds them
 # (packaging/build.sh), runs lintian (any E: fails), installs them with
 # their dependencies, checks files, user, group, directories, the libvirt
-# hook and the units (systemd-analyze verify), reinstalls over a changed
-# config, removes, purges, and checks that only the data under
+# hook (run by libvirtd when one runs) and the units (systemd-analyze
+# verify), makes certificates with `blobvirt ca`, runs each unit's
+# ExecStart= as the unit would (user, NOTIFY_SOCKET: READY=1), reinstalls
+# over a changed config, removes, purges, and checks that only the data under
 # /var/lib/blobvirt (and the blobvirt user and group) stays, as
 # packaging/README.md says.
 #
@@ -44,12 +46,15 @@ check() {
 
 hook=/etc/libvirt/hooks/qemu.d/50-blobvirt
 save=$(mktemp -d /tmp/blobvirt-pkgtest.XXXXXX)
+# The daemons' notify sockets: reachable by the blobvirt user ($save is not).
+notify=$(mktemp -d /tmp/blobvirt-pkgtest-notify.XXXXXX) && chmod 0755 "$notify"
 
 # --- what the machine looks like before -------------------------------------
 had_etc=0; [ -d /etc/blobvirt ] && had_etc=1 && cp -a /etc/blobvirt "$save/etc-blobvirt"
 had_hook=0; { [ -e "$hook" ] || [ -L "$hook" ]; } && had_hook=1 && cp -a "$hook" "$save/hook"
 had_group=0; group_line=$(getent group blobvirt) && had_group=1
 had_user=0; getent passwd blobvirt >/dev/null && had_user=1
+had_run=0; [ -d /run/blobvirt ] && had_run=1
 had_dirs=()
 for d in /var/lib/blobvirt /var/lib/blobvirt/poold /var/lib/blobvirt/chunkd \
   /var/lib/blobvirt/cache /var/lib/blobvirt/pool /etc/libvirt /etc/libvirt/hooks \
@@ -62,7 +67,7 @@ had_dir() { local d; for d in "${had_dirs[@]}"; do [ "$d" = "$1" ] && return 0; 
 snapshot() {
   find /etc/blobvirt /etc/libvirt/hooks /etc/systemd /usr/lib/systemd/system \
     /var/lib/systemd/deb-systemd-helper-enabled /var/lib/systemd/deb-systemd-helper-masked \
-    /usr/share/doc /var/lib/blobvirt -path '*blobvirt*' 2>/dev/null | sort
+    /usr/share/doc /var/lib/blobvirt -xdev -path '*blobvirt*' 2>/dev/null | sort
   ls -1d /usr/bin/poold /usr/bin/chunkd /usr/bin/mirrord /usr/bin/blobvirt /usr/bin/blobvirt-hook 2>/dev/null
 }
 # With type, mode, owner and content: what the clean-up must restore.
@@ -92,8 +97,63 @@ daemon_pid() {
   echo "$pid"
 }
 
+# start_daemon NAME USER UMASK ARGS...: runs ARGS as the unit would (its
+# User=, UMask=, a clean environment, the NOTIFY_SOCKET of Type=notify;
+# setpriv execs, so the pid is the daemon's) and waits up to 60 s for
+# READY=1; false when the daemon exits or stays silent.
+start_daemon() {
+  local name=$1 user=$2 umask=$3 dir="$notify/$1" listener daemon i
+  shift 3
+  mkdir -p "$dir" && chmod 0755 "$dir"
+  python3 - "$dir/sock" > "$dir/got" 2>&1 <<'PY' &
+import os, socket, sys
+s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+s.bind(sys.argv[1])
+os.chmod(sys.argv[1], 0o666)
+s.settimeout(60)
+try:
+    while True:
+        msg = s.recv(4096).decode(errors="replace")
+        print(msg, flush=True)
+        if "READY=1" in msg.split("\n"):
+            sys.exit(0)
+except socket.timeout:
+    sys.exit(1)
+PY
+  listener=$!
+  for i in $(seq 1 50); do [ -S "$dir/sock" ] && break; sleep 0.1; done
+  ( umask "$umask"
+    exec setpriv --reuid="$user" --regid="$user" --init-groups \
+      env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin NOTIFY_SOCKET="$dir/sock" "$@" ) > "$save/$name.log" 2>&1 &
+  daemon=$!
+  daemon_pids+=("$daemon")
+  eval "pid_$name=$daemon"
+  for i in $(seq 1 600); do
+    kill -0 "$listener" 2>/dev/null || { wait "$listener"; return; }
+    kill -0 "$daemon" 2>/dev/null || { kill "$listener" 2>/dev/null; wait "$listener"; return 1; }
+    sleep 0.1
+  done
+  kill "$listener" 2>/dev/null
+  return 1
+}
+# stop_daemon PID: SIGTERM (what systemd sends), SIGKILL after 30 s.
+stop_daemon() {
+  local i
+  kill -0 "$1" 2>/dev/null || return 0
+  kill -TERM "$1" 2>/dev/null
+  for i in $(seq 1 300); do kill -0 "$1" 2>/dev/null || return 0; sleep 0.1; done
+  kill -KILL "$1" 2>/dev/null
+  return 1
+}
+# The ExecStart= of an installed unit.
+exec_start() { sed -n 's/^ExecStart=//p' "/usr/lib/systemd/system/$1.service"; }
+
+daemon_pids=()
 cleanup() {
   local p d
+  # Daemons this test started (by their pid), then their mount.
+  for p in "${daemon_pids[@]}"; do stop_daemon "$p"; done
+  if mountpoint -q /var/lib/blobvirt/pool 2>/dev/null; then umount -l /var/lib/blobvirt/pool; fi
   for p in "${pkgs[@]}"; do
     if dpkg-query -W -f '${Status}' "$p" 2>/dev/null | grep -qv 'not-installed'; then
       dpkg --purge "$p" >/dev/null 2>&1 || echo "warning: cannot purge $p" >&2
@@ -112,10 +172,16 @@ cleanup() {
   if [ "$had_hook" = 1 ]; then
     mkdir -p "${hook%/*}" && rm -f "$hook" && cp -a "$save/hook" "$hook"
   fi
+  # The data the daemons wrote stays after purge, as it should: remove what
+  # this test made (never across a file system: the mount is gone above).
   for d in /var/lib/blobvirt/poold /var/lib/blobvirt/chunkd /var/lib/blobvirt/cache \
-    /var/lib/blobvirt/pool /var/lib/blobvirt /etc/libvirt/hooks/qemu.d /etc/libvirt/hooks /etc/libvirt; do
+    /var/lib/blobvirt/pool /var/lib/blobvirt; do
+    if [ -d "$d" ] && ! had_dir "$d"; then rm -rf --one-file-system "$d"; fi
+  done
+  for d in /etc/libvirt/hooks/qemu.d /etc/libvirt/hooks /etc/libvirt; do
     if [ -d "$d" ] && ! had_dir "$d"; then rmdir "$d" 2>/dev/null; fi
   done
+  if [ "$had_run" = 0 ]; then rm -rf /run/blobvirt; else rm -f /run/blobvirt/mirrord.sock; fi
   if [ "$had_user" = 0 ] && getent passwd blobvirt >/dev/null; then deluser --quiet --system blobvirt >/dev/null 2>&1; fi
   if [ "$had_group" = 0 ] && getent group blobvirt >/dev/null; then delgroup --quiet --system blobvirt >/dev/null 2>&1; fi
   # deluser also removes a user's empty group of the same name: put back
@@ -138,7 +204,7 @@ finish() {
     bad "clean-up: the machine differs from before the test:"
     diff "$save/state-before" "$save/state-after" | sed 's/^/     /'
   fi
-  rm -rf "$save"
+  rm -rf "$save" "$notify"
   echo "$passed passed, $failed failed"
   [ "$failed" = 0 ]
 }
@@ -300,10 +366,75 @@ else
   echo "skip libvirtd runs the hook (no libvirtd running)"
 fi
 
+# --- the shipped configuration, certificates, and the daemons as their units run them
+# The real parser reads the whole example (unknown keys are errors) before
+# it looks for the certificates, which do not exist yet.
+env -u BLOBVIRT_CONFIG -u BLOBVIRT_CLUSTER_DIR -u BLOBVIRT_POOL \
+  blobvirt --config /etc/blobvirt/blobvirt.toml vol-list > "$save/cli.log" 2>&1
+check "the CLI reads the shipped config and asks for the missing certificates" \
+  grep -q "\[tls\] ca names /etc/blobvirt/tls/ca.pem, which does not exist" "$save/cli.log" ||
+  sed 's/^/     /' "$save/cli.log"
+# The certificates as packaging/README.md says to make them, for node "node"
+# (the example's [tls] names node.pem and node.key).
+check "blobvirt ca init --dir /etc/blobvirt/tls" \
+  bash -c 'blobvirt ca init --dir /etc/blobvirt/tls >/dev/null'
+check "blobvirt ca issue node --ip 127.0.0.1 --dir /etc/blobvirt/tls" \
+  bash -c 'blobvirt ca issue node --ip 127.0.0.1 --dns localhost --dir /etc/blobvirt/tls >/dev/null'
+check "/etc/blobvirt/tls/node.key is 0600 and the directory still root:blobvirt 0750" \
+  bash -c '[ "$(stat -c %a /etc/blobvirt/tls/node.key)" = 600 ] && [ "$(stat -c "%U:%G %a" /etc/blobvirt/tls)" = "root:blobvirt 750" ]'
+chown blobvirt:blobvirt /etc/blobvirt/tls/node.key
+
+# No systemd here: run each unit's ExecStart= as the unit would, with
+# overrides only for what the example leaves to the site (poold's address;
+# free ports instead of the example's fixed ones).
+run_daemons=1
+if mountpoint -q /var/lib/blobvirt/pool || [ -e /run/blobvirt/mirrord.sock ]; then
+  run_daemons=0
+  echo "skip the daemons: something already serves /var/lib/blobvirt/pool or /run/blobvirt/mirrord.sock"
+fi
+if [ "$run_daemons" = 1 ]; then
+  # shellcheck disable=SC2046
+  if start_daemon poold blobvirt 0027 $(exec_start blobvirt-poold) --listen 127.0.0.1:0 --metrics 127.0.0.1:0; then
+    ok "poold (user blobvirt, the packaged config and key) sends READY=1"
+  else
+    bad "poold (user blobvirt, the packaged config and key) sends READY=1"
+    tail -5 "$save/poold.log" | sed 's/^/     /'
+  fi
+  check "poold wrote its address file as blobvirt" \
+    bash -c '[ "$(stat -c %U /var/lib/blobvirt/poold/poold.addr 2>/dev/null)" = blobvirt ]'
+  pool="https://$(cat /var/lib/blobvirt/poold/poold.addr 2>/dev/null)"
+  # shellcheck disable=SC2046
+  if start_daemon chunkd blobvirt 0027 $(exec_start blobvirt-chunkd) --pool "$pool" --listen 127.0.0.1:0 --metrics 127.0.0.1:0; then
+    ok "chunkd (user blobvirt, the packaged config and key) sends READY=1"
+  else
+    bad "chunkd (user blobvirt, the packaged config and key) sends READY=1"
+    tail -5 "$save/chunkd.log" | sed 's/^/     /'
+  fi
+  for _ in $(seq 1 100); do grep -q "registered with poold" "$save/chunkd.log" && break; sleep 0.1; done
+  check "chunkd registers with poold over mutual TLS" grep -q "registered with poold" "$save/chunkd.log"
+  # RuntimeDirectory=blobvirt, RuntimeDirectoryMode=0755.
+  mkdir -p -m 0755 /run/blobvirt
+  # shellcheck disable=SC2046
+  if start_daemon mirrord root 0022 $(exec_start blobvirt-mirrord) --pool "$pool" --metrics 127.0.0.1:0; then
+    ok "mirrord (root) mounts /var/lib/blobvirt/pool and sends READY=1"
+  else
+    bad "mirrord (root) mounts /var/lib/blobvirt/pool and sends READY=1"
+    tail -5 "$save/mirrord.log" | sed 's/^/     /'
+  fi
+  check "/var/lib/blobvirt/pool is mounted" mountpoint -q /var/lib/blobvirt/pool
+  check "the control socket /run/blobvirt/mirrord.sock is root:blobvirt 0660" \
+    bash -c '[ -S /run/blobvirt/mirrord.sock ] && [ "$(stat -c "%U:%G %a" /run/blobvirt/mirrord.sock)" = "root:blobvirt 660" ]'
+  # SIGTERM, as systemctl stop sends: mirrord commits and unmounts first.
+  # shellcheck disable=SC2154
+  for p in "$pid_mirrord" "$pid_chunkd" "$pid_poold"; do stop_daemon "$p"; done
+  check "the daemons exit on SIGTERM and mirrord unmounts" \
+    bash -c '! kill -0 "$1" "$2" "$3" 2>/dev/null && ! mountpoint -q /var/lib/blobvirt/pool' _ \
+    "$pid_mirrord" "$pid_chunkd" "$pid_poold"
+fi
+
 # --- upgrade (reinstall): configuration and data stay ---------------------------
 echo "# changed by packaging/test.sh" >> /etc/blobvirt/blobvirt.toml
 echo data > "$marker"
-touch /etc/blobvirt/tls/node.key
 check "reinstalling over a changed config succeeds" \
   bash -c 'dpkg --force-confold -i "$@" >/dev/null 2>&1' _ "${debs[@]}"
 check "the changed config is kept on upgrade" grep -q '^# changed by packaging/test.sh' /etc/blobvirt/blobvirt.toml
@@ -317,7 +448,7 @@ check "the binaries are gone after remove" \
   bash -c '! ls /usr/bin/poold /usr/bin/chunkd /usr/bin/mirrord /usr/bin/blobvirt /usr/bin/blobvirt-hook 2>/dev/null'
 check "the hook is gone after remove" bash -c '! [ -e "$1" ] && ! [ -L "$1" ]' _ "$hook"
 check "the config is kept on remove" test -f /etc/blobvirt/blobvirt.toml
-check "the certificates are kept on remove" test -f /etc/blobvirt/tls/node.key
+check "the certificates are kept on remove" test -f /etc/blobvirt/tls/node.key -a -f /etc/blobvirt/tls/ca.key
 check "the data is kept on remove" test -f "$marker"
 
 # --- purge: configuration goes, data stays ------------------------------------------
@@ -338,17 +469,17 @@ check "no packaged file is left after purge" bash -c '
   done <<< "$1"
   [ "$left" = 0 ]' _ "$dpkg_files"
 check "the data under /var/lib/blobvirt stays after purge" test -f "$marker"
-had_dir /var/lib/blobvirt/poold ||
-  check "the empty /var/lib/blobvirt/poold is gone after purge" test ! -e /var/lib/blobvirt/poold
-had_dir /var/lib/blobvirt/cache ||
-  check "the empty /var/lib/blobvirt/cache is gone after purge" test ! -e /var/lib/blobvirt/cache
+if [ "$run_daemons" = 1 ]; then
+  check "poold's metadata store stays after purge" test -s /var/lib/blobvirt/poold/poold.addr
+fi
 had_dir /var/lib/blobvirt/pool ||
   check "the empty mount point /var/lib/blobvirt/pool is gone after purge" test ! -e /var/lib/blobvirt/pool
 check "the user and group blobvirt stay after purge (they may own the data)" \
   bash -c 'getent passwd blobvirt >/dev/null && getent group blobvirt >/dev/null'
-# Everything else as before: only the data (chunkd's directory and the file
-# in it, and /var/lib/blobvirt holding them) may be new.
+# Everything else as before: only data under /var/lib/blobvirt (not the
+# mount point) may be new.
 snapshot > "$save/after"
 check "nothing else is left after purge" bash -c '
-  extra=$(comm -13 "$1" "$2" | grep -vx -e /var/lib/blobvirt -e /var/lib/blobvirt/chunkd -e "$3")
-  [ -z "$extra" ] || { echo "$extra"; false; }' _ "$save/before" "$save/after" "$marker"
+  extra=$(comm -13 "$1" "$2" | grep -v -e "^/var/lib/blobvirt$" -e "^/var/lib/blobvirt/poold" \
+    -e "^/var/lib/blobvirt/chunkd" -e "^/var/lib/blobvirt/cache")
+  [ -z "$extra" ] || { echo "$extra"; false; }' _ "$save/before" "$save/after"
