@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Builds blobvirt and runs every test: unit, property, and integration tests
-# that start the real daemons (poold, chunkd, mirrord with a FUSE mount).
+# that start the real daemons (poold, chunkd, mirrord with a FUSE mount),
+# then the Debian packages (packaging/test.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install-deps.sh
@@ -14,3 +15,6 @@ bash bench/cluster/install-deps.sh
 export PATH="$HOME/.cargo/bin:$PATH"
 cargo build --workspace --bins --tests
 cargo test --workspace -- --test-threads="${BLOBVIRT_TEST_THREADS:-2}"
+# The Debian packages: release build, cargo-deb, lintian, install, upgrade,
+# remove, purge (restores the hook and /etc/blobvirt the tests above use).
+bash packaging/test.sh
