@@ -91,22 +91,17 @@ pub async fn up(a: ClusterUp) -> Result<()> {
             );
         }
     }
+    // The address poold had (DIR/blobvirt.toml outlives cluster down), so
+    // an exported BLOBVIRT_POOL stays right across cluster down and up.
+    let old_poold = cluster_config::old_pool_addr(&dir);
     let poold_exe = find_binary("poold")?;
     let chunkd_exe = find_binary("chunkd")?;
     let config = cluster_config::prepare(&dir, !a.no_tls)?;
     let logs = dir.join("logs");
     fs::create_dir_all(&logs)?;
     let mut children: Vec<Child> = Vec::new();
-    let res = start_all(
-        &a,
-        &dir,
-        &config,
-        &logs,
-        &poold_exe,
-        &chunkd_exe,
-        &mut children,
-    )
-    .await;
+    let exes = (poold_exe.as_path(), chunkd_exe.as_path());
+    let res = start_all(&a, &dir, &config, &logs, exes, old_poold, &mut children).await;
     let c = match res {
         Ok(c) => c,
         Err(e) => {
@@ -141,8 +136,8 @@ async fn start_all(
     dir: &Path,
     config: &Path,
     logs: &Path,
-    poold_exe: &Path,
-    chunkd_exe: &Path,
+    (poold_exe, chunkd_exe): (&Path, &Path),
+    old_poold: Option<String>,
     children: &mut Vec<Child>,
 ) -> Result<ClusterFile> {
     let mirrord_exe = a
@@ -180,7 +175,15 @@ async fn start_all(
         args,
         node_id: None,
     };
-    children.push(poold.start("127.0.0.1:0", deadline)?);
+    let first = match old_poold {
+        Some(addr) => poold.start(&addr, deadline).ok(),
+        None => None,
+    };
+    match first {
+        Some(child) => children.push(child),
+        // A new cluster, or the old port is taken now: any free port.
+        None => children.push(poold.start("127.0.0.1:0", deadline)?),
+    }
     let tls = blobvirt_core::tls::installed().is_some();
     let pool = format!("{}://{}", if tls { "https" } else { "http" }, poold.addr);
     cluster_config::write(dir, tls, Some(&pool))?;

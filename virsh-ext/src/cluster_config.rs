@@ -68,6 +68,15 @@ pub fn write(dir: &Path, tls: bool, pool: Option<&str>) -> Result<()> {
         .with_context(|| format!("writing {}", p.display()))
 }
 
+/// `HOST:PORT` of the pool recorded in `DIR/blobvirt.toml` by an earlier
+/// `cluster up`, if any.
+pub fn old_pool_addr(dir: &Path) -> Option<String> {
+    let text = std::fs::read_to_string(path(dir)).ok()?;
+    let cfg = Config::parse(&path(dir), &text).ok()?;
+    let url = cfg.pool()?;
+    Some(url.split_once("://").map_or(url, |(_, a)| a).to_string())
+}
+
 /// Installs the TLS identity of the cluster in `dir` in this process (for
 /// `cluster up/down/restart`, which talk to their own daemons).
 pub fn use_it(dir: &Path) -> Result<()> {

@@ -146,8 +146,23 @@ fn status_up_restart_down() {
     let e = fail(None, &["cluster", "down", "--dir", &d]);
     assert!(e.contains("no cluster"), "{e}");
 
-    // up again in the same dir: the volume is still there and exact.
+    // up again in the same dir: the same pool address (an exported
+    // BLOBVIRT_POOL stays right), the same CA, and the volume is still
+    // there and exact.
+    let (pool_before, ca_before) = (
+        c.pool.clone(),
+        std::fs::read(c.dir.join("tls/ca.pem")).unwrap(),
+    );
     c.up_again(3, 2);
+    assert_eq!(
+        c.pool, pool_before,
+        "the pool address changed across down and up"
+    );
+    assert_eq!(
+        std::fs::read(c.dir.join("tls/ca.pem")).unwrap(),
+        ca_before,
+        "a new CA was made"
+    );
     let list = c.vol_list();
     assert_eq!(list[0]["name"], "disk", "{list}");
     assert_eq!(list[0]["latest_version"], 1, "{list}");
