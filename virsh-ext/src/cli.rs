@@ -13,13 +13,9 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
     name = "blobvirt",
     version,
     about,
-    after_help = "Volumes are named NAME; a version of one is NAME@VERSION (NAME@2), and NAME alone means its latest version. --pool (or BLOBVIRT_POOL) is the poold URL; the mirror commands find mirrord with --control, BLOBVIRT_CONTROL or --dir. Every read command takes --json."
+    after_help = "Volumes are named NAME; a version of one is NAME@VERSION (NAME@2), and NAME alone means its latest version. --pool (or BLOBVIRT_POOL, else the configuration file) is the poold URL of the commands that talk to poold; the mirror commands find mirrord with --control, BLOBVIRT_CONTROL or --dir. Every read command takes --json."
 )]
 pub struct Cli {
-    /// URL of the pool daemon, e.g. http://127.0.0.1:7400 (`blobvirt
-    /// cluster up` prints it); used by the commands that talk to poold.
-    #[arg(long, env = "BLOBVIRT_POOL", global = true)]
-    pub pool: Option<String>,
     /// Configuration file: the pool and this host's TLS certificate
     /// (default: BLOBVIRT_CONFIG, else BLOBVIRT_CLUSTER_DIR/blobvirt.toml,
     /// else /etc/blobvirt/blobvirt.toml).
@@ -205,6 +201,8 @@ pub struct ClusterRestart {
 
 #[derive(Debug, Args)]
 pub struct ClusterStatus {
+    #[command(flatten)]
+    pub pool: PoolArg,
     /// Read the pool URL from DIR/cluster.json when --pool is not given.
     #[arg(long, env = "BLOBVIRT_CLUSTER_DIR")]
     pub dir: Option<PathBuf>,
@@ -213,8 +211,44 @@ pub struct ClusterStatus {
     pub json: bool,
 }
 
+/// The poold URL, on the commands that talk to poold.
+#[derive(Debug, Args, Clone, Default)]
+pub struct PoolArg {
+    /// URL of the pool daemon, e.g. https://10.0.0.1:7000 (`blobvirt
+    /// cluster up` prints it; default: the configuration file's pool).
+    #[arg(long, env = "BLOBVIRT_POOL")]
+    pub pool: Option<String>,
+}
+
+impl Command {
+    /// The `--pool` of the commands that talk to poold.
+    pub fn pool(&self) -> Option<&str> {
+        let p = match self {
+            Command::Cluster(ClusterCmd::Status(a)) => &a.pool,
+            Command::VolImport(a) => &a.pool,
+            Command::VolExport(a) => &a.pool,
+            Command::VolList(a) => &a.pool,
+            Command::VolInfo(a) => &a.pool,
+            Command::VolClone(a) => &a.pool,
+            Command::VolDelete(a) => &a.pool,
+            Command::Deploy(a) => &a.pool,
+            Command::SnapshotCreate(a) => &a.pool,
+            Command::SnapshotCreateAll(a) => &a.pool,
+            Command::SnapshotList(a) => &a.pool,
+            Command::SnapshotRevert(a) => &a.pool,
+            Command::SnapshotDelete(a) => &a.pool,
+            Command::SnapshotExport(a) => &a.pool,
+            Command::PoolDefine(a) => &a.pool,
+            _ => return None,
+        };
+        p.pool.as_deref()
+    }
+}
+
 #[derive(Debug, Args)]
 pub struct JsonFlag {
+    #[command(flatten)]
+    pub pool: PoolArg,
     /// Print JSON instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -222,6 +256,8 @@ pub struct JsonFlag {
 
 #[derive(Debug, Args)]
 pub struct VolImport {
+    #[command(flatten)]
+    pub pool: PoolArg,
     /// Raw image file to read.
     pub file: PathBuf,
     /// Volume name.
@@ -241,6 +277,8 @@ pub struct VolImport {
 
 #[derive(Debug, Args)]
 pub struct VolExport {
+    #[command(flatten)]
+    pub pool: PoolArg,
     /// NAME or NAME@VERSION (default: latest).
     pub spec: String,
     /// Raw file to write (sparse where the volume has holes).
@@ -249,6 +287,8 @@ pub struct VolExport {
 
 #[derive(Debug, Args)]
 pub struct VolInfo {
+    #[command(flatten)]
+    pub pool: PoolArg,
     /// NAME, or NAME@VERSION to show that version only.
     pub name: String,
     /// Print JSON instead of text.
@@ -258,6 +298,8 @@ pub struct VolInfo {
 
 #[derive(Debug, Args)]
 pub struct VolClone {
+    #[command(flatten)]
+    pub pool: PoolArg,
     /// SRC or SRC@VERSION (default: latest).
     pub src: String,
     /// Name of the new volume.
@@ -268,6 +310,8 @@ pub struct VolClone {
 
 #[derive(Debug, Args)]
 pub struct VolDelete {
+    #[command(flatten)]
+    pub pool: PoolArg,
     /// NAME (the whole volume) or NAME@VERSION.
     pub spec: String,
     /// Delete even while the volume is open or being written (here or on
@@ -355,6 +399,8 @@ pub struct LibvirtArgs {
 
 #[derive(Debug, Args)]
 pub struct Deploy {
+    #[command(flatten)]
+    pub pool: PoolArg,
     /// IMAGE or IMAGE@VERSION (default: latest).
     pub image: String,
     /// Number of domains.
@@ -377,6 +423,8 @@ pub struct Deploy {
 
 #[derive(Debug, Args)]
 pub struct SnapshotCreate {
+    #[command(flatten)]
+    pub pool: PoolArg,
     /// The libvirt domain.
     pub domain: String,
     /// Snapshot name (default: snap-<unix time>).
@@ -395,6 +443,8 @@ pub struct SnapshotCreate {
 
 #[derive(Debug, Args)]
 pub struct SnapshotCreateAll {
+    #[command(flatten)]
+    pub pool: PoolArg,
     /// Domains to snapshot (or --prefix).
     pub domains: Vec<String>,
     /// Also every running domain whose name starts with P.
@@ -416,6 +466,8 @@ pub struct SnapshotCreateAll {
 
 #[derive(Debug, Args)]
 pub struct SnapshotList {
+    #[command(flatten)]
+    pub pool: PoolArg,
     /// The libvirt domain.
     pub domain: String,
     /// Print JSON instead of text (field names: virsh-ext/README.md).
@@ -425,6 +477,8 @@ pub struct SnapshotList {
 
 #[derive(Debug, Args)]
 pub struct SnapshotRevert {
+    #[command(flatten)]
+    pub pool: PoolArg,
     /// The libvirt domain.
     pub domain: String,
     /// The snapshot's name (see snapshot-list).
@@ -440,6 +494,8 @@ pub struct SnapshotRevert {
 
 #[derive(Debug, Args)]
 pub struct SnapshotDomain {
+    #[command(flatten)]
+    pub pool: PoolArg,
     /// The libvirt domain.
     pub domain: String,
     /// The snapshot's name (see snapshot-list).
@@ -450,6 +506,8 @@ pub struct SnapshotDomain {
 
 #[derive(Debug, Args)]
 pub struct SnapshotExport {
+    #[command(flatten)]
+    pub pool: PoolArg,
     /// The libvirt domain.
     pub domain: String,
     /// The snapshot's name (see snapshot-list).
@@ -461,6 +519,8 @@ pub struct SnapshotExport {
 
 #[derive(Debug, Args)]
 pub struct PoolDefine {
+    #[command(flatten)]
+    pub pool: PoolArg,
     /// libvirt pool name.
     #[arg(long, default_value = "blobvirt")]
     pub name: String,

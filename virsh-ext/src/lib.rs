@@ -3,7 +3,8 @@
 //! [`run`] executes a parsed command; [`main`] parses the arguments, runs
 //! the command and prints a failure as `error: <one sentence>` on stderr
 //! with exit status 1. Modules: `cli` (clap types), `cluster`/`cluster_file`/
-//! `procs`/`status` (local clusters), `vol` (volumes), `mirror` (mirrord:
+//! `cluster_config`/`procs`/`status` (local clusters), `ca` (the cluster's
+//! certificates), `vol` (volumes), `mirror` (mirrord:
 //! mount, control commands, telling it about CLI changes), `libvirt/`
 //! (pool, hook install, deploy, domain snapshots), `output` (tables,
 //! sizes).
@@ -37,7 +38,7 @@ fn configure(cli: &Cli) -> Result<Option<String>> {
     match &cli.command {
         Command::Ca(_)
         | Command::Cluster(ClusterCmd::Up(_) | ClusterCmd::Down(_) | ClusterCmd::Restart(_)) => {
-            return Ok(cli.pool.clone())
+            return Ok(cli.command.pool().map(str::to_string))
         }
         Command::Cluster(ClusterCmd::Status(a)) => {
             fallbacks.extend(a.dir.iter().map(|d| d.join(cluster_config::CONFIG_FILE)))
@@ -49,7 +50,11 @@ fn configure(cli: &Cli) -> Result<Option<String>> {
     }
     let cfg = Config::locate(cli.config.as_deref(), &fallbacks)?;
     blobvirt_core::tls::install_from(&cfg)?;
-    let pool = cli.pool.clone().or_else(|| cfg.pool().map(str::to_string));
+    let pool = cli
+        .command
+        .pool()
+        .map(str::to_string)
+        .or_else(|| cfg.pool().map(str::to_string));
     let _ = CONFIG.set(cfg);
     Ok(pool)
 }

@@ -161,7 +161,7 @@ fn flags_beat_the_environment_which_beats_the_file() {
         "the environment beats the file"
     );
     assert!(
-        run(Some(wrong), &["--pool", &c.pool, "vol-list"])
+        run(Some(wrong), &["vol-list", "--pool", &c.pool])
             .status
             .success(),
         "the flag beats the environment"

@@ -169,11 +169,11 @@ fn poold_refuses_clients_outside_the_cluster() {
     let o = run(
         None,
         &[
-            "--pool",
-            &format!("http://{poold}"),
             "vol-delete",
             "base",
             "--force",
+            "--pool",
+            &format!("http://{poold}"),
         ],
     );
     assert!(!o.status.success());
