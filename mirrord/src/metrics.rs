@@ -117,6 +117,10 @@ pub fn register(reg: &mut Registry, vols: Arc<Volumes>) {
     ] {
         reg.register(name, help, c.clone());
     }
+    // Both series exist from the start, so rate() sees their first commit.
+    for phase in ["1", "2"] {
+        m.commit_phase.get_or_create(&PhaseLabel { phase });
+    }
     reg.register(
         "blobvirt_mirrord_commit_phase_seconds",
         "Duration of COMMIT phase 1 (freeze the dirty set) and phase 2 (upload and publish)",

@@ -20,8 +20,8 @@ use nix::sys::signal::Signal;
 
 use crate::cli::{ClusterDown, ClusterRestart, ClusterUp};
 use crate::cluster_config;
-use crate::cluster_file::save;
 pub use crate::cluster_file::{cluster_file, load, ClusterFile, Proc};
+use crate::cluster_file::{save, METRICS_ARGS};
 use crate::output::Table;
 use crate::procs::{self, find_binary};
 
@@ -115,12 +115,13 @@ pub async fn up(a: ClusterUp) -> Result<()> {
         }
     };
     save(&c)?;
-    let mut t = Table::new(&["NAME", "PID", "ADDR", "LOG"]);
+    let mut t = Table::new(&["NAME", "PID", "ADDR", "METRICS", "LOG"]);
     for p in &c.processes {
         t.row(vec![
             p.name.clone(),
             p.pid.to_string(),
             p.addr.clone(),
+            p.metrics.clone().unwrap_or_else(|| "-".into()),
             p.log.display().to_string(),
         ]);
     }
@@ -165,6 +166,8 @@ async fn start_all(
         a.engine.as_str().into(),
         "--replicas".into(),
         replicas_of(a).to_string(),
+        METRICS_ARGS[0].into(),
+        METRICS_ARGS[1].into(),
     ];
     if let Some(g) = a.gc_grace_secs {
         args.extend(["--gc-grace-secs".to_string(), g.to_string()]);
@@ -179,6 +182,7 @@ async fn start_all(
         exe: poold_exe.to_path_buf(),
         args,
         node_id: None,
+        metrics: None,
     };
     children.push(poold.start("127.0.0.1:0", deadline)?);
     let tls = blobvirt_core::tls::installed().is_some();
@@ -202,11 +206,14 @@ async fn start_all(
                 pool.clone(),
                 "--id".into(),
                 id.clone(),
+                METRICS_ARGS[0].into(),
+                METRICS_ARGS[1].into(),
             ],
             dir: cdir,
             log: logs.join(format!("chunkd-{i}.log")),
             exe: chunkd_exe.to_path_buf(),
             node_id: Some(id),
+            metrics: None,
         };
         children.push(p.start("127.0.0.1:0", deadline)?);
         procs.push(p);
