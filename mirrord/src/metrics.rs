@@ -119,7 +119,7 @@ pub fn register(reg: &mut Registry, vols: Arc<Volumes>) {
     }
     // Both series exist from the start, so rate() sees their first commit.
     for phase in ["1", "2"] {
-        m.commit_phase.get_or_create(&PhaseLabel { phase });
+        drop(m.commit_phase.get_or_create(&PhaseLabel { phase }));
     }
     reg.register(
         "blobvirt_mirrord_commit_phase_seconds",
