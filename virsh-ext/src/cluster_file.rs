@@ -148,3 +148,21 @@ pub fn save(c: &ClusterFile) -> Result<()> {
         serde_json::to_string_pretty(c)?.as_bytes(),
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cluster_file_without_metrics_addresses_still_loads() {
+        let old = r#"{"pool":"http://127.0.0.1:1","dir":"/d","replicas":1,"processes":[
+            {"name":"poold","binary":"poold","pid":7,"addr":"127.0.0.1:1","dir":"/d/poold",
+             "log":"/d/logs/poold.log","exe":"/bin/poold","args":[]}]}"#;
+        let c: ClusterFile = serde_json::from_str(old).unwrap();
+        assert_eq!(c.processes[0].metrics, None);
+        let mut p = c.processes[0].clone();
+        p.metrics = Some("127.0.0.1:2".into());
+        let back = serde_json::to_string(&p).unwrap();
+        assert!(back.contains(r#""metrics":"127.0.0.1:2""#), "{back}");
+    }
+}
