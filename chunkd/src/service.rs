@@ -11,17 +11,25 @@ use blobvirt_core::proto::{
 use blobvirt_core::{ChunkId, MAX_MESSAGE};
 use tonic::{Request, Response, Status};
 
+use crate::metrics::Metrics;
 use crate::store::{parse_id, Store, StoreError};
 
 /// The `ChunkStore` gRPC service over one store.
 #[derive(Clone)]
 pub struct ChunkService {
     store: Arc<Store>,
+    metrics: Metrics,
 }
 
 impl ChunkService {
+    /// A service whose counters are registered nowhere.
     pub fn new(store: Arc<Store>) -> Self {
-        ChunkService { store }
+        ChunkService::with_metrics(store, Metrics::default())
+    }
+
+    /// A service adding to `metrics` (see [`Metrics::register`]).
+    pub fn with_metrics(store: Arc<Store>, metrics: Metrics) -> Self {
+        ChunkService { store, metrics }
     }
 
     /// The service wrapped in a tonic server with the project's message limits.
@@ -69,17 +77,33 @@ impl ChunkStore for ChunkService {
     async fn put(&self, req: Request<PutRequest>) -> Result<Response<PutReply>, Status> {
         let PutRequest { id, data, staged } = req.into_inner();
         let id = parse_id(&id).map_err(to_status)?;
+        let len = data.len() as u64;
         let stored = if staged {
             self.blocking(move |s| s.put_staged(&id, &data)).await?
         } else {
             self.blocking(move |s| s.put(&id, &data)).await?
         };
+        self.metrics.put_chunks.inc();
+        self.metrics.put_bytes.inc_by(len);
+        if stored {
+            self.metrics.put_new_chunks.inc();
+        }
         Ok(Response::new(PutReply { stored }))
     }
 
     async fn get(&self, req: Request<GetRequest>) -> Result<Response<GetReply>, Status> {
         let id = parse_id(&req.into_inner().id).map_err(to_status)?;
-        let data = self.blocking(move |s| s.get(&id)).await?;
+        let data = match self.blocking(move |s| s.get(&id)).await {
+            Ok(d) => d,
+            Err(st) => {
+                if st.code() == tonic::Code::DataLoss {
+                    self.metrics.corrupt_chunks.inc();
+                }
+                return Err(st);
+            }
+        };
+        self.metrics.served_chunks.inc();
+        self.metrics.served_bytes.inc_by(data.len() as u64);
         Ok(Response::new(GetReply { data }))
     }
 
@@ -92,6 +116,7 @@ impl ChunkStore for ChunkService {
     async fn delete(&self, req: Request<DeleteRequest>) -> Result<Response<DeleteReply>, Status> {
         let ids = parse_ids(&req.into_inner().ids)?;
         let deleted = self.blocking(move |s| s.delete(&ids)).await?;
+        self.metrics.deleted_chunks.inc_by(deleted);
         Ok(Response::new(DeleteReply { deleted }))
     }
 

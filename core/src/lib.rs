@@ -5,6 +5,7 @@ pub mod chunk;
 pub mod client;
 pub mod config;
 pub mod fsutil;
+pub mod metrics;
 pub mod placement;
 pub mod publish;
 pub mod stats;

@@ -1,5 +1,6 @@
 //! The daemon's life: clean a stale mount, connect to poold, serve the
-//! control socket, mount the file system, refresh the listing and flush
+//! control socket and (`--metrics`) `/metrics`, its bound address in
+//! `CACHE/mirrord.metrics`, mount the file system, refresh the listing and flush
 //! mirror states in the background, and on SIGTERM/SIGINT commit or keep
 //! per policy, unmount and exit 0.
 
@@ -180,6 +181,23 @@ pub fn run(opts: Options) -> Result<()> {
         crate::control::bind(&control)
             .with_context(|| format!("binding the control socket {}", control.display()))?
     };
+    let metrics_file = cache.join("mirrord.metrics");
+    let _ = std::fs::remove_file(&metrics_file);
+    let _metrics_server = match opts.metrics {
+        Some(a) => {
+            let mut reg = blobvirt_core::metrics::Registry::default();
+            crate::metrics::register(&mut reg, vols.clone());
+            let srv = rt.block_on(blobvirt_core::metrics::serve(
+                a,
+                "[mirrord] metrics",
+                Arc::new(reg),
+            ))?;
+            blobvirt_core::fsutil::write_atomic(&metrics_file, srv.addr.to_string().as_bytes())
+                .with_context(|| format!("writing {}", metrics_file.display()))?;
+            Some(srv)
+        }
+        None => None,
+    };
     rt.spawn(crate::control::serve(listener, vols.clone()));
     rt.spawn(background(vols.clone()));
 
@@ -253,6 +271,8 @@ pub fn run(opts: Options) -> Result<()> {
         t.flush();
     }
     let _ = std::fs::remove_file(&control);
+    let _ = std::fs::remove_file(&metrics_file);
+    drop(_metrics_server);
     rt.shutdown_timeout(Duration::from_secs(2));
     tracing::info!("mirrord stopped");
     Ok(())

@@ -9,6 +9,7 @@
 //! * [`volumes`] — the volume table, close-to-open commits, claims, owners,
 //!   keeping mirrors in step with poold.
 //! * [`lease`] — writer leases from poold, renewed in the background.
+//! * [`metrics`] — the `blobvirt_mirrord_*` metric families.
 //! * [`fs`] — the FUSE file system.
 //! * [`control`] — the Unix-socket control API and its typed [`control::Client`].
 //! * [`ioctl`] — COMMIT and CLONE as ioctls on the mounted file.
@@ -60,6 +61,7 @@ pub mod failpoint;
 pub mod fs;
 pub mod ioctl;
 pub mod lease;
+pub mod metrics;
 pub mod mirror;
 pub mod statemap;
 pub mod trace;

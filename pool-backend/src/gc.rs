@@ -87,6 +87,8 @@ pub struct Gc {
     members: Arc<Membership>,
     grace_secs: u64,
     running: tokio::sync::Mutex<()>,
+    /// Chunks reclaimed by passes so far (`blobvirt_poold_gc_reclaimed_chunks_total`).
+    pub reclaimed: prometheus_client::metrics::counter::Counter,
 }
 
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
@@ -102,6 +104,7 @@ impl Gc {
             members,
             grace_secs,
             running: tokio::sync::Mutex::new(()),
+            reclaimed: Default::default(),
         }
     }
 
@@ -141,6 +144,7 @@ impl Gc {
         }
         let meta = self.meta.clone();
         let n = blocking(move || meta.gc_finish(&ids)).await?;
+        self.reclaimed.inc_by(n);
         tracing::info!(chunks = n, "garbage collection reclaimed chunks");
         Ok(n)
     }

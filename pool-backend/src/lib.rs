@@ -4,6 +4,7 @@
 //! * [`codec`] — key layout and binary record formats;
 //! * [`meta`] — blobs, versions, segment trees, refcounts (usable in-process);
 //! * [`gc`], [`membership`], [`leases`] — the service's moving parts;
+//! * [`metrics`] — the `blobvirt_poold_*` metric families;
 //! * [`service`] — the `Pool` gRPC service; [`server`] — the process;
 //! * [`peer`] — which certificate made a request (logged with each change).
 
@@ -13,6 +14,7 @@ pub mod kv;
 pub mod leases;
 pub mod membership;
 pub mod meta;
+pub mod metrics;
 pub mod peer;
 pub mod server;
 pub mod service;

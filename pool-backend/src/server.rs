@@ -1,5 +1,7 @@
 //! The poold process: options, startup (open the store, load membership,
-//! bind, publish the address file), the background GC loop, and graceful
+//! serve `/metrics` with `--metrics`, its bound address in
+//! `DIR/poold.metrics`, bind, publish the address file), the background GC
+//! loop, and graceful
 //! shutdown on SIGTERM/SIGINT.
 
 use std::net::SocketAddr;
@@ -133,6 +135,21 @@ pub async fn run(opts: Opts) -> anyhow::Result<()> {
             .context("load the chunkd membership")?,
     );
     let gc = Arc::new(Gc::new(meta.clone(), members.clone(), opts.gc_grace_secs));
+    let mut registry = blobvirt_core::metrics::Registry::default();
+    crate::metrics::register(&mut registry, meta.clone(), members.clone(), &gc);
+    let rpc = blobvirt_core::metrics::RpcMetrics::register(&mut registry);
+    let metrics_file = opts.dir.join("poold.metrics");
+    let _ = std::fs::remove_file(&metrics_file);
+    let _metrics_server = match opts.metrics {
+        Some(a) => {
+            let srv =
+                blobvirt_core::metrics::serve(a, "[poold] metrics", Arc::new(registry)).await?;
+            write_atomic(&metrics_file, srv.addr.to_string().as_bytes())
+                .with_context(|| format!("writing {}", metrics_file.display()))?;
+            Some(srv)
+        }
+        None => None,
+    };
     let svc = PoolService {
         meta: meta.clone(),
         members,
@@ -159,10 +176,12 @@ pub async fn run(opts: Opts) -> anyhow::Result<()> {
         .max_encoding_message_size(MAX_MESSAGE);
     let res = blobvirt_core::tls::server_builder()
         .map_err(anyhow::Error::msg)?
+        .layer(rpc)
         .add_service(server)
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown_signal())
         .await
         .context("serve gRPC");
     gc_task.abort();
+    let _ = std::fs::remove_file(&metrics_file);
     res
 }

@@ -20,8 +20,8 @@ use nix::sys::signal::Signal;
 
 use crate::cli::{ClusterDown, ClusterRestart, ClusterUp};
 use crate::cluster_config;
-use crate::cluster_file::save;
 pub use crate::cluster_file::{cluster_file, load, ClusterFile, Proc};
+use crate::cluster_file::{save, METRICS_ARGS};
 use crate::output::Table;
 use crate::procs::{self, find_binary};
 
@@ -110,12 +110,13 @@ pub async fn up(a: ClusterUp) -> Result<()> {
         }
     };
     save(&c)?;
-    let mut t = Table::new(&["NAME", "PID", "ADDR", "LOG"]);
+    let mut t = Table::new(&["NAME", "PID", "ADDR", "METRICS", "LOG"]);
     for p in &c.processes {
         t.row(vec![
             p.name.clone(),
             p.pid.to_string(),
             p.addr.clone(),
+            p.metrics.clone().unwrap_or_else(|| "-".into()),
             p.log.display().to_string(),
         ]);
     }
@@ -160,6 +161,8 @@ async fn start_all(
         a.engine.as_str().into(),
         "--replicas".into(),
         replicas_of(a).to_string(),
+        METRICS_ARGS[0].into(),
+        METRICS_ARGS[1].into(),
     ];
     if let Some(g) = a.gc_grace_secs {
         args.extend(["--gc-grace-secs".to_string(), g.to_string()]);
@@ -174,6 +177,7 @@ async fn start_all(
         exe: poold_exe.to_path_buf(),
         args,
         node_id: None,
+        metrics: None,
     };
     let first = match old_poold {
         Some(addr) => poold.start(&addr, deadline).ok(),
@@ -205,11 +209,14 @@ async fn start_all(
                 pool.clone(),
                 "--id".into(),
                 id.clone(),
+                METRICS_ARGS[0].into(),
+                METRICS_ARGS[1].into(),
             ],
             dir: cdir,
             log: logs.join(format!("chunkd-{i}.log")),
             exe: chunkd_exe.to_path_buf(),
             node_id: Some(id),
+            metrics: None,
         };
         children.push(p.start("127.0.0.1:0", deadline)?);
         procs.push(p);

@@ -53,7 +53,15 @@ pub struct Proc {
     /// Node id of a chunkd.
     #[serde(default)]
     pub node_id: Option<String>,
+    /// `127.0.0.1:PORT` of its Prometheus `/metrics` (from
+    /// `DIR/<binary>.metrics`); absent in files of older versions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics: Option<String>,
 }
+
+/// The arguments that make a daemon serve `/metrics` on a free loopback
+/// port; it writes the bound address to `DIR/<binary>.metrics`.
+pub const METRICS_ARGS: [&str; 2] = ["--metrics", "127.0.0.1:0"];
 
 impl Proc {
     pub fn running(&self) -> bool {
@@ -62,6 +70,19 @@ impl Proc {
 
     fn addr_file(&self) -> PathBuf {
         self.dir.join(format!("{}.addr", self.binary))
+    }
+
+    /// Reads the metrics address the daemon wrote at startup (before its
+    /// address file or ready line), when it was started with `--metrics`.
+    pub fn read_metrics(&mut self) {
+        self.metrics = None;
+        if self.args.iter().any(|a| a == METRICS_ARGS[0]) {
+            let f = self.dir.join(format!("{}.metrics", self.binary));
+            self.metrics = fs::read_to_string(f)
+                .ok()
+                .map(|s| s.trim().to_string())
+                .filter(|s| !s.is_empty());
+        }
     }
 
     /// Starts it on `listen` and waits for its address file (a daemon that
@@ -88,6 +109,7 @@ impl Proc {
         ) {
             Ok(a) => {
                 self.addr = a;
+                self.read_metrics();
                 Ok(child)
             }
             Err(e) => {
@@ -125,4 +147,22 @@ pub fn save(c: &ClusterFile) -> Result<()> {
         &cluster_file(&c.dir),
         serde_json::to_string_pretty(c)?.as_bytes(),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cluster_file_without_metrics_addresses_still_loads() {
+        let old = r#"{"pool":"http://127.0.0.1:1","dir":"/d","replicas":1,"processes":[
+            {"name":"poold","binary":"poold","pid":7,"addr":"127.0.0.1:1","dir":"/d/poold",
+             "log":"/d/logs/poold.log","exe":"/bin/poold","args":[]}]}"#;
+        let c: ClusterFile = serde_json::from_str(old).unwrap();
+        assert_eq!(c.processes[0].metrics, None);
+        let mut p = c.processes[0].clone();
+        p.metrics = Some("127.0.0.1:2".into());
+        let back = serde_json::to_string(&p).unwrap();
+        assert!(back.contains(r#""metrics":"127.0.0.1:2""#), "{back}");
+    }
 }

@@ -117,6 +117,8 @@ pub fn plan(
         cache.display().to_string(),
         "--control".into(),
         control.display().to_string(),
+        crate::cluster_file::METRICS_ARGS[0].into(),
+        crate::cluster_file::METRICS_ARGS[1].into(),
     ];
     let p = Proc {
         name: "mirrord".into(),
@@ -128,6 +130,7 @@ pub fn plan(
         exe: exe.to_path_buf(),
         args,
         node_id: None,
+        metrics: None,
     };
     Ok((
         p,
@@ -176,7 +179,10 @@ pub fn start(p: &mut Proc, deadline: Instant) -> Result<Child> {
         std::thread::sleep(Duration::from_millis(50));
     };
     match res {
-        Ok(()) => Ok(child),
+        Ok(()) => {
+            p.read_metrics();
+            Ok(child)
+        }
         Err(e) => {
             procs::stop_children(std::slice::from_mut(&mut child));
             let _ = unmount_stale(&mount);

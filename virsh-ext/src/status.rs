@@ -5,7 +5,10 @@
 //! `bytes`, `free_bytes`, `total_bytes`), `nodes_alive`, `stored_chunks`,
 //! `stored_bytes` (sums over the nodes, replicas included), and poold's
 //! `blobs`, `versions`, `meta_nodes`, `live_chunks`, `gc_pending`; with a
-//! cluster dir whose mirrord runs, `mirror` (see `mirror::MountStatus`).
+//! cluster dir whose mirrord runs, `mirror` (see `mirror::MountStatus`);
+//! with a cluster dir, the `/metrics` addresses from its `cluster.json`:
+//! `metrics` of each node, `poold_metrics`, `mirrord_metrics` (each only
+//! when recorded).
 
 use std::time::Duration;
 
@@ -27,6 +30,9 @@ pub struct NodeStatus {
     pub bytes: u64,
     pub free_bytes: u64,
     pub total_bytes: u64,
+    /// `HOST:PORT` of its `/metrics`, when the cluster file records it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub metrics: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -47,6 +53,12 @@ pub struct Status {
     /// The cluster's mirrord, when `--dir` names a cluster started with `--mount`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub mirror: Option<crate::mirror::MountStatus>,
+    /// `HOST:PORT` of poold's `/metrics`, when the cluster file records it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub poold_metrics: Option<String>,
+    /// `HOST:PORT` of mirrord's `/metrics`, when the cluster file records it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mirrord_metrics: Option<String>,
 }
 
 const RPC_TIMEOUT: Duration = Duration::from_secs(5);
@@ -92,6 +104,7 @@ pub async fn collect(url: &str) -> Result<Status> {
             bytes: s.bytes,
             free_bytes: s.free_bytes,
             total_bytes: s.total_bytes,
+            metrics: None,
         });
     }
     out.sort_by_key(|n| natural_key(&n.id));
@@ -108,6 +121,8 @@ pub async fn collect(url: &str) -> Result<Status> {
         live_chunks: stats.live_chunks,
         gc_pending: stats.gc_pending,
         mirror: None,
+        poold_metrics: None,
+        mirrord_metrics: None,
     })
 }
 
@@ -132,12 +147,13 @@ pub async fn status(pool: Option<&str>, a: ClusterStatus) -> Result<()> {
     let mut s = collect(&url).await?;
     if let Some(c) = a.dir.as_deref().and_then(|d| crate::cluster::load(d).ok()) {
         s.mirror = crate::mirror::mount_status(&c).await;
+        add_metrics(&mut s, &c);
     }
     if a.json {
         return print_json(&s);
     }
     println!("pool {}  replicas {}", s.pool, s.replicas);
-    let mut t = Table::new(&["NODE", "ADDR", "ALIVE", "CHUNKS", "BYTES"]);
+    let mut t = Table::new(&["NODE", "ADDR", "ALIVE", "CHUNKS", "BYTES", "METRICS"]);
     for n in &s.nodes {
         t.row(vec![
             n.id.clone(),
@@ -145,6 +161,7 @@ pub async fn status(pool: Option<&str>, a: ClusterStatus) -> Result<()> {
             if n.alive { "yes" } else { "no" }.into(),
             n.chunks.to_string(),
             human_size(n.bytes),
+            n.metrics.clone().unwrap_or_else(|| "-".into()),
         ]);
     }
     t.print();
@@ -160,8 +177,34 @@ pub async fn status(pool: Option<&str>, a: ClusterStatus) -> Result<()> {
         s.live_chunks,
         s.gc_pending
     );
+    let daemons: Vec<String> = [("poold", &s.poold_metrics), ("mirrord", &s.mirrord_metrics)]
+        .into_iter()
+        .filter_map(|(n, a)| a.as_ref().map(|a| format!("{n} http://{a}/metrics")))
+        .collect();
+    if !daemons.is_empty() {
+        println!("metrics: {}", daemons.join(", "));
+    }
     if let Some(m) = &s.mirror {
         crate::mirror::print_mount_status(m);
     }
     Ok(())
+}
+
+/// Fills the `/metrics` addresses that `c` records.
+fn add_metrics(s: &mut Status, c: &crate::cluster::ClusterFile) {
+    for p in &c.processes {
+        match p.binary.as_str() {
+            "poold" => s.poold_metrics = p.metrics.clone(),
+            "mirrord" => s.mirrord_metrics = p.metrics.clone(),
+            _ => {
+                if let Some(n) = s
+                    .nodes
+                    .iter_mut()
+                    .find(|n| Some(&n.id) == p.node_id.as_ref())
+                {
+                    n.metrics = p.metrics.clone();
+                }
+            }
+        }
+    }
 }

@@ -57,6 +57,11 @@ impl Staged {
     pub fn is_empty(&self) -> bool {
         self.files.lock().expect("staged lock").is_empty()
     }
+
+    /// How many chunks are staged.
+    pub fn len(&self) -> usize {
+        self.files.lock().expect("staged lock").len()
+    }
 }
 
 impl Store {

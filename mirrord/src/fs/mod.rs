@@ -291,13 +291,20 @@ impl Filesystem for Fs {
         if let Some(t) = &self.trace {
             t.record(&h.mirror.name(), offset, size as u64, h.mirror.size());
         }
+        let read = self.vols.metrics.read_bytes.clone();
         match h.mirror.try_read_local(offset, size as u64) {
-            Some(Ok(b)) => reply.data(&b),
+            Some(Ok(b)) => {
+                read.inc_by(b.len() as u64);
+                reply.data(&b)
+            }
             Some(Err(e)) => reply.error(errno(e)),
             None => {
                 self.rt.spawn(async move {
                     match h.mirror.read(offset, size as u64).await {
-                        Ok(b) => reply.data(&b),
+                        Ok(b) => {
+                            read.inc_by(b.len() as u64);
+                            reply.data(&b)
+                        }
                         Err(e) => reply.error(errno(e)),
                     }
                 });
@@ -323,14 +330,21 @@ impl Filesystem for Fs {
         if !h.writable {
             return reply.error(Errno::EBADF);
         }
+        let written = self.vols.metrics.written_bytes.clone();
         match h.mirror.try_write_local(offset, data) {
-            Some(Ok(n)) => reply.written(n as u32),
+            Some(Ok(n)) => {
+                written.inc_by(n as u64);
+                reply.written(n as u32)
+            }
             Some(Err(e)) => reply.error(errno(e)),
             None => {
                 let data = data.to_vec();
                 self.rt.spawn(async move {
                     match h.mirror.write(offset, &data).await {
-                        Ok(n) => reply.written(n as u32),
+                        Ok(n) => {
+                            written.inc_by(n as u64);
+                            reply.written(n as u32)
+                        }
                         Err(e) => reply.error(errno(e)),
                     }
                 });

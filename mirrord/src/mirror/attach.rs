@@ -61,6 +61,17 @@ impl Mirror {
         name: &str,
         version: Option<u64>,
     ) -> Result<Arc<Mirror>, MirrorError> {
+        Mirror::attach_metered(repo, vols, name, version, Default::default()).await
+    }
+
+    /// [`Mirror::attach`] adding to the daemon-wide counters `metrics`.
+    pub async fn attach_metered(
+        repo: &Repo,
+        vols: &Path,
+        name: &str,
+        version: Option<u64>,
+        metrics: crate::metrics::Metrics,
+    ) -> Result<Arc<Mirror>, MirrorError> {
         let info = repo
             .get_blob(name)
             .await
@@ -153,6 +164,7 @@ impl Mirror {
             commit_lock: Arc::default(),
             flush_lock: Mutex::new(()),
             stats: Stats::default(),
+            metrics,
             demand: AtomicUsize::new(0),
             ra: super::readahead::ReadAhead::new(),
             policy: Mutex::default(),

@@ -130,13 +130,24 @@ impl Mirror {
     }
 
     pub(crate) async fn finish(self: &Arc<Self>, fz: Frozen) -> Result<CommitOutcome, MirrorError> {
+        let t = Instant::now();
         let res = self.upload_publish(&fz).await;
+        let had_work = !fz.chunks.is_empty() || fz.size != fz.base_size || !fz.label.is_empty();
+        if had_work {
+            self.metrics.observe_phase(1, fz.freeze_us as f64 / 1e6);
+            self.metrics.observe_phase(2, t.elapsed().as_secs_f64());
+        }
         let mut sh = lock(&self.shadow);
         sh.frozen.clear();
         sh.copies.clear();
         drop(sh);
         match &res {
-            Ok(_) => {
+            Ok(out) => {
+                if had_work {
+                    self.metrics.commits.inc();
+                    self.metrics.committed_chunks.inc_by(out.chunks_changed);
+                    self.metrics.committed_bytes.inc_by(out.bytes_uploaded);
+                }
                 if !self.is_gone() {
                     *lock(&self.last_error) = None;
                 }
@@ -144,6 +155,7 @@ impl Mirror {
             Err(e) => {
                 lock(&self.inner).dirty.extend(fz.chunks.iter().copied());
                 self.stats.commit_failures.fetch_add(1, Ordering::Relaxed);
+                self.metrics.commit_failures.inc();
                 self.fail(e.errno(), e.to_string());
             }
         }

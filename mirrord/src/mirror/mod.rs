@@ -216,6 +216,8 @@ pub struct Mirror {
     commit_lock: Arc<tokio::sync::Mutex<()>>,
     flush_lock: Mutex<()>,
     pub stats: Stats,
+    /// The daemon-wide counters (shared by every mirror).
+    pub(crate) metrics: crate::metrics::Metrics,
     /// On-demand fetches being awaited (prefetch yields to them).
     demand: AtomicUsize,
     /// Sequential read-ahead.

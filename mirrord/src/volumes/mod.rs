@@ -123,6 +123,8 @@ pub struct Volumes {
     /// Tells the kernel to drop cached attributes and pages (set once the
     /// file system is mounted).
     notifier: OnceLock<fuser::Notifier>,
+    /// Daemon-wide counters every mirror adds to.
+    pub metrics: crate::metrics::Metrics,
 }
 
 /// An error with the errno the file system answers and a sentence for logs
@@ -198,6 +200,7 @@ impl Volumes {
         Volumes {
             owners: Mutex::new(owners::Owners::load(owners_file)),
             notifier: OnceLock::new(),
+            metrics: Default::default(),
             repo,
             vols_dir,
             holder,
@@ -348,7 +351,14 @@ impl Volumes {
         if let Some(m) = self.attached(name) {
             return Ok(m);
         }
-        let m = Mirror::attach(&self.repo, &self.vols_dir, name, version).await?;
+        let m = Mirror::attach_metered(
+            &self.repo,
+            &self.vols_dir,
+            name,
+            version,
+            self.metrics.clone(),
+        )
+        .await?;
         lock(&self.mirrors).insert(name.to_string(), m.clone());
         tracing::info!(volume = name, version = m.version(), "attached");
         let me = self.clone();
