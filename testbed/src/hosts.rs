@@ -17,9 +17,9 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 
-use crate::net::{Link, Net};
+use crate::net::{run, Link, Net};
 
 /// The paths every host has for itself.
 pub const HOST_PATHS: [&str; 3] = ["/etc/blobvirt", "/var/lib/blobvirt", "/run/blobvirt"];
@@ -81,21 +81,6 @@ pub struct Hosts {
     ns_dir_mounted: bool,
     made: Vec<PathBuf>,
     alive: bool,
-}
-
-fn run(prog: &str, args: &[&str]) -> Result<()> {
-    let out = Command::new(prog)
-        .args(args)
-        .output()
-        .with_context(|| format!("running {prog} {}", args.join(" ")))?;
-    if !out.status.success() {
-        bail!(
-            "{prog} {} failed: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(())
 }
 
 impl Hosts {

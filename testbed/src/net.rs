@@ -66,7 +66,8 @@ fn ip(args: &[&str]) -> Result<()> {
     run("ip", args)
 }
 
-fn run(prog: &str, args: &[&str]) -> Result<()> {
+/// Runs `prog ARGS`; fails with its stderr.
+pub(crate) fn run(prog: &str, args: &[&str]) -> Result<()> {
     let out = Command::new(prog)
         .args(args)
         .output()
