@@ -1,9 +1,20 @@
-//! Making Puts durable: the data of a chunk's temp file before its rename,
-//! and the rename before the Put is acknowledged.
+//! Making chunks durable: the data of a chunk's temp file before its rename
+//! into `chunks/`, and the rename before the chunk counts as stored. Every
+//! path that puts a file under `chunks/` goes through the [`Syncer`] here,
+//! so a file under `chunks/` is always durable.
 //!
-//! Two modes, both correct (no Put is acknowledged before its data and its
-//! directory entry are on disk, and no file is renamed into place before its
-//! data is durable):
+//! Two paths:
+//! - **A Put** is acknowledged only once durable: [`Syncer::data`] before the
+//!   rename, [`Syncer::names`] after it.
+//! - **Staged Puts** (`store::staged`) are acknowledged once written to
+//!   `tmp/`, unsynced; Flush makes all of them durable at once:
+//!   [`Syncer::all`] (every staged file's data), the renames into `chunks/`,
+//!   then [`Syncer::all`] again (the names). That is one `syncfs(2)` round
+//!   each, in both modes, shared with concurrent Puts in syncfs mode.
+//!
+//! Two modes for Puts, both correct (no Put is acknowledged before its data
+//! and its directory entry are on disk, and no file is renamed into place
+//! before its data is durable):
 //! - [`Durability::PerPut`] (default): each Put fdatasyncs its temp file and,
 //!   after the rename, fsyncs its prefix directory. Concurrent Puts run these
 //!   in parallel blocking threads, and ext4's journal (jbd2) already merges
@@ -103,6 +114,19 @@ impl Syncer {
             Durability::PerPut => self.dirs[prefix as usize].sync_all(),
             Durability::Syncfs => self.round(),
         }
+    }
+
+    /// Returns once everything written to the store's file system before
+    /// this call (data and renames) is durable: one `syncfs` round, in both
+    /// modes. Used by Flush for staged Puts. Blocks.
+    pub fn all(&self) -> io::Result<()> {
+        self.round()
+    }
+
+    /// How many `syncfs` rounds have finished (for tests).
+    #[cfg(test)]
+    pub(crate) fn rounds_done(&self) -> u64 {
+        self.round.lock().expect("sync round lock").done
     }
 
     /// Waits for a `syncfs` that starts after this call, running it when no

@@ -12,7 +12,8 @@
 //! the rename durable through [`Syncer`] before it returns: a chunk is either
 //! fully there or absent. All methods block; call them from blocking threads.
 //! [`staged`] holds the Puts that are acknowledged before they are durable
-//! and made durable in bulk by Flush.
+//! and made durable in bulk by Flush, through the same [`Syncer`] (both
+//! paths are described in [`crate::durable`]).
 
 use std::fs::{self, File};
 use std::io::{self, Write};
@@ -251,14 +252,21 @@ impl Store {
     /// Writes, syncs and renames the temp file; false when `dst` appeared
     /// meanwhile (the temp file is then left for the caller to remove).
     fn put_tmp(&self, tmp: &Path, dst: &Path, data: &[u8]) -> Result<bool, StoreError> {
-        let mut f = File::create_new(tmp).map_err(|e| self.io_err("create", tmp, e))?;
-        f.write_all(data)
-            .map_err(|e| self.io_err("write", tmp, e))?;
+        let f = self.write_tmp(tmp, data)?;
         self.sync
             .data(&f)
             .map_err(|e| self.io_err("sync", tmp, e))?;
         drop(f);
         rename_noreplace(tmp, dst).map_err(|e| self.io_err("rename into", dst, e))
+    }
+
+    /// Writes `data` to the new temp file `tmp`, without syncing it (Puts
+    /// and staged Puts).
+    fn write_tmp(&self, tmp: &Path, data: &[u8]) -> Result<File, StoreError> {
+        let mut f = File::create_new(tmp).map_err(|e| self.io_err("create", tmp, e))?;
+        f.write_all(data)
+            .map_err(|e| self.io_err("write", tmp, e))?;
+        Ok(f)
     }
 
     /// Reads chunk `id`, re-verifying its hash. A corrupt chunk is moved to

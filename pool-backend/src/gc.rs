@@ -46,14 +46,13 @@ impl Meta {
                 let st = GcState::decode(&v)?;
                 if let GcState::Pending { since } = st {
                     if m.chunk_refs(&id)? > 0 {
-                        m.tx.delete(&k)?;
-                        m.c.gc_pending = m.c.gc_pending.saturating_sub(1);
+                        m.gc_unqueue(&id)?;
                         continue;
                     }
                     if !force && since.saturating_add(grace_secs as i64) > m.now {
                         continue;
                     }
-                    m.tx.put(&k, &GcState::Deleting.encode())?;
+                    m.gc_mark_deleting(&id)?;
                 }
                 out.push(id);
             }
@@ -68,8 +67,7 @@ impl Meta {
             let mut n = 0;
             for id in ids {
                 if m.gc_state(id)? == Some(GcState::Deleting) {
-                    m.tx.delete(&key::gc(id))?;
-                    m.c.gc_pending = m.c.gc_pending.saturating_sub(1);
+                    m.gc_unqueue(id)?;
                     n += 1;
                 }
             }

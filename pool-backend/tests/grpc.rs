@@ -8,8 +8,7 @@ use std::time::{Duration, Instant};
 use blobvirt_core::proto as pb;
 use blobvirt_core::{ChunkId, Repo};
 use bytes::Bytes;
-use clap::Parser;
-use common::Poold;
+use common::{start_chunkd, Poold};
 use tonic::Code;
 
 const CS: u32 = 65536;
@@ -376,30 +375,6 @@ async fn membership_survives_restart_and_sigterm_exits_zero() {
 }
 
 /// Starts a real chunkd in-process; dropping the sender stops it.
-async fn start_chunkd(
-    dir: &std::path::Path,
-    pool: &str,
-    id: &str,
-) -> tokio::sync::oneshot::Sender<()> {
-    let opts = chunkd::Opts::parse_from([
-        "chunkd",
-        "--dir",
-        dir.to_str().unwrap(),
-        "--pool",
-        pool,
-        "--id",
-        id,
-    ]);
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(async move {
-        let _ = chunkd::run_until(opts, async move {
-            let _ = rx.await;
-        })
-        .await;
-    });
-    tx
-}
-
 async fn has(addr: &str, ids: &[ChunkId]) -> Vec<bool> {
     let mut c = blobvirt_core::client::chunk_client(blobvirt_core::client::channel(addr).unwrap());
     c.has(pb::HasRequest {

@@ -3,11 +3,17 @@
 //!
 //! A bulk writer (an import, a COMMIT) stages all its chunks and then calls
 //! Flush once before it publishes, so one import costs two `syncfs(2)` calls
-//! per node instead of two fsyncs per chunk. Flush: `syncfs` (the staged data
-//! is durable), rename each staged file into `chunks/` (never replacing), then
-//! `syncfs` again (the names are durable). So a file under `chunks/` is always
-//! durable, and a crash before Flush only loses staged files, which are
-//! cleared from `tmp/` at the next start and were never published.
+//! per node instead of two fsyncs per chunk. Staged files are written like a
+//! Put's temp file (`Store::write_tmp`) and made durable through the same
+//! [`Syncer`](crate::durable::Syncer) as Puts (see `crate::durable`, which
+//! describes both paths): Flush waits for [`Syncer::all`] (the staged data
+//! is durable), renames each staged file into `chunks/` (never replacing),
+//! then waits for [`Syncer::all`] again (the names are durable). So a file
+//! under `chunks/` is always durable, and a crash before Flush only loses
+//! staged files, which are cleared from `tmp/` at the next start and were
+//! never published.
+//!
+//! [`Syncer::all`]: crate::durable::Syncer::all
 //!
 //! Flushes are serialised: a Flush returns only after every staged Put that
 //! reached the node before it is durable, even one taken by a concurrent
@@ -15,9 +21,6 @@
 //! serves it, verified, from its temp file.
 
 use std::collections::HashMap;
-use std::fs::File;
-use std::io::Write;
-use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::sync::Mutex;
 
@@ -73,10 +76,7 @@ impl Store {
             return Ok(false);
         }
         let tmp = self.tmp_path(id);
-        let res = File::create_new(&tmp)
-            .and_then(|mut f| f.write_all(data))
-            .map_err(|e| self.io_err("write", &tmp, e));
-        if let Err(e) = res {
+        if let Err(e) = self.write_tmp(&tmp, data) {
             let _ = std::fs::remove_file(&tmp);
             return Err(e);
         }
@@ -98,10 +98,10 @@ impl Store {
         if batch.is_empty() {
             return Ok(0);
         }
-        let dir = File::open(self.tmp_dir()).map_err(|e| self.io_err("open", self.tmp_dir(), e))?;
         let syncfs = || {
-            nix::unistd::syncfs(dir.as_raw_fd())
-                .map_err(|e| self.io_err("syncfs", self.tmp_dir(), e.into()))
+            self.sync
+                .all()
+                .map_err(|e| self.io_err("syncfs", self.tmp_dir(), e))
         };
         let put_back = |batch: HashMap<ChunkId, (PathBuf, u64)>| {
             self.staged()
@@ -163,6 +163,29 @@ mod tests {
         assert_eq!(s.flush().unwrap(), 0);
         assert!(!s.put_staged(&a, &da).unwrap(), "already stored");
         assert_eq!(std::fs::read_dir(t.path().join("tmp")).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn flush_syncs_through_the_syncer_in_both_modes() {
+        use crate::durable::Durability;
+        for mode in [Durability::PerPut, Durability::Syncfs] {
+            let t = tempfile::tempdir().unwrap();
+            let s = Store::open_with(t.path(), "n1", mode).unwrap();
+            for n in 4..7 {
+                let (id, d) = chunk(n);
+                assert!(s.put_staged(&id, &d).unwrap());
+            }
+            assert_eq!(s.sync.rounds_done(), 0, "{mode:?}: staging syncs nothing");
+            assert_eq!(s.flush().unwrap(), 3);
+            assert_eq!(
+                s.sync.rounds_done(),
+                2,
+                "{mode:?}: one round for the data, one for the names"
+            );
+            assert_eq!(s.flush().unwrap(), 0);
+            assert_eq!(s.sync.rounds_done(), 2, "{mode:?}: nothing staged");
+            assert_eq!(s.has(&[chunk(4).0, chunk(6).0]), vec![true, true]);
+        }
     }
 
     #[test]

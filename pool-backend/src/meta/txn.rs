@@ -7,6 +7,9 @@
 //! whose root it is; a chunk likewise (its count lives under `C`, absent =
 //! 0). When a chunk's count drops to 0 it is queued for GC as pending; when
 //! a pending chunk gets a reference again it leaves the queue (resurrection).
+//! The queue (`G` entries) and its count (`gc_pending`) change only through
+//! [`MetaTx::gc_unqueue`], [`MetaTx::gc_mark_deleting`] and the private
+//! `gc_queue`, which GC passes (`crate::gc`) use too.
 
 use blobvirt_core::tree::{Child, Node, NodeId, NodeStore};
 
@@ -120,6 +123,34 @@ impl<'a> MetaTx<'a> {
             None => Ok(None),
         }
     }
+
+    // The GC queue: `G` entries and their count `gc_pending`, changed only
+    // by these three.
+
+    /// Queues an unreferenced chunk for GC as pending since now (a chunk
+    /// already queued is counted once and gets the new time stamp).
+    fn gc_queue(&mut self, id: &blobvirt_core::ChunkId) -> Result<(), MetaError> {
+        if self.gc_state(id)?.is_none() {
+            self.c.gc_pending += 1;
+        }
+        let st = GcState::Pending { since: self.now };
+        self.tx.put(&key::gc(id), &st.encode())?;
+        Ok(())
+    }
+
+    /// Marks a queued chunk as being deleted by a GC pass.
+    pub fn gc_mark_deleting(&mut self, id: &blobvirt_core::ChunkId) -> Result<(), MetaError> {
+        self.tx.put(&key::gc(id), &GcState::Deleting.encode())?;
+        Ok(())
+    }
+
+    /// Takes a chunk the caller knows is queued out of the GC queue (it got
+    /// a reference again, or a GC pass deleted it).
+    pub fn gc_unqueue(&mut self, id: &blobvirt_core::ChunkId) -> Result<(), MetaError> {
+        self.tx.delete(&key::gc(id))?;
+        self.c.gc_pending = self.c.gc_pending.saturating_sub(1);
+        Ok(())
+    }
 }
 
 pub fn node_rec(tx: &dyn ReadTx, id: NodeId) -> Result<NodeRec, MetaError> {
@@ -165,8 +196,7 @@ impl NodeStore for MetaTx<'_> {
                 if refs == 0 {
                     self.c.live_chunks += 1;
                     if self.gc_state(&ch)?.is_some() {
-                        self.tx.delete(&key::gc(&ch))?;
-                        self.c.gc_pending = self.c.gc_pending.saturating_sub(1);
+                        self.gc_unqueue(&ch)?;
                     }
                 }
                 self.tx.put(&key::chunk(&ch), &enc_u64(refs + 1))?;
@@ -198,11 +228,7 @@ impl NodeStore for MetaTx<'_> {
                     1 => {
                         self.tx.delete(&key::chunk(&ch))?;
                         self.c.live_chunks = self.c.live_chunks.saturating_sub(1);
-                        if self.gc_state(&ch)?.is_none() {
-                            self.c.gc_pending += 1;
-                        }
-                        let st = GcState::Pending { since: self.now };
-                        self.tx.put(&key::gc(&ch), &st.encode())?;
+                        self.gc_queue(&ch)?;
                         Ok(0)
                     }
                     n => {

@@ -1,5 +1,5 @@
 //! Test helpers: run the real `poold` binary as a child process (killed in
-//! Drop) and talk to it over gRPC.
+//! Drop) and talk to it over gRPC, and run chunkd nodes in this process.
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use blobvirt_core::client::{channel, pool_client};
 use blobvirt_core::proto::pool_client::PoolClient;
+use clap::Parser;
 use tonic::transport::Channel;
 
 /// A running poold; SIGKILLed and reaped on drop.
@@ -75,4 +76,26 @@ impl Drop for Poold {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// Runs a chunkd node as a task of this runtime until the returned sender
+/// is dropped (or the runtime ends).
+pub async fn start_chunkd(dir: &Path, pool: &str, id: &str) -> tokio::sync::oneshot::Sender<()> {
+    let opts = chunkd::Opts::parse_from([
+        "chunkd",
+        "--dir",
+        dir.to_str().unwrap(),
+        "--pool",
+        pool,
+        "--id",
+        id,
+    ]);
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(async move {
+        let _ = chunkd::run_until(opts, async move {
+            let _ = rx.await;
+        })
+        .await;
+    });
+    tx
 }
