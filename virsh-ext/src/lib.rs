@@ -132,6 +132,12 @@ pub fn sentence(e: &anyhow::Error) -> String {
             } else {
                 top
             };
+            // Over TLS 1.3 a refused client certificate looks like this.
+            if st.code() == Code::Cancelled {
+                if let Some(h) = blobvirt_core::tls::closed_hint("poold") {
+                    return h;
+                }
+            }
             let hint = if blobvirt_core::tls::installed().is_none() {
                 " (if the cluster uses TLS, give its https:// URL and set [tls] in the configuration file)"
             } else {
