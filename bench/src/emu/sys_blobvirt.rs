@@ -24,7 +24,7 @@ pub struct Blobvirt {
 impl Blobvirt {
     fn cli(&self, env: &Env, ns: &str, args: &[&str]) -> Result<String> {
         let mut c = in_ns(ns, env.bin.join("blobvirt"));
-        c.args(["--pool", &self.pool]).args(args);
+        c.env("BLOBVIRT_POOL", &self.pool).args(args);
         run_ok(c, &format!("blobvirt {}", args.join(" ")))
     }
 
@@ -124,7 +124,7 @@ impl System for Blobvirt {
         Ok(Spec {
             file: env.node_dir(i).join("mnt").join(&name),
             prepare: Some(format!(
-                "{} --pool {} vol-clone base {name} >/dev/null",
+                "{} vol-clone base {name} --pool {} >/dev/null",
                 bin.display(),
                 self.pool
             )),
