@@ -222,13 +222,13 @@ pub fn explain(url: &str, err: &(dyn std::error::Error + 'static)) -> Option<Str
     })
 }
 
-/// A hint for a connection that TLS let through the handshake and that
-/// the server then closed: over TLS 1.3 that is how a refused client
-/// certificate looks from the client.
-pub fn closed_hint(url: &str) -> Option<String> {
+/// A hint for a connection the server closed: over TLS 1.3 a refused
+/// client certificate looks like that from the client, and so does a
+/// server that died; the phrase names this host's certificate and CA.
+pub fn closed_hint() -> Option<String> {
     let t = installed()?;
     Some(format!(
-        "{url} closed the connection right after the TLS handshake, as a server does when it refuses this host's certificate {}: check that the server trusts the CA {}",
+        " and that it trusts this host's certificate {} (it closes the connection after the TLS handshake when it does not; the CA here is {})",
         t.cert_path.display(),
         t.ca_path.display()
     ))

@@ -132,16 +132,16 @@ pub fn sentence(e: &anyhow::Error) -> String {
             } else {
                 top
             };
-            // Over TLS 1.3 a refused client certificate looks like this.
-            if st.code() == Code::Cancelled {
-                if let Some(h) = blobvirt_core::tls::closed_hint("poold") {
-                    return h;
-                }
-            }
+            // Over TLS 1.3 a refused client certificate looks like a
+            // closed connection; so does a poold that died.
+            let tls_hint = match st.code() {
+                Code::Cancelled => blobvirt_core::tls::closed_hint().unwrap_or_default(),
+                _ => String::new(),
+            };
             let hint = if blobvirt_core::tls::installed().is_none() {
                 " (if the cluster uses TLS, give its https:// URL and set [tls] in the configuration file)"
             } else {
-                ""
+                tls_hint.as_str()
             };
             return format!(
                 "poold did not answer ({why}); check that it runs with blobvirt cluster status{hint} and try again"
