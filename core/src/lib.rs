@@ -8,6 +8,7 @@ pub mod fsutil;
 pub mod metrics;
 pub mod placement;
 pub mod publish;
+pub mod repository;
 pub mod stats;
 pub mod tls;
 pub mod transfer;
@@ -21,6 +22,7 @@ pub mod proto {
 
 pub use chunk::ChunkId;
 pub use client::{Repo, RepoError};
+pub use repository::Repository;
 
 /// Largest gRPC message either side accepts: a 4 MiB chunk plus framing, or
 /// a page of a large resolve or publish.

@@ -16,7 +16,7 @@ use bytes::Bytes;
 
 use crate::client::Publish;
 use crate::proto as pb;
-use crate::{ChunkId, Repo, RepoError};
+use crate::{ChunkId, RepoError, Repository};
 
 /// How many times a publish is retried after re-uploading chunks.
 const TRIES: usize = 5;
@@ -43,7 +43,7 @@ pub enum PublishError<E: std::error::Error + 'static> {
 
 /// Uploads the chunks of one new version and publishes it.
 pub struct Publisher<'a> {
-    repo: &'a Repo,
+    repo: &'a dyn Repository,
     epoch: u64,
     sent: Mutex<HashSet<ChunkId>>,
     staged_on: Mutex<HashSet<String>>,
@@ -57,7 +57,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 impl<'a> Publisher<'a> {
     /// Starts a publish; reads the GC epoch now (refresh the repository's
     /// view first).
-    pub fn new(repo: &'a Repo) -> Self {
+    pub fn new(repo: &'a dyn Repository) -> Self {
         Publisher {
             repo,
             epoch: repo.gc_epoch(),

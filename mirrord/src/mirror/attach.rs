@@ -10,7 +10,9 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use blobvirt_core::chunk::{chunk_count, is_zero};
 use blobvirt_core::client::Resolved;
-use blobvirt_core::{ChunkId, Repo};
+use blobvirt_core::ChunkId;
+
+use super::SharedRepo;
 
 use super::io::read_full_at;
 use super::{chunk_len, lock, Inner, Mirror, MirrorError, Shadow, Stats};
@@ -35,7 +37,7 @@ pub fn dir_name(name: &str) -> String {
 /// The chunk map of `name@version` (None: the latest) of a volume known to
 /// exist: a NotFound is a missing version.
 async fn resolve_wanted(
-    repo: &Repo,
+    repo: &SharedRepo,
     name: &str,
     version: Option<u64>,
 ) -> Result<Resolved, MirrorError> {
@@ -56,7 +58,7 @@ impl Mirror {
     /// mirror is based on that version (a mirror with local changes keeps
     /// its own base).
     pub async fn attach(
-        repo: &Repo,
+        repo: &SharedRepo,
         vols: &Path,
         name: &str,
         version: Option<u64>,
@@ -66,7 +68,7 @@ impl Mirror {
 
     /// [`Mirror::attach`] adding to the daemon-wide counters `metrics`.
     pub async fn attach_metered(
-        repo: &Repo,
+        repo: &SharedRepo,
         vols: &Path,
         name: &str,
         version: Option<u64>,

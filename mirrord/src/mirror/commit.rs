@@ -176,7 +176,7 @@ impl Mirror {
         }
         let _ = self.repo.refresh().await;
         // Upload, flush, publish and retry: the path import takes too.
-        let publisher = Publisher::new(&self.repo);
+        let publisher = Publisher::new(self.repo.as_ref());
         let hashed: Vec<(u64, Option<ChunkId>, Bytes)> = stream::iter(fz.chunks.clone())
             .map(|i| {
                 let m = self.clone();
@@ -201,7 +201,7 @@ impl Mirror {
                     Ok::<_, MirrorError>((i, id, data))
                 }
             })
-            .buffer_unordered(self.repo.concurrency.max(1))
+            .buffer_unordered(self.repo.concurrency().max(1))
             .try_collect()
             .await?;
         let mut changes: Vec<pb::ChunkChange> = hashed

@@ -25,6 +25,8 @@ mod io;
 mod readahead;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_faults;
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fs::File;
@@ -32,7 +34,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
-use blobvirt_core::{ChunkId, Repo, RepoError};
+use blobvirt_core::{ChunkId, RepoError, Repository};
 use bytes::Bytes;
 
 use crate::statemap::{ChunkState, StateError, StateMap};
@@ -203,9 +205,13 @@ pub(crate) struct Shadow {
     pub(crate) copies: HashMap<u64, Bytes>,
 }
 
+/// The repository a mirror reads from and publishes to: [`blobvirt_core::Repo`]
+/// in the daemon, a wrapper around it in tests that inject faults.
+pub type SharedRepo = Arc<dyn Repository>;
+
 /// A mirrored volume.
 pub struct Mirror {
-    repo: Repo,
+    repo: SharedRepo,
     name: RwLock<String>,
     dir: RwLock<PathBuf>,
     data: File,
@@ -266,10 +272,6 @@ impl Mirror {
 
     pub fn blob_id(&self) -> u64 {
         lock(&self.inner).blob_id
-    }
-
-    pub fn repo(&self) -> &Repo {
-        &self.repo
     }
 
     pub fn policy(&self) -> OnClose {

@@ -11,13 +11,13 @@ use blobvirt_core::transfer::{export_file, import_file, ImportOpts};
 use blobvirt_core::Repo;
 use clap::Parser;
 
-use super::Mirror;
+use super::{Mirror, SharedRepo};
 use crate::statemap::ChunkState;
 
-const CS: usize = 64 * 1024;
+pub(super) const CS: usize = 64 * 1024;
 
 /// poold and one chunkd as tasks of this runtime; dropped with it.
-async fn repository(dir: &Path) -> Repo {
+pub(super) async fn repository(dir: &Path) -> Repo {
     let pd = dir.join("poold");
     let o =
         pool_backend::Opts::parse_from(["poold", "--dir", pd.to_str().unwrap(), "--replicas", "1"]);
@@ -53,11 +53,11 @@ async fn repository(dir: &Path) -> Repo {
     panic!("the in-process chunkd never registered");
 }
 
-fn pattern(byte: u8, len: usize) -> Vec<u8> {
+pub(super) fn pattern(byte: u8, len: usize) -> Vec<u8> {
     (0..len).map(|i| byte ^ (i % 251) as u8).collect()
 }
 
-async fn import(repo: &Repo, dir: &Path, name: &str, data: &[u8]) {
+pub(super) async fn import(repo: &Repo, dir: &Path, name: &str, data: &[u8]) {
     let p = dir.join(format!("{name}.src"));
     std::fs::write(&p, data).unwrap();
     let opts = ImportOpts {
@@ -67,7 +67,7 @@ async fn import(repo: &Repo, dir: &Path, name: &str, data: &[u8]) {
     import_file(repo, &p, name, &opts, None).await.unwrap();
 }
 
-async fn export(repo: &Repo, dir: &Path, name: &str, version: u64) -> Vec<u8> {
+pub(super) async fn export(repo: &Repo, dir: &Path, name: &str, version: u64) -> Vec<u8> {
     let p = dir.join(format!("{name}-{version}.out"));
     export_file(repo, name, version, &p, None).await.unwrap();
     std::fs::read(&p).unwrap()
@@ -78,7 +78,8 @@ async fn setup(dir: &Path, data: &[u8]) -> (Repo, Arc<Mirror>) {
     import(&repo, dir, "v", data).await;
     let vols = dir.join("vols");
     std::fs::create_dir_all(&vols).unwrap();
-    let m = Mirror::attach(&repo, &vols, "v", None).await.unwrap();
+    let shared: SharedRepo = Arc::new(repo.clone());
+    let m = Mirror::attach(&shared, &vols, "v", None).await.unwrap();
     (repo, m)
 }
 
@@ -162,7 +163,10 @@ async fn a_lost_state_flush_is_adopted_only_when_the_version_is_ours() {
     );
     assert_eq!((m.version(), m.status().chunks_dirty), (2, 0));
     // A newer version that changed another chunk is someone else's.
-    let m2 = Mirror::attach(&repo, &vols, "scratch", None).await.unwrap();
+    let shared: SharedRepo = Arc::new(repo.clone());
+    let m2 = Mirror::attach(&shared, &vols, "scratch", None)
+        .await
+        .unwrap();
     m2.write(0, &pattern(8, 100)).await.unwrap();
     let mut other = v2.clone();
     other[3 * CS..3 * CS + 10].fill(9);

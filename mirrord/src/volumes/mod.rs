@@ -108,7 +108,10 @@ impl Table {
 
 /// Everything mirrord knows about volumes.
 pub struct Volumes {
+    /// The control plane: leases, rename, listing, profiles.
     pub repo: Repo,
+    /// The mirrors' data path (the same repository behind the fault seam).
+    data_repo: crate::mirror::SharedRepo,
     pub vols_dir: PathBuf,
     /// Lease holder name: `mirrord@HOST:MOUNT`.
     pub holder: String,
@@ -201,6 +204,7 @@ impl Volumes {
             owners: Mutex::new(owners::Owners::load(owners_file)),
             notifier: OnceLock::new(),
             metrics: Default::default(),
+            data_repo: std::sync::Arc::new(repo.clone()),
             repo,
             vols_dir,
             holder,
@@ -352,7 +356,7 @@ impl Volumes {
             return Ok(m);
         }
         let m = Mirror::attach_metered(
-            &self.repo,
+            &self.data_repo,
             &self.vols_dir,
             name,
             version,
