@@ -87,15 +87,8 @@ state > "$save/state-before"
 new_deps=()
 marker=/var/lib/blobvirt/chunkd/blobvirt-pkgtest.data
 
-daemon_pid() {
-  local f="/run/$1.pid" pid exe
-  [ -r "$f" ] || return 1
-  pid=$(tr -dc '0-9' < "$f")
-  [ -n "$pid" ] || return 1
-  exe=$(readlink "/proc/$pid/exe" 2>/dev/null) || return 1
-  [ "$(basename "${exe% (deleted)}")" = "$1" ] || return 1
-  echo "$pid"
-}
+# shellcheck source=../scripts/lib.sh
+source scripts/lib.sh
 
 # start_daemon NAME USER UMASK ARGS...: runs ARGS as the unit would (its
 # User=, UMask=, a clean environment, the NOTIFY_SOCKET of Type=notify;

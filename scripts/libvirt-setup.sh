@@ -37,16 +37,8 @@ if [ "$check_only" = 0 ] && [ -e /dev/kvm ] && getent group kvm >/dev/null; then
   chown root:kvm /dev/kvm && chmod 0660 /dev/kvm
 fi
 
-# pid of daemon $1 from its pid file, if that process runs the daemon.
-daemon_pid() {
-  local f="/run/$1.pid" pid exe
-  [ -r "$f" ] || return 1
-  pid=$(tr -dc '0-9' < "$f")
-  [ -n "$pid" ] || return 1
-  exe=$(readlink "/proc/$pid/exe" 2>/dev/null) || return 1
-  [ "$(basename "${exe% (deleted)}")" = "$1" ] || return 1
-  echo "$pid"
-}
+# shellcheck source=lib.sh
+source "$(dirname "$0")/lib.sh"
 
 for d in virtlogd libvirtd; do
   if pid=$(daemon_pid "$d"); then
