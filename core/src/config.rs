@@ -133,6 +133,8 @@ pub struct MirrordSection {
     pub control: Option<PathBuf>,
     pub threads: Option<usize>,
     pub metrics: Option<SocketAddr>,
+    /// Size of the host's in-memory chunk cache in MiB (0: off).
+    pub chunk_cache_mib: Option<u64>,
 }
 
 impl Config {

@@ -54,6 +54,11 @@ pub struct Options {
     /// Serve Prometheus metrics at http://ADDR/metrics.
     #[arg(long, value_name = "ADDR")]
     pub metrics: Option<std::net::SocketAddr>,
+    /// MiB of recently fetched chunks kept in memory and shared by every
+    /// mirror on this host, so clones of one image fetch each chunk once
+    /// (0: off).
+    #[arg(long, value_name = "MIB", default_value_t = crate::chunk_cache::DEFAULT_MIB)]
+    pub chunk_cache_mib: u64,
 }
 
 impl Options {
@@ -72,6 +77,12 @@ impl Options {
         pick(&m, "control", &mut o.control, c.control.map(Some));
         pick(&m, "threads", &mut o.threads, c.threads);
         pick(&m, "metrics", &mut o.metrics, c.metrics.map(Some));
+        pick(
+            &m,
+            "chunk_cache_mib",
+            &mut o.chunk_cache_mib,
+            c.chunk_cache_mib,
+        );
         if o.pool.is_empty() {
             anyhow::bail!("mirrord does not know where poold is; pass --pool URL or set pool in [cluster] of {}", cfg.origin());
         }
@@ -168,7 +179,12 @@ pub fn run(opts: Options) -> Result<()> {
         .with_context(|| format!("creating the cache directory {}", vols_dir.display()))?;
     let repo = rt.block_on(connect(&opts.pool))?;
     let holder = format!("mirrord@{}:{}", hostname(), mount.display());
-    let vols = Arc::new(Volumes::new(repo, vols_dir, holder));
+    let vols = Arc::new(Volumes::new(
+        repo,
+        vols_dir,
+        holder,
+        opts.chunk_cache_mib << 20,
+    ));
     if let Err(e) = rt.block_on(vols.refresh()) {
         tracing::warn!("cannot list volumes yet: {e}");
     }

@@ -5,6 +5,7 @@
 //! decisions: `docs/design-notes.md`.
 //!
 //! * [`mirror`] — one volume's local mirror: data path, COMMIT, CLONE.
+//! * [`chunk_cache`] — the host's chunk cache, shared by every mirror.
 //! * [`statemap`] — the persistent chunk-state map format.
 //! * [`volumes`] — the volume table, close-to-open commits, claims, owners,
 //!   keeping mirrors in step with poold.
@@ -55,6 +56,7 @@
 //!   to 64 chunks (32 MiB) ahead; status counts those fetches as
 //!   `readahead` (see `mirror/readahead.rs`).
 
+pub mod chunk_cache;
 pub mod control;
 pub mod daemon;
 pub mod failpoint;

@@ -35,6 +35,9 @@ pub struct PhaseLabel {
 pub struct Metrics {
     pub fetched_chunks: Counter,
     pub fetched_bytes: Counter,
+    pub cache_hits: Counter,
+    pub cache_hit_bytes: Counter,
+    pub cache_bytes: prometheus_client::metrics::gauge::Gauge,
     pub committed_chunks: Counter,
     pub committed_bytes: Counter,
     pub read_bytes: Counter,
@@ -49,6 +52,9 @@ impl Default for Metrics {
         Metrics {
             fetched_chunks: Counter::default(),
             fetched_bytes: Counter::default(),
+            cache_hits: Counter::default(),
+            cache_hit_bytes: Counter::default(),
+            cache_bytes: Default::default(),
             committed_chunks: Counter::default(),
             committed_bytes: Counter::default(),
             read_bytes: Counter::default(),
@@ -85,6 +91,16 @@ pub fn register(reg: &mut Registry, vols: Arc<Volumes>) {
             &m.fetched_bytes,
         ),
         (
+            "blobvirt_mirrord_chunk_cache_hits",
+            "Chunk fetches served by the host's chunk cache or by another mirror's fetch of the same chunk",
+            &m.cache_hits,
+        ),
+        (
+            "blobvirt_mirrord_chunk_cache_hit_bytes",
+            "Bytes of those fetches (traffic the cache saved)",
+            &m.cache_hit_bytes,
+        ),
+        (
             "blobvirt_mirrord_committed_chunks",
             "Chunks changed by the versions commits published",
             &m.committed_chunks,
@@ -117,6 +133,11 @@ pub fn register(reg: &mut Registry, vols: Arc<Volumes>) {
     ] {
         reg.register(name, help, c.clone());
     }
+    reg.register(
+        "blobvirt_mirrord_chunk_cache_bytes",
+        "Bytes held by the host's chunk cache",
+        m.cache_bytes.clone(),
+    );
     // Both series exist from the start, so rate() sees their first commit.
     for phase in ["1", "2"] {
         drop(m.commit_phase.get_or_create(&PhaseLabel { phase }));

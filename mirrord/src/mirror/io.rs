@@ -198,8 +198,6 @@ impl Mirror {
             Err(e) => Err(e),
             Ok(data) => {
                 self.stats.fetches.fetch_add(1, Ordering::Relaxed);
-                self.metrics.fetched_chunks.inc();
-                self.metrics.fetched_bytes.inc_by(data.len() as u64);
                 self.stats
                     .bytes_fetched
                     .fetch_add(data.len() as u64, Ordering::Relaxed);

@@ -24,7 +24,7 @@ mod commit;
 mod io;
 mod readahead;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 #[cfg(test)]
 mod tests_faults;
 

@@ -14,10 +14,10 @@ use clap::Parser;
 use super::{Mirror, SharedRepo};
 use crate::statemap::ChunkState;
 
-pub(super) const CS: usize = 64 * 1024;
+pub(crate) const CS: usize = 64 * 1024;
 
 /// poold and one chunkd as tasks of this runtime; dropped with it.
-pub(super) async fn repository(dir: &Path) -> Repo {
+pub(crate) async fn repository(dir: &Path) -> Repo {
     let pd = dir.join("poold");
     let o =
         pool_backend::Opts::parse_from(["poold", "--dir", pd.to_str().unwrap(), "--replicas", "1"]);
@@ -53,11 +53,11 @@ pub(super) async fn repository(dir: &Path) -> Repo {
     panic!("the in-process chunkd never registered");
 }
 
-pub(super) fn pattern(byte: u8, len: usize) -> Vec<u8> {
+pub(crate) fn pattern(byte: u8, len: usize) -> Vec<u8> {
     (0..len).map(|i| byte ^ (i % 251) as u8).collect()
 }
 
-pub(super) async fn import(repo: &Repo, dir: &Path, name: &str, data: &[u8]) {
+pub(crate) async fn import(repo: &Repo, dir: &Path, name: &str, data: &[u8]) {
     let p = dir.join(format!("{name}.src"));
     std::fs::write(&p, data).unwrap();
     let opts = ImportOpts {
@@ -67,7 +67,7 @@ pub(super) async fn import(repo: &Repo, dir: &Path, name: &str, data: &[u8]) {
     import_file(repo, &p, name, &opts, None).await.unwrap();
 }
 
-pub(super) async fn export(repo: &Repo, dir: &Path, name: &str, version: u64) -> Vec<u8> {
+pub(crate) async fn export(repo: &Repo, dir: &Path, name: &str, version: u64) -> Vec<u8> {
     let p = dir.join(format!("{name}-{version}.out"));
     export_file(repo, name, version, &p, None).await.unwrap();
     std::fs::read(&p).unwrap()

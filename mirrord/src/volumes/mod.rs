@@ -110,7 +110,7 @@ impl Table {
 pub struct Volumes {
     /// The control plane: leases, rename, listing, profiles.
     pub repo: Repo,
-    /// The mirrors' data path (the same repository behind the fault seam).
+    /// The mirrors' data path: the repository behind the host's chunk cache.
     data_repo: crate::mirror::SharedRepo,
     pub vols_dir: PathBuf,
     /// Lease holder name: `mirrord@HOST:MOUNT`.
@@ -193,18 +193,23 @@ fn entry_of(b: &pb::BlobInfo, ino: u64) -> Entry {
 impl Volumes {
     /// The table over the mirrors in `vols_dir`, which is made private to
     /// mirrord's user (it holds every mirrored volume's data).
-    pub fn new(repo: Repo, vols_dir: PathBuf, holder: String) -> Self {
+    pub fn new(repo: Repo, vols_dir: PathBuf, holder: String, chunk_cache_bytes: u64) -> Self {
         use std::os::unix::fs::PermissionsExt;
         let private = std::fs::Permissions::from_mode(0o700);
         if let Err(e) = std::fs::set_permissions(&vols_dir, private) {
             tracing::error!(dir = %vols_dir.display(), "cannot make the mirror directory private (mode 0700), so local users may read mirrored volumes there: {e}; fix its owner or mode");
         }
         let owners_file = vols_dir.parent().unwrap_or(&vols_dir).join("owners.json");
+        let metrics = crate::metrics::Metrics::default();
         Volumes {
             owners: Mutex::new(owners::Owners::load(owners_file)),
             notifier: OnceLock::new(),
-            metrics: Default::default(),
-            data_repo: std::sync::Arc::new(repo.clone()),
+            data_repo: std::sync::Arc::new(crate::chunk_cache::HostCache::new(
+                repo.clone(),
+                chunk_cache_bytes,
+                metrics.clone(),
+            )),
+            metrics,
             repo,
             vols_dir,
             holder,
