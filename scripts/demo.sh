@@ -102,11 +102,19 @@ import json, sys
 v = json.load(sys.stdin)
 vols = v["volumes"] if isinstance(v, dict) else v
 print(sum(x["bytes_fetched"] for x in vols if x["name"].startswith("'"$prefix"'-")))')
+# Network traffic: mirrord's fetches from chunkd (the host's chunk cache
+# serves a chunk that another clone here fetched already).
+maddr=$(python3 -c '
+import json, sys
+c = json.load(open(sys.argv[1]))
+print(next(p["metrics"] for p in c["processes"] if p["name"] == "mirrord"))' "$work/cluster/cluster.json")
+net=$(python3 -c 'import sys, urllib.request; print(urllib.request.urlopen(f"http://{sys.argv[1]}/metrics").read().decode())' "$maddr" \
+  | awk '$1 == "blobvirt_mirrord_fetched_bytes_total" {printf "%d", $2}')
 echo
 echo "== summary"
 echo "repository:  $repo_ok"
 echo "deploy:      $(tail -n 1 "$work/deploy.out")"
-echo "             fetched $((fetched >> 20)) MiB for $n domains (image: 64 MiB, $n x image = $((n * 64)) MiB)"
+echo "             the $n mirrors read $((fetched >> 20)) MiB, of which $((net >> 20)) MiB came over the network (image: 64 MiB, $n x image = $((n * 64)) MiB)"
 echo "snapshot:    $(grep '^snapshot demo-snap' "$work/snap.out" || tail -n 1 "$work/snap.out")"
 echo "export:      $prefix-1@demo-snap holds '$snap_marker' with $snap_ticks ticks"
 echo "plain QEMU:  booted the export: marker now '$after' ($(grep -o 'qemu ran [0-9.]* s' "$work/boot.out" | head -1))"

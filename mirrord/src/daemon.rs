@@ -57,7 +57,12 @@ pub struct Options {
     /// MiB of recently fetched chunks kept in memory and shared by every
     /// mirror on this host, so clones of one image fetch each chunk once
     /// (0: off).
-    #[arg(long, value_name = "MIB", default_value_t = crate::chunk_cache::DEFAULT_MIB)]
+    #[arg(
+        long,
+        env = "BLOBVIRT_CHUNK_CACHE_MIB",
+        value_name = "MIB",
+        default_value_t = crate::chunk_cache::DEFAULT_MIB
+    )]
     pub chunk_cache_mib: u64,
 }
 
