@@ -2,17 +2,16 @@
 //! of a second domain and of a second node (writer lease), rollback of a
 //! half-done prepare, and release waiting for the close-to-open commit.
 
-mod common;
-
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::fs::FileExt;
 use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
 
 use blobvirt_hook::config::{HookConfig, PoolConfig};
-use common::*;
 use serde_json::Value;
+use testbed::harness::daemons::Mirrord;
+use testbed::harness::libvirt::*;
 
 fn hook(cfg: &Path, dom: &str, op: &str, sub: &str, xml: &str) -> Output {
     let mut c = Command::new(env!("CARGO_BIN_EXE_blobvirt-hook"))
@@ -54,61 +53,21 @@ fn ctl(sock: &Path, req: &str) -> Value {
     serde_json::from_str(&line).expect("json")
 }
 
-/// A second mirrord ("another node") on the same repository.
-struct Node2 {
-    child: Child,
-    mount: PathBuf,
-    control: PathBuf,
-}
-
-impl Node2 {
-    fn start(lab: &Lab) -> Node2 {
-        let (mount, cache) = (lab.tmp.path().join("mnt2"), lab.tmp.path().join("cache2"));
-        let log = std::fs::File::create(lab.tmp.path().join("mirrord2.log")).unwrap();
-        let child = Command::new(lab.bin("mirrord"))
-            .arg("--config")
-            .arg(lab.dir.join("blobvirt.toml"))
-            .arg("--pool")
-            .arg(&lab.pool_url)
-            .arg("--mount")
-            .arg(&mount)
-            .arg("--cache")
-            .arg(&cache)
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        let n = Node2 {
-            child,
-            control: cache.join("control.sock"),
-            mount,
-        };
-        assert!(
-            wait_until(20, || blobvirt_core::fsutil::is_mounted(&n.mount)
-                && n.control.exists()),
-            "the second mirrord did not come up"
-        );
-        n
-    }
-}
-
-impl Drop for Node2 {
-    fn drop(&mut self) {
-        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
-        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-        if !wait_until(10, || matches!(self.child.try_wait(), Ok(Some(_)))) {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-        if blobvirt_core::fsutil::is_mounted(&self.mount) {
-            let _ = nix::mount::umount2(&self.mount, nix::mount::MntFlags::MNT_DETACH);
-        }
-    }
-}
-
-fn latest(lab: &Lab, vol: &str) -> u64 {
-    let v: Value = serde_json::from_str(&lab.ok(&["vol-info", vol, "--json"])).unwrap();
-    v["latest_version"].as_u64().unwrap()
+/// A second mirrord ("another node") on the same repository, stopped and
+/// unmounted by its guard.
+fn node2(lab: &Lab) -> Mirrord {
+    let t = lab.tmp.path();
+    Mirrord::start_args(
+        &lab.pool_url,
+        &t.join("mnt2"),
+        &t.join("cache2"),
+        &t.join("mirrord2.log"),
+        &[],
+        &[
+            "--config".as_ref(),
+            lab.dir.join("blobvirt.toml").as_os_str(),
+        ],
+    )
 }
 
 #[test]
@@ -182,8 +141,9 @@ fn claims_leases_and_close_to_open_commit() {
     assert_eq!(lab.claims(), vec![("v1".to_string(), "d1".to_string())]);
 
     // Another node cannot claim v1: node 1 holds the writer lease.
-    let node2 = Node2::start(&lab);
-    let r = ctl(&node2.control, r#"{"op":"claim","name":"v1","owner":"d9"}"#);
+    let node2 = node2(&lab);
+    let node2_control = node2.cache.join("control.sock");
+    let r = ctl(&node2_control, r#"{"op":"claim","name":"v1","owner":"d9"}"#);
     assert_eq!(r["ok"], false, "{r}");
     let e = r["error"].as_str().unwrap();
     assert!(
@@ -191,16 +151,16 @@ fn claims_leases_and_close_to_open_commit() {
         "{e}"
     );
     // ... but v2 is free there.
-    let r = ctl(&node2.control, r#"{"op":"claim","name":"v2","owner":"d9"}"#);
+    let r = ctl(&node2_control, r#"{"op":"claim","name":"v2","owner":"d9"}"#);
     assert_eq!(r["ok"], true, "{r}");
     let r = ctl(
-        &node2.control,
+        &node2_control,
         r#"{"op":"unclaim","name":"v2","owner":"d9"}"#,
     );
     assert_eq!(r["result"]["released"], true, "{r}");
 
     // d1 writes through the mount and closes; release commits it.
-    assert_eq!(latest(&lab, "v1"), 1);
+    assert_eq!(lab.latest_version("v1"), 1);
     {
         let f = std::fs::OpenOptions::new()
             .write(true)
@@ -212,7 +172,11 @@ fn claims_leases_and_close_to_open_commit() {
     let o = hook(&cfg, "d1", "release", "end", &xml("d1", &["v1"]));
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(lab.claims().is_empty());
-    assert_eq!(latest(&lab, "v1"), 2, "release did not wait for the commit");
+    assert_eq!(
+        lab.latest_version("v1"),
+        2,
+        "release did not wait for the commit"
+    );
     let out = lab.tmp.path().join("v1.out");
     lab.ok(&["vol-export", "v1", &out.display().to_string()]);
     let data = std::fs::read(&out).unwrap();
@@ -229,12 +193,12 @@ fn claims_leases_and_close_to_open_commit() {
     assert!(lab.claims().is_empty());
 
     // The lease is free again: node 2 may claim v1 now.
-    let r = ctl(&node2.control, r#"{"op":"claim","name":"v1","owner":"d9"}"#);
+    let r = ctl(&node2_control, r#"{"op":"claim","name":"v1","owner":"d9"}"#);
     assert_eq!(r["ok"], true, "{r}");
-    let st = ctl(&node2.control, r#"{"op":"status"}"#);
+    let st = ctl(&node2_control, r#"{"op":"status"}"#);
     assert_eq!(st["result"]["claims"][0]["owner"], "d9", "{st}");
     let r = ctl(
-        &node2.control,
+        &node2_control,
         r#"{"op":"unclaim","name":"v1","owner":"d9"}"#,
     );
     assert_eq!(r["ok"], true, "{r}");

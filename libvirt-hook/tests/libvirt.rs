@@ -4,17 +4,11 @@
 //! blobvirt disks is untouched, and the test guest boots from
 //! `<disk type='volume'>` in the pool and its marker is committed.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::*;
 use serde_json::Value;
-
-fn latest(lab: &Lab, vol: &str) -> u64 {
-    let v: Value = serde_json::from_str(&lab.ok(&["vol-info", vol, "--json"])).unwrap();
-    v["latest_version"].as_u64().unwrap()
-}
+use testbed::harness::libvirt::*;
+use testbed::harness::*;
 
 fn stderr_of(args: &[&str]) -> (bool, String) {
     let o = virsh(args);
@@ -87,7 +81,7 @@ fn hook_refuses_missing_and_busy_volumes_and_ignores_other_domains() {
     let before = lab.mirror_status();
     virsh_ok(&["start", &plain]);
     assert!(
-        wait_until(120, || domstate(&plain) == "shut off"),
+        wait_until(Duration::from_secs(120), || domstate(&plain) == "shut off"),
         "{plain} did not power off: {}",
         lab.console(&plain)
     );
@@ -115,14 +109,16 @@ fn hook_refuses_missing_and_busy_volumes_and_ignores_other_domains() {
     // second domain may start.
     virsh_ok(&["destroy", &first]);
     assert!(
-        wait_until(60, || lab.claims().is_empty()),
+        wait_until(Duration::from_secs(60), || lab.claims().is_empty()),
         "claim of {first} not released: {:?}",
         lab.claims()
     );
     virsh_ok(&["start", &second]);
     assert_eq!(lab.claims(), vec![("g1".to_string(), second.clone())]);
     virsh_ok(&["destroy", &second]);
-    assert!(wait_until(60, || lab.claims().is_empty()));
+    assert!(wait_until(Duration::from_secs(60), || lab
+        .claims()
+        .is_empty()));
 }
 
 #[test]
@@ -131,14 +127,14 @@ fn guest_boots_from_the_pool_and_its_marker_is_committed() {
     let guest = lab.build_guest();
     lab.ok(&["vol-import", &guest.display().to_string(), "g1"]);
     lab.wait_virsh_volume("g1", true);
-    assert_eq!(latest(&lab, "g1"), 1);
+    assert_eq!(lab.latest_version("g1"), 1);
     let dom = format!("bvboot-{}", lab.suffix);
     lab.define(&dom, &lab.guest_xml(&dom, "g1"));
     let t = Instant::now();
     virsh_ok(&["start", &dom]);
     let started = t.elapsed();
     assert!(
-        wait_until(180, || domstate(&dom) == "shut off"),
+        wait_until(Duration::from_secs(180), || domstate(&dom) == "shut off"),
         "{dom} did not power off; console:\n{}",
         lab.console(&dom)
     );
@@ -151,7 +147,8 @@ fn guest_boots_from_the_pool_and_its_marker_is_committed() {
     );
     // The release hook commits the guest's writes (close-to-open).
     assert!(
-        wait_until(60, || lab.claims().is_empty() && latest(&lab, "g1") >= 2),
+        wait_until(Duration::from_secs(60), || lab.claims().is_empty()
+            && lab.latest_version("g1") >= 2),
         "no commit after {dom} stopped"
     );
     let committed = t.elapsed();

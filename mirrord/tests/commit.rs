@@ -1,14 +1,13 @@
 //! COMMIT and CLONE through the mount and the control API: random writes,
 //! upload bounds, exact snapshots under concurrent overwrites, CLONE, holes.
 
-mod common;
-
 use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use common::*;
 use rand::{Rng, SeedableRng};
+use testbed::harness::daemons::*;
+use testbed::harness::data::*;
 
 const MIB: usize = 1 << 20;
 const CS: usize = 256 * 1024;
@@ -184,7 +183,7 @@ fn clone_continues_on_new_volume_and_leaves_old_unchanged() {
 #[test]
 fn punch_hole_seek_and_volume_lifecycle() {
     let c = Cluster::start(2, 2);
-    let img = common::random_bytes(40, 4 * MIB);
+    let img = random_bytes(40, 4 * MIB);
     c.import("holes", &img, CS as u32);
     let m = Mirrord::start(&c.pool, c.dir.path());
     m.wait_for("holes");

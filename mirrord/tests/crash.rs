@@ -2,11 +2,10 @@
 //! start cleans, fsynced bytes survive and commit works; SIGTERM commits
 //! per policy, unmounts and exits 0.
 
-mod common;
-
 use std::os::unix::fs::FileExt;
 
-use common::*;
+use testbed::harness::daemons::*;
+use testbed::harness::data::*;
 
 const MIB: usize = 1 << 20;
 const CS: usize = 256 * 1024;

@@ -1,12 +1,12 @@
 //! Writer leases between two mirrords, and bad input: unknown volumes,
 //! writes past the end, an unreachable chunkd, a full cache disk.
 
-mod common;
-
 use std::os::unix::fs::FileExt;
 use std::time::{Duration, Instant};
 
-use common::*;
+use testbed::harness::bin;
+use testbed::harness::daemons::*;
+use testbed::harness::data::*;
 
 const MIB: usize = 1 << 20;
 const CS: usize = 256 * 1024;
@@ -111,7 +111,7 @@ fn bad_input_is_refused_clearly() {
 #[test]
 fn unreachable_chunkd_gives_eio_logged_with_volume_chunk_and_node() {
     let mut c = Cluster::start(2, 1);
-    let img = common::random_bytes(90, 8 * MIB);
+    let img = random_bytes(90, 8 * MIB);
     c.import("frail", &img, CS as u32);
     let m = Mirrord::start(&c.pool, c.dir.path());
     m.wait_for("frail");
@@ -213,7 +213,7 @@ fn full_cache_disk_gives_enospc_and_loses_nothing_committed() {
 fn listing_follows_volumes_created_and_deleted_elsewhere() {
     let c = Cluster::start(1, 1);
     let m = Mirrord::start(&c.pool, c.dir.path());
-    let one = common::random_bytes(1, MIB);
+    let one = random_bytes(1, MIB);
     c.import("elsewhere", &one, CS as u32);
     m.wait_for("elsewhere");
     assert!(std::fs::read(m.path("elsewhere")).unwrap() == one);
@@ -233,7 +233,7 @@ fn listing_follows_volumes_created_and_deleted_elsewhere() {
         std::thread::sleep(Duration::from_millis(100));
     }
     // Same name, new volume: the old mirror must not leak into it.
-    let two = common::random_bytes(2, 2 * MIB);
+    let two = random_bytes(2, 2 * MIB);
     c.import("elsewhere", &two, CS as u32);
     m.wait_for("elsewhere");
     assert!(std::fs::read(m.path("elsewhere")).unwrap() == two);
@@ -251,7 +251,7 @@ fn second_mirrord_on_the_same_cache_is_refused() {
     m.wait_for("kept");
     let other = c.dir.path().join("other-mnt");
     std::fs::create_dir_all(&other).unwrap();
-    let o = std::process::Command::new(common::bin("mirrord"))
+    let o = std::process::Command::new(bin("mirrord"))
         .args(["--pool", &c.pool])
         .arg("--mount")
         .arg(&other)

@@ -2,13 +2,12 @@
 //! are fetched, holes fetch nothing; fio with crc32c verification,
 //! buffered and O_DIRECT.
 
-mod common;
-
 use std::io::Read;
 use std::os::unix::fs::FileExt;
 use std::process::Command;
 
-use common::*;
+use testbed::harness::daemons::*;
+use testbed::harness::data::*;
 
 const MIB: usize = 1 << 20;
 const CS: usize = 256 * 1024;

@@ -2,14 +2,13 @@
 //! reopens through the mount agree with a plain in-memory model, and every
 //! committed version exports exactly the model at that point.
 
-mod common;
-
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 
-use common::*;
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
+use testbed::harness::daemons::*;
+use testbed::harness::data::*;
 
 const SIZE: usize = 4 << 20;
 const CS: usize = 64 * 1024;

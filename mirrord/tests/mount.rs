@@ -2,13 +2,12 @@
 //! existing files, `mv`, `fallocate` in its modes, and `chmod`/`chown`
 //! that survive a mirrord restart. Each through a real FUSE mount.
 
-mod common;
-
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileExt, MetadataExt, PermissionsExt};
 use std::process::Command;
 
-use common::*;
+use testbed::harness::daemons::*;
+use testbed::harness::data::*;
 
 const MIB: usize = 1 << 20;
 const CS: usize = 256 * 1024;

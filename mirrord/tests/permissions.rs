@@ -11,14 +11,14 @@
 //! (`scripts/install-deps.sh` creates it). The mount lives in a directory
 //! every user can reach, so a refusal comes from the mount itself.
 
-mod common;
-
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use common::*;
+use testbed::harness::bin;
+use testbed::harness::daemons::*;
+use testbed::harness::data::*;
 
 const MIB: usize = 1 << 20;
 const CS: usize = 64 * 1024;

@@ -2,13 +2,12 @@
 //! on close, and a later attach (here on a second node, and for a clone of
 //! the image) prefetches exactly those chunks in the background.
 
-mod common;
-
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::time::{Duration, Instant};
 
 use blobvirt_core::proto as pb;
-use common::*;
+use testbed::harness::daemons::*;
+use testbed::harness::data::*;
 
 const MIB: usize = 1 << 20;
 const CS: usize = 256 * 1024;
@@ -16,7 +15,7 @@ const CS: usize = 256 * 1024;
 #[test]
 fn boot_profile_is_recorded_and_prefetched() {
     let c = Cluster::start(2, 2);
-    let img = common::random_bytes(100, 16 * MIB);
+    let img = random_bytes(100, 16 * MIB);
     c.import("golden", &img, CS as u32);
     let a = Mirrord::start(&c.pool, &c.dir.path().join("a"));
     a.wait_for("golden");

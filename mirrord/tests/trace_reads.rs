@@ -3,59 +3,27 @@
 //! lines reach the file within a few seconds while mirrord runs, and all of
 //! them are there after SIGTERM.
 
-mod common;
-
-use std::fs::File;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::*;
+use testbed::harness::daemons::*;
+use testbed::harness::data::*;
 
 const KIB: u64 = 1024;
 const CS: usize = 256 * 1024;
 
-/// Starts mirrord with `--trace-reads trace` under `base` (the common
-/// harness's guard stops it and unmounts).
+/// Starts mirrord with `--trace-reads trace` under `base` (the harness's
+/// guard stops it and unmounts).
 fn start_traced(pool: &str, base: &Path, trace: &Path) -> Mirrord {
-    let (mount, cache, log) = (
-        base.join("mnt"),
-        base.join("cache"),
-        base.join("mirrord.log"),
-    );
-    std::fs::create_dir_all(&mount).unwrap();
-    std::fs::create_dir_all(&cache).unwrap();
-    let child = Command::new(bin("mirrord"))
-        .args(["--pool", pool])
-        .arg("--mount")
-        .arg(&mount)
-        .arg("--cache")
-        .arg(&cache)
-        .arg("--trace-reads")
-        .arg(trace)
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
-    let m = Mirrord {
-        child: Some(child),
-        mount,
-        cache,
-        log,
-        pool: pool.to_string(),
-    };
-    let t = Instant::now();
-    while !m.log_text().contains("mirrord ready") {
-        assert!(
-            t.elapsed() < Duration::from_secs(20),
-            "mirrord did not mount: {}",
-            m.log_text()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    m
+    Mirrord::start_args(
+        pool,
+        &base.join("mnt"),
+        &base.join("cache"),
+        &base.join("mirrord.log"),
+        &[],
+        &["--trace-reads".as_ref(), trace.as_os_str()],
+    )
 }
 
 fn lines(trace: &Path) -> Vec<String> {

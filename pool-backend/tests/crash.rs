@@ -4,8 +4,6 @@
 //! to its expected chunk map, and no other version may exist except the one
 //! in flight at the kill (which must then be complete).
 
-mod common;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -13,8 +11,8 @@ use std::time::Duration;
 use blobvirt_core::proto as pb;
 use blobvirt_core::ChunkId;
 use bytes::Bytes;
-use common::Poold;
 use rand::{Rng, SeedableRng};
+use testbed::harness::daemons::Poold;
 
 const CS: u32 = 65536;
 

@@ -1,14 +1,12 @@
 //! The `Pool` service end to end: the real poold binary, real chunkd nodes
-//! (in-process) for garbage collection, and the core repository client.
-
-mod common;
+//! (processes) for garbage collection, and the core repository client.
 
 use std::time::{Duration, Instant};
 
 use blobvirt_core::proto as pb;
 use blobvirt_core::{ChunkId, Repo};
 use bytes::Bytes;
-use common::{start_chunkd, Poold};
+use testbed::harness::daemons::{Chunkd, Poold};
 use tonic::Code;
 
 const CS: u32 = 65536;
@@ -374,7 +372,7 @@ async fn membership_survives_restart_and_sigterm_exits_zero() {
     assert_eq!(ids, vec![("n1", true), ("n2", true)]);
 }
 
-/// Starts a real chunkd in-process; dropping the sender stops it.
+/// Which of `ids` the chunkd at `addr` has.
 async fn has(addr: &str, ids: &[ChunkId]) -> Vec<bool> {
     let mut c = blobvirt_core::client::chunk_client(blobvirt_core::client::channel(addr).unwrap());
     c.has(pb::HasRequest {
@@ -395,9 +393,9 @@ async fn gc_deletes_unreferenced_chunks_from_chunkd() {
         &["--gc-interval-secs", "1", "--gc-grace-secs", "3600"],
     )
     .await;
-    let mut stops = Vec::new();
+    let mut chunkds = Vec::new();
     for id in ["n1", "n2"] {
-        stops.push(start_chunkd(&dir.path().join(id), &p.url(), id).await);
+        chunkds.push(Chunkd::start(&dir.path().join(id), &p.url(), id));
     }
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
@@ -493,7 +491,7 @@ async fn gc_deletes_unreferenced_chunks_from_chunkd() {
     let mut retry = publish_req("again", true, 0, 2, &all[..2]);
     retry.gc_epoch = r.gc_epoch;
     assert_eq!(c.publish(retry).await.unwrap().into_inner().version, 1);
-    drop(stops);
+    drop(chunkds);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

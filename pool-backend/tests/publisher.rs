@@ -1,9 +1,7 @@
 //! The client side of a publish that garbage collection raced: core's
-//! `Publisher` against the real poold binary and a chunkd in this process.
+//! `Publisher` against the real poold and chunkd binaries.
 //! GC is forced with the Gc RPC (grace 0) after the chunks were uploaded and
 //! before the publish, so poold really answers "upload these again".
-
-mod common;
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -14,13 +12,13 @@ use blobvirt_core::publish::{PublishError, Publisher};
 use blobvirt_core::transfer::export_file;
 use blobvirt_core::{ChunkId, Repo};
 use bytes::Bytes;
-use common::{start_chunkd, Poold};
+use testbed::harness::daemons::{Chunkd, Poold};
 use tonic::Code;
 
 const CS: usize = 65536;
 
 /// poold (grace 0, no background pass during the test) and one chunkd.
-async fn cluster(dir: &std::path::Path) -> (Poold, tokio::sync::oneshot::Sender<()>, Repo) {
+async fn cluster(dir: &std::path::Path) -> (Poold, Chunkd, Repo) {
     let args = [
         "--replicas",
         "1",
@@ -30,12 +28,12 @@ async fn cluster(dir: &std::path::Path) -> (Poold, tokio::sync::oneshot::Sender<
         "3600",
     ];
     let p = Poold::start(&dir.join("pool"), "redb", &args).await;
-    let stop = start_chunkd(&dir.join("n1"), &p.url(), "n1").await;
+    let chunkd = Chunkd::start(&dir.join("n1"), &p.url(), "n1");
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let repo = Repo::connect(&p.url()).await.unwrap();
         if repo.placement().members().iter().any(|m| m.alive) {
-            return (p, stop, repo);
+            return (p, chunkd, repo);
         }
         assert!(Instant::now() < deadline, "chunkd did not register");
         tokio::time::sleep(Duration::from_millis(50)).await;

@@ -1,10 +1,12 @@
-//! Processes inside the emulated nodes: started with `nsenter --net` (so
-//! they share the root mount namespace and their FUSE mounts are visible
-//! to the harness; [`crate::hosts`] also enters a host's own mount
-//! namespace), logged to files, and stopped by PID.
+//! Processes: those inside the emulated nodes, started with `nsenter
+//! --net` (so they share the root mount namespace and their FUSE mounts
+//! are visible to the harness; [`crate::hosts`] also enters a host's own
+//! mount namespace) and logged to files; and, for every test, the one set
+//! of process checks: [`alive`], [`running_in`], [`procs_in`], signals by
+//! PID, [`wait_gone`], [`terminate`], and the one poll loop [`wait_until`].
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -97,20 +99,9 @@ impl Daemon {
     }
 
     pub fn stop(&mut self) {
-        let Some(mut c) = self.child.take() else {
-            return;
-        };
-        let pid = nix::unistd::Pid::from_raw(c.id() as i32);
-        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-        let t = Instant::now();
-        while t.elapsed() < Duration::from_secs(20) {
-            if let Ok(Some(_)) = c.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
+        if let Some(mut c) = self.child.take() {
+            terminate(&mut c, Duration::from_secs(20));
         }
-        let _ = c.kill();
-        let _ = c.wait();
     }
 }
 
@@ -122,24 +113,164 @@ impl Drop for Daemon {
 
 /// Waits for a file a daemon writes once it listens (e.g. poold.addr).
 pub fn wait_file(path: &Path, d: &mut Daemon, limit: Duration) -> Result<String> {
-    let t = Instant::now();
-    loop {
-        if let Ok(s) = std::fs::read_to_string(path) {
-            if !s.trim().is_empty() {
-                return Ok(s.trim().to_string());
-            }
+    let mut exited = None;
+    let mut text = None;
+    wait_until(limit, || {
+        text = read_nonempty(path);
+        if text.is_none() {
+            exited = d.check().err();
         }
-        d.check()?;
-        if t.elapsed() > limit {
-            bail!("{} did not write {} in time", d.name, path.display());
-        }
-        std::thread::sleep(Duration::from_millis(20));
+        text.is_some() || exited.is_some()
+    });
+    match (text, exited) {
+        (Some(s), _) => Ok(s),
+        (None, Some(e)) => Err(e),
+        (None, None) => bail!("{} did not write {} in time", d.name, path.display()),
     }
+}
+
+/// The trimmed content of `path` once it is not empty.
+pub fn read_nonempty(path: &Path) -> Option<String> {
+    let s = std::fs::read_to_string(path).ok()?;
+    let s = s.trim();
+    (!s.is_empty()).then(|| s.to_string())
+}
+
+/// Polls `f` until it returns true (then true) or `limit` passes (then
+/// false): first every 10 ms, then less often, at most every 100 ms.
+pub fn wait_until(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let end = Instant::now() + limit;
+    let mut pause = Duration::from_millis(10);
+    loop {
+        if f() {
+            return true;
+        }
+        if Instant::now() > end {
+            return false;
+        }
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(Duration::from_millis(100));
+    }
+}
+
+/// True while `pid` exists and is not a fully exited zombie (the rule of
+/// the CLI's `procs::is_running`: a zombie leader whose other threads
+/// still run counts as running).
+pub fn alive(pid: u32) -> bool {
+    let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
+        return false;
+    };
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .map(str::trim)
+            .unwrap_or("")
+    };
+    let zombie = matches!(field("State:").chars().next(), Some('Z' | 'X') | None);
+    !zombie || field("Threads:").parse::<u32>().unwrap_or(0) > 1
+}
+
+/// True when `pid` is a running (non-zombie) process whose command line
+/// mentions `dir` (so a reused pid is never taken for ours).
+pub fn running_in(pid: u32, dir: &Path) -> bool {
+    if !alive(pid) {
+        return false;
+    }
+    let Ok(cmd) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+        return false;
+    };
+    String::from_utf8_lossy(&cmd).contains(&*dir.to_string_lossy())
+}
+
+/// Running processes (other than this one) whose command line mentions
+/// `dir`.
+pub fn procs_in(dir: &Path) -> Vec<u32> {
+    let me = std::process::id();
+    std::fs::read_dir("/proc")
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| e.file_name().to_string_lossy().parse::<u32>().ok())
+                .filter(|&pid| pid != me && running_in(pid, dir))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Sends `sig` to `pid`, ignoring errors (the process may be gone).
+pub fn signal(pid: u32, sig: nix::sys::signal::Signal) {
+    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), sig);
+}
+
+pub fn sigkill(pid: u32) {
+    signal(pid, nix::sys::signal::Signal::SIGKILL);
+}
+
+pub fn sigterm(pid: u32) {
+    signal(pid, nix::sys::signal::Signal::SIGTERM);
+}
+
+/// Waits until `pid` (checked to be ours before) is gone (at most `secs`).
+pub fn wait_gone(pid: u32, secs: u64) -> bool {
+    wait_until(Duration::from_secs(secs), || !alive(pid))
+}
+
+/// Stops a process that is not our child: SIGTERM, `grace` to exit, then
+/// SIGKILL and 10 s more. True when it is gone.
+pub fn terminate_pid(pid: u32, grace: Duration) -> bool {
+    sigterm(pid);
+    if wait_until(grace, || !alive(pid)) {
+        return true;
+    }
+    sigkill(pid);
+    wait_gone(pid, 10)
+}
+
+/// Stops and reaps a child: SIGTERM, `grace` to exit, then SIGKILL.
+/// Returns how it ended.
+pub fn terminate(c: &mut Child, grace: Duration) -> Option<ExitStatus> {
+    sigterm(c.id());
+    let mut status = None;
+    if wait_until(grace, || {
+        status = c.try_wait().ok().flatten();
+        status.is_some()
+    }) {
+        return status;
+    }
+    let _ = c.kill();
+    c.wait().ok()
+}
+
+/// SIGKILLs and reaps a child.
+pub fn kill(c: &mut Child) {
+    let _ = c.kill();
+    let _ = c.wait();
+}
+
+/// Waits (at most `limit`) until a child exits by itself; its status then.
+pub fn wait_exit(c: &mut Child, limit: Duration) -> Option<ExitStatus> {
+    let mut status = None;
+    wait_until(limit, || {
+        status = c.try_wait().ok().flatten();
+        status.is_some()
+    });
+    status
 }
 
 /// Whether `p` is a mount point (in this mount namespace).
 pub fn is_mounted(p: &Path) -> bool {
     blobvirt_core::fsutil::is_mounted(p)
+}
+
+/// Lazily unmounts `p` until nothing is mounted there (stacked mounts
+/// included, at most 8).
+pub fn lazy_umount(p: &Path) {
+    for _ in 0..8 {
+        if !is_mounted(p) {
+            return;
+        }
+        let _ = nix::mount::umount2(p, nix::mount::MntFlags::MNT_DETACH);
+    }
 }
 
 /// Bytes allocated on disk below `dir` (st_blocks, symlinks not followed).

@@ -2,10 +2,10 @@
 //! values, refusal of a second cluster in one directory, restart of killed
 //! processes, data surviving down/up, and no process left after down.
 
-mod common;
-
-use common::*;
 use serde_json::Value;
+use testbed::harness::cli::*;
+use testbed::harness::data::*;
+use testbed::harness::*;
 
 fn node_ids(s: &Value) -> Vec<String> {
     s["nodes"]

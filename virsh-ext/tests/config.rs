@@ -2,16 +2,11 @@
 //! one with one sentence naming the file, the key and what is expected,
 //! and exit non-zero; values come from flag, then environment, then file.
 
-mod common;
-
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
-use common::*;
-
-fn bin(name: &str) -> PathBuf {
-    blobvirt().parent().unwrap().join(name)
-}
+use testbed::harness::cli::*;
+use testbed::harness::*;
 
 /// Runs `binary --config FILE args` with no blobvirt variables set.
 fn with_config(binary: &str, file: &Path, args: &[&str]) -> std::process::Output {

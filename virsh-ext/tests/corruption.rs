@@ -3,15 +3,14 @@
 //! chunk is served from a replica, and with no good copy left the export
 //! fails with an error naming the volume and the chunk and leaves no file.
 
-mod common;
-
 use std::fs;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use blobvirt_core::placement::{Member, Placement};
 use blobvirt_core::ChunkId;
-use common::*;
+use testbed::harness::cli::*;
+use testbed::harness::data::*;
 
 /// Flips one byte in the middle of a chunk file.
 fn flip_byte(path: &Path) {

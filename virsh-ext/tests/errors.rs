@@ -3,10 +3,10 @@
 //! (`vol-list --json` and the counters of `cluster status --json`).
 //! Also: a `--new-version` import with another size (resize) exports exactly.
 
-mod common;
-
-use common::*;
 use serde_json::Value;
+use testbed::harness::cli::*;
+use testbed::harness::data::*;
+use testbed::harness::*;
 
 /// The parts of `cluster status --json` that only change when something is
 /// stored (free disk space changes with other tests, so it is left out).

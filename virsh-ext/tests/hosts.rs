@@ -8,22 +8,17 @@
 //! through host 3's mount, export on host 1: byte-identical, and the bytes
 //! crossed the emulated links.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::*;
+use testbed::harness::data::*;
+use testbed::harness::*;
 use testbed::proc::Daemon;
 use testbed::{Host, Hosts, Link};
 
 const IMAGE: u64 = 8 * MIB;
 const PATCH: u64 = MIB;
 const PATCH_AT: u64 = 2 * MIB;
-
-fn bin_dir() -> PathBuf {
-    blobvirt().parent().unwrap().to_path_buf()
-}
 
 /// The unit's `ExecStart` command line, with the binary taken from the
 /// build instead of /usr/bin.
@@ -39,7 +34,7 @@ fn exec_start(unit: &str) -> (PathBuf, Vec<String>) {
         .unwrap_or_else(|| panic!("{} has no ExecStart", path.display()));
     let mut words = line.split_whitespace().map(str::to_string);
     let exe = PathBuf::from(words.next().unwrap());
-    let built = bin_dir().join(exe.file_name().unwrap());
+    let built = bins::bin_dir().join(exe.file_name().unwrap());
     assert!(built.is_file(), "{} is not built", built.display());
     (built, words.collect())
 }
@@ -56,7 +51,7 @@ fn start(h: &Host, unit: &str, log_dir: &Path) -> Daemon {
 
 /// `blobvirt ARGS` on host `h`, which reads the host's own config file.
 fn cli(h: &Host, args: &[&str]) -> String {
-    let mut c = h.cmd(bin_dir().join("blobvirt"));
+    let mut c = h.cmd(blobvirt());
     for v in [
         "BLOBVIRT_POOL",
         "BLOBVIRT_CONFIG",
@@ -69,14 +64,11 @@ fn cli(h: &Host, args: &[&str]) -> String {
     testbed::proc::run_ok(c, &format!("blobvirt {} on {}", args.join(" "), h.name)).unwrap()
 }
 
-fn wait(what: &str, mut f: impl FnMut() -> bool) {
-    for _ in 0..300 {
-        if f() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    panic!("{what} did not happen within 30 s");
+fn wait(what: &str, f: impl FnMut() -> bool) {
+    assert!(
+        wait_until(Duration::from_secs(30), f),
+        "{what} did not happen within 30 s"
+    );
 }
 
 /// The host's configuration, as the README's template has it.
@@ -153,7 +145,7 @@ fn three_hosts_import_read_write_export() {
         daemons.push(start(h, "blobvirt-chunkd.service", &logs));
     }
     wait("three chunkd nodes registered", || {
-        let mut c = h1.cmd(bin_dir().join("blobvirt"));
+        let mut c = h1.cmd(blobvirt());
         c.args(["cluster", "status", "--json"]);
         c.output().ok().is_some_and(|o| {
             serde_json::from_slice::<serde_json::Value>(&o.stdout)

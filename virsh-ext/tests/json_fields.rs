@@ -1,12 +1,11 @@
 //! Every `--json` output uses the field names written down in
 //! `virsh-ext/README.md` ("Field names"), and `versions` is always a list.
 
-mod common;
-
 use std::collections::BTreeSet;
 
-use common::*;
 use serde_json::Value;
+use testbed::harness::data::*;
+use testbed::harness::mounted::*;
 
 /// The backticked names of the README's "Field names" section.
 fn documented() -> BTreeSet<String> {
@@ -52,7 +51,7 @@ fn every_json_output_uses_the_documented_names() {
     );
     let m = Mounted::up(2, 1, &[]);
     let src = m.c.tmp.path().join("j.raw");
-    std::fs::write(&src, random(MIB as usize, 11)).unwrap();
+    std::fs::write(&src, random_bytes(11, MIB as usize)).unwrap();
     let s = src.display().to_string();
     m.ok(&["vol-import", &s, "j", "--label", "first"]);
     m.ok(&["vol-clone", "j", "j2"]);

@@ -4,14 +4,13 @@
 //! shadowing costs of a 4 MiB change, O(1) clone, deduplication across
 //! volumes, and exact exports of everything after a chunkd is SIGKILLed.
 
-mod common;
-
 use std::collections::BTreeSet;
 use std::time::Instant;
 
-use common::*;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
+use testbed::harness::cli::*;
+use testbed::harness::data::*;
 
 const GIB: u64 = 1 << 30;
 const CS: u64 = 256 * KIB;

@@ -2,22 +2,20 @@
 //! the test guest to many domains, `snapshot-create` of a running domain,
 //! `snapshot-revert`, `snapshot-export` booted by plain QEMU, and
 //! `snapshot-create-all` with one failing domain. Needs root, libvirt and
-//! the guest's build tools; uses the libvirt-hook harness ([`Lab`]: own
+//! the guest's build tools; uses the libvirt lab of `testbed::harness` ([`Lab`]: own
 //! cluster, mount and pool, cleaned up by Drop guards even on failure).
 //!
 //! `BLOBVIRT_DEPLOY_COUNT` sets how many domains the deploy part boots
 //! (default 8).
 
-#[path = "../../libvirt-hook/tests/common/mod.rs"]
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::Mutex;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use common::*;
 use serde_json::Value;
+use testbed::harness::libvirt::*;
+use testbed::harness::*;
 
 /// libvirt only trusts its cached QEMU capabilities when the KVM access it
 /// probed with still holds for QEMU's user; with /dev/kvm root-only (no
@@ -90,7 +88,9 @@ fn mode_uid_gid(p: &Path) -> (u32, u32, u32) {
 
 fn wait_state(names: &[String], state: &str, secs: u64) {
     assert!(
-        wait_until(secs, || names.iter().all(|n| domstate(n) == state)),
+        wait_until(Duration::from_secs(secs), || names
+            .iter()
+            .all(|n| domstate(n) == state)),
         "not all {state} after {secs} s: {:?}",
         names.iter().map(|n| (n, domstate(n))).collect::<Vec<_>>()
     );
@@ -199,8 +199,10 @@ fn deploy_snapshot_revert_export_cycle() {
     for name in &names {
         let f = lab.tmp.path().join(format!("{name}.raw"));
         assert!(
-            wait_until(30, || json(&lab, &["vol-info", name, "--json"])
-                ["latest_version"]
+            wait_until(Duration::from_secs(30), || json(
+                &lab,
+                &["vol-info", name, "--json"]
+            )["latest_version"]
                 == 2),
             "the close-to-open commit of {name} did not happen"
         );
@@ -242,7 +244,10 @@ fn deploy_snapshot_revert_export_cycle() {
     );
     let r1 = run3[0].clone();
     let live = lab.mount.join(&r1);
-    assert!(wait_until(120, || ticks(&live) >= 2), "{r1} does not tick");
+    assert!(
+        wait_until(Duration::from_secs(120), || ticks(&live) >= 2),
+        "{r1} does not tick"
+    );
     // libvirt's DAC driver gave the disk to QEMU's user with chown; the
     // mode stays 0600, so no one else may open it (docs/mount.md).
     let qemu_uid = qemu_uid(&r1);
@@ -273,7 +278,7 @@ fn deploy_snapshot_revert_export_cycle() {
     let t_snap = ticks(&raw);
     assert!(t_snap >= 2, "snapshot holds {t_snap} ticks");
     assert!(
-        wait_until(60, || ticks(&live) >= t_snap + 3),
+        wait_until(Duration::from_secs(60), || ticks(&live) >= t_snap + 3),
         "{r1} stopped writing"
     );
     let o = run(&lab, &["snapshot-revert", &r1, "snap1", "--control", &ctl]);

@@ -3,19 +3,14 @@
 //! pool definition is idempotent, checked and removable. Needs root and
 //! libvirt (started by the harness when not running).
 
-#[path = "../../libvirt-hook/tests/common/mod.rs"]
-mod common;
+use std::time::Duration;
+use testbed::harness::libvirt::*;
+use testbed::harness::*;
 
-use common::*;
 use rand::{RngCore, SeedableRng};
 use serde_json::Value;
 
 const MIB: usize = 1 << 20;
-
-fn latest(lab: &Lab, vol: &str) -> u64 {
-    let v: Value = serde_json::from_str(&lab.ok(&["vol-info", vol, "--json"])).unwrap();
-    v["latest_version"].as_u64().unwrap()
-}
 
 #[test]
 fn virsh_volume_commands_change_the_repository_and_back() {
@@ -47,7 +42,7 @@ fn virsh_volume_commands_change_the_repository_and_back() {
     let mut data = vec![0u8; 8 * MIB];
     rand::rngs::SmallRng::seed_from_u64(4).fill_bytes(&mut data[..5 * MIB]);
     std::fs::write(path("up.raw"), &data).unwrap();
-    let before = latest(&lab, "a1");
+    let before = lab.latest_version("a1");
     virsh_ok(&["vol-upload", "--pool", &p, "a1", &path("up.raw")]);
     virsh_ok(&["vol-download", "--pool", &p, "a1", &path("down.raw")]);
     assert!(
@@ -55,7 +50,8 @@ fn virsh_volume_commands_change_the_repository_and_back() {
         "vol-download differs from vol-upload"
     );
     assert!(
-        wait_until(30, || latest(&lab, "a1") > before),
+        wait_until(Duration::from_secs(30), || lab.latest_version("a1")
+            > before),
         "vol-upload was not committed"
     );
     lab.ok(&["vol-export", "a1", &path("export.raw")]);
@@ -107,7 +103,7 @@ fn pool_define_is_idempotent_checked_and_undefinable() {
     assert_eq!(entry["control"], lab.control.display().to_string());
     let hook = std::path::Path::new("/etc/libvirt/hooks/qemu.d/50-blobvirt");
     assert!(
-        std::fs::read(hook).unwrap() == std::fs::read(lab.bin("blobvirt-hook")).unwrap(),
+        std::fs::read(hook).unwrap() == std::fs::read(bin("blobvirt-hook")).unwrap(),
         "installed hook is not this build"
     );
 
@@ -219,9 +215,7 @@ fn cluster_up_libvirt_defines_the_pool_and_down_removes_it() {
     );
     let cfg = std::fs::read_to_string("/etc/blobvirt/hook.json").unwrap();
     assert!(!cfg.contains(&format!("\"{pool}\"")), "{cfg}");
-    assert!(!blobvirt_core::fsutil::is_mounted(std::path::Path::new(
-        &mnt
-    )));
+    assert!(!is_mounted(std::path::Path::new(&mnt)));
 }
 
 /// A volume imported or cloned on this host is in the libvirt pool when the
@@ -253,7 +247,7 @@ fn a_clone_is_in_the_pool_and_starts_when_the_command_returns() {
     virsh_ok(&["destroy", &dom]);
     // A delete leaves the pool at once too.
     assert!(
-        wait_until(30, || lab.claims().is_empty()),
+        wait_until(Duration::from_secs(30), || lab.claims().is_empty()),
         "{:?}",
         lab.claims()
     );

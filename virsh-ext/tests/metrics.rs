@@ -5,14 +5,15 @@
 //! `cluster status` reports the addresses, and a metrics address in use is
 //! a one-sentence startup error.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 
-use common::*;
+use testbed::harness::cli::*;
+use testbed::harness::data::*;
+use testbed::harness::mounted::*;
+use testbed::harness::*;
 
 /// `GET /metrics` over plain HTTP/1.1 (what `curl http://ADDR/metrics` does).
 fn scrape(addr: &str) -> String {
@@ -145,7 +146,7 @@ fn a_read_through_the_mount_shows_in_every_daemons_metrics() {
     );
     let len = 3 * MIB as usize + 12345;
     let src = m.c.tmp.path().join("m.raw");
-    let data = random(len, 7);
+    let data = random_bytes(7, len);
     std::fs::write(&src, &data).unwrap();
     m.c.ok(&["vol-import", &src.display().to_string(), "m"]);
 
@@ -252,7 +253,7 @@ fn a_read_through_the_mount_shows_in_every_daemons_metrics() {
     // A write through the mount commits at close: both phases are timed.
     let f = m.mnt.join("m");
     let mut w = std::fs::OpenOptions::new().write(true).open(&f).unwrap();
-    w.write_all(&random(4096, 9)).unwrap();
+    w.write_all(&random_bytes(9, 4096)).unwrap();
     drop(w);
     let after = scrape(&a["mirrord"]);
     for phase in ["phase=\"1\"", "phase=\"2\""] {

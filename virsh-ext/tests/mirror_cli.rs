@@ -3,20 +3,16 @@
 //! mount, commits that `vol-export` agrees with, clones, errors, and no
 //! mount or process left by `cluster down`, even after a SIGKILLed mirrord.
 
-mod common;
-
 use std::fs::OpenOptions;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use common::*;
 use serde_json::Value;
-use sha2::{Digest, Sha256};
-
-fn sha256_bytes(b: &[u8]) -> [u8; 32] {
-    Sha256::digest(b).into()
-}
+use testbed::harness::cli::*;
+use testbed::harness::data::*;
+use testbed::harness::mounted::*;
+use testbed::harness::*;
 
 #[test]
 fn mount_read_write_commit_clone() {
@@ -32,7 +28,7 @@ fn mount_read_write_commit_clone() {
         "{control:?}"
     );
     assert!(
-        mounted(&m.mnt),
+        is_mounted(&m.mnt),
         "cluster up returned before the mount was live"
     );
     assert!(m.c.dir.join("logs/mirrord.log").is_file());
@@ -107,7 +103,7 @@ fn mount_read_write_commit_clone() {
         .unwrap();
     let mut want = orig.clone();
     for (off, len, seed) in [(100 * KIB, 10 * KIB, 1), (1280 * KIB, 300 * KIB, 2)] {
-        let b = random(len as usize, seed);
+        let b = random_bytes(seed, len as usize);
         w.write_all_at(&b, off).unwrap();
         want[off as usize..(off + len) as usize].copy_from_slice(&b);
     }
@@ -116,8 +112,8 @@ fn mount_read_write_commit_clone() {
     let out = m.ok(&["commit", "disk"]);
     assert_eq!(out.trim(), "disk@2");
     assert!(read_all(&file) == want, "the mirror lost a write");
-    assert_eq!(m.c.export_sha("disk@2"), sha256_bytes(&want));
-    assert_eq!(m.c.export_sha("disk@1"), sha256_bytes(&orig));
+    assert_eq!(m.c.export_sha("disk@2"), sha256(&want));
+    assert_eq!(m.c.export_sha("disk@1"), sha256(&orig));
     let s = m.vol_status("disk");
     assert_eq!(
         (s["version"].as_u64(), s["chunks_dirty"].as_u64()),
@@ -127,7 +123,7 @@ fn mount_read_write_commit_clone() {
     assert!(committed > 0 && committed <= 3 * 256 * KIB * 2, "{s}");
 
     // --no-wait returns after phase 1; the version follows.
-    let b = random(64 * KIB as usize, 3);
+    let b = random_bytes(3, 64 * KIB as usize);
     w.write_all_at(&b, 3 * MIB).unwrap();
     want[3 * MIB as usize..(3 * MIB + 64 * KIB) as usize].copy_from_slice(&b);
     let out = m.ok(&["commit", "disk", "--no-wait"]);
@@ -136,14 +132,14 @@ fn mount_read_write_commit_clone() {
         "{out}"
     );
     let t = Instant::now();
-    while latest_version(&m.c, "disk") < 3 {
+    while m.c.latest_version("disk") < 3 {
         assert!(
             t.elapsed() < Duration::from_secs(20),
             "disk@3 never appeared"
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-    assert_eq!(m.c.export_sha("disk@3"), sha256_bytes(&want));
+    assert_eq!(m.c.export_sha("disk@3"), sha256(&want));
     drop(w);
 
     // Nothing dirty: reports the current version, publishes nothing.
@@ -151,7 +147,7 @@ fn mount_read_write_commit_clone() {
     let o = m.run(&["commit", "disk"]);
     let out = stdout_ok(&["commit", "disk"], o);
     assert_eq!(out.trim(), "disk@3");
-    assert_eq!(latest_version(&m.c, "disk"), 3);
+    assert_eq!(m.c.latest_version("disk"), 3);
 
     // CLONE: the mirror's content becomes a new volume, in vol-list and
     // in the mount.
@@ -167,7 +163,7 @@ fn mount_read_write_commit_clone() {
     assert!(names.contains(&"copy".to_string()), "{names:?}");
     let copy = m.wait_file("copy");
     assert!(read_all(&copy) == want, "the clone differs from the mirror");
-    assert_eq!(m.c.export_sha(out.trim()), sha256_bytes(&want));
+    assert_eq!(m.c.export_sha(out.trim()), sha256(&want));
     assert!(read_all(&file) == want);
 
     // attach at a version, detach.
@@ -212,7 +208,7 @@ fn mount_read_write_commit_clone() {
 
     // down: mirrord stops first, nothing mounted, no process.
     m.c.down();
-    assert!(!mounted(&m.mnt), "cluster down left the mount");
+    assert!(!is_mounted(&m.mnt), "cluster down left the mount");
     assert!(!running_in(pid, &m.mnt));
 }
 
@@ -241,7 +237,7 @@ fn killed_mirrord_restart_and_down() {
     let pid = m.mirrord_pid();
     sigkill(pid);
     assert!(wait_gone(pid, 10));
-    assert!(mounted(&m.mnt), "a killed FUSE daemon leaves its mount");
+    assert!(is_mounted(&m.mnt), "a killed FUSE daemon leaves its mount");
     let e = m.fail(&["mirror-status"]);
     assert!(e.contains("mirrord is not running at"), "{e}");
 
@@ -250,7 +246,7 @@ fn killed_mirrord_restart_and_down() {
     assert!(out.contains("restarted mirrord"), "{out}");
     let pid2 = m.mirrord_pid();
     assert_ne!(pid, pid2);
-    assert!(mounted(&m.mnt));
+    assert!(is_mounted(&m.mnt));
     assert!(read_all(&m.wait_file("small")) == read_all(&img));
     assert!(m.mirror_status().iter().any(|v| v["name"] == "small"));
 
@@ -258,7 +254,7 @@ fn killed_mirrord_restart_and_down() {
     sigkill(pid2);
     assert!(wait_gone(pid2, 10));
     m.c.down();
-    assert!(!mounted(&m.mnt), "cluster down left the stale mount");
+    assert!(!is_mounted(&m.mnt), "cluster down left the stale mount");
     assert!(!running_in(pid2, &m.mnt));
 }
 
@@ -277,7 +273,7 @@ fn guard_unmounts_and_stops_everything_on_panic() {
     assert!(r.is_err());
     let (mnt, dir, pids) = seen.lock().unwrap().take().unwrap();
     assert_eq!(pids.len(), 3, "{pids:?}");
-    assert!(!mounted(&mnt), "the guard left the mount");
+    assert!(!is_mounted(&mnt), "the guard left the mount");
     for pid in pids {
         assert!(
             !running_in(pid, &dir) && !running_in(pid, &mnt),

@@ -4,14 +4,13 @@
 //! a version whose acknowledgement was lost is one complete image that was
 //! being imported (never a mix), so no half-published version exists.
 
-mod common;
-
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::*;
+use testbed::harness::cli::*;
+use testbed::harness::data::*;
 
 const SIZE: u64 = 4 * MIB;
 

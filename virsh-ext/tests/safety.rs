@@ -3,13 +3,14 @@
 //! mirror, a commit that fails, `attach NAME` after `attach NAME@old`, and
 //! changes made by the CLI visible in the mount when the command returns.
 
-mod common;
-
 use std::fs::OpenOptions;
 use std::os::fd::IntoRawFd;
 use std::os::unix::fs::FileExt;
 
-use common::*;
+use testbed::harness::cli::*;
+use testbed::harness::data::*;
+use testbed::harness::mounted::*;
+use testbed::harness::*;
 
 /// Closes `f` and returns the errno `close(2)` gave (0: success).
 fn close_errno(f: std::fs::File) -> i32 {
@@ -38,7 +39,7 @@ fn import(m: &Mounted, name: &str, data: &[u8], extra: &[&str]) {
 #[test]
 fn deleting_a_volume_being_written_is_refused_unless_forced() {
     let m = Mounted::up(2, 1, &[]);
-    let img = random(2 * MIB as usize, 1);
+    let img = random_bytes(1, 2 * MIB as usize);
     import(&m, "w", &img, &[]);
     let p = m.wait_file("w");
     let f = OpenOptions::new().read(true).write(true).open(&p).unwrap();
@@ -104,8 +105,8 @@ fn deleting_a_volume_being_written_is_refused_unless_forced() {
 #[test]
 fn deleting_the_latest_version_under_a_mirror_moves_it_back() {
     let m = Mounted::up(2, 1, &[]);
-    let v1 = random(MIB as usize, 2);
-    let v2 = random(MIB as usize + 4096, 3);
+    let v1 = random_bytes(2, MIB as usize);
+    let v2 = random_bytes(3, MIB as usize + 4096);
     import(&m, "d", &v1, &[]);
     import(&m, "d", &v2, &["--new-version"]);
     let p = m.wait_file("d");
@@ -123,17 +124,17 @@ fn deleting_the_latest_version_under_a_mirror_moves_it_back() {
     let mut want = v1.clone();
     want[7..12].copy_from_slice(b"again");
     assert!(read_all(&p) == want);
-    assert_eq!(latest_version(&m.c, "d"), 3);
+    assert_eq!(m.c.latest_version("d"), 3);
 }
 
 #[test]
 fn a_failed_commit_shows_in_status_fsync_and_close() {
     let m = Mounted::up(2, 1, &[]);
-    let img = random(MIB as usize, 4);
+    let img = random_bytes(4, MIB as usize);
     import(&m, "fc", &img, &[]);
     let p = m.wait_file("fc");
     let f = OpenOptions::new().read(true).write(true).open(&p).unwrap();
-    f.write_all_at(&random(200_000, 5), 300_000).unwrap();
+    f.write_all_at(&random_bytes(5, 200_000), 300_000).unwrap();
     f.sync_all().unwrap();
     for (name, _) in m.c.procs() {
         if name.starts_with("chunkd") {
@@ -157,14 +158,14 @@ fn a_failed_commit_shows_in_status_fsync_and_close() {
     assert_eq!(errno_of(f.sync_all()), 0, "reported once");
     // ...and the commit at close fails again: close says so.
     assert_eq!(close_errno(f), libc::EIO);
-    assert_eq!(latest_version(&m.c, "fc"), 1);
+    assert_eq!(m.c.latest_version("fc"), 1);
 }
 
 #[test]
 fn attach_goes_back_to_the_latest_and_cli_changes_show_at_once() {
     let m = Mounted::up(2, 1, &[]);
-    let v1 = random(MIB as usize, 6);
-    let v2 = random(2 * MIB as usize, 7);
+    let v1 = random_bytes(6, MIB as usize);
+    let v2 = random_bytes(7, 2 * MIB as usize);
     import(&m, "a", &v1, &[]);
     import(&m, "a", &v2, &["--new-version"]);
     let e = m.fail(&["attach", "a@99"]);
@@ -183,11 +184,11 @@ fn attach_goes_back_to_the_latest_and_cli_changes_show_at_once() {
     let f = OpenOptions::new().write(true).open(&p).unwrap();
     f.write_all_at(b"x", 0).unwrap();
     assert_eq!(close_errno(f), 0);
-    assert_eq!(latest_version(&m.c, "a"), 3);
+    assert_eq!(m.c.latest_version("a"), 3);
 
     // A new version, a clone and a delete show in the mount when the
     // command returns (the listing alone would take up to 2 s).
-    let v4 = random(3 * MIB as usize, 8);
+    let v4 = random_bytes(8, 3 * MIB as usize);
     import(&m, "a", &v4, &["--new-version"]);
     assert_eq!(std::fs::metadata(&p).unwrap().len(), v4.len() as u64);
     assert!(read_all(&p) == v4);
@@ -212,7 +213,7 @@ fn attach_goes_back_to_the_latest_and_cli_changes_show_at_once() {
 #[test]
 fn cluster_down_waits_for_open_writers_unless_forced() {
     let mut m = Mounted::up(2, 1, &[]);
-    import(&m, "busy", &random(MIB as usize, 9), &[]);
+    import(&m, "busy", &random_bytes(9, MIB as usize), &[]);
     let p = m.wait_file("busy");
     let f = OpenOptions::new().write(true).open(&p).unwrap();
     f.write_all_at(b"open", 0).unwrap();
@@ -222,8 +223,8 @@ fn cluster_down_waits_for_open_writers_unless_forced() {
         e.contains("busy (1 writers)") && e.contains("--force"),
         "{e}"
     );
-    assert!(mounted(&m.mnt), "a refused cluster down changed nothing");
+    assert!(is_mounted(&m.mnt), "a refused cluster down changed nothing");
     assert_eq!(close_errno(f), 0);
     m.c.down();
-    assert!(!mounted(&m.mnt));
+    assert!(!is_mounted(&m.mnt));
 }

@@ -3,13 +3,13 @@
 //! from another cluster's CA before any RPC runs; the CLI says which
 //! certificate was refused and why; nothing stored changes.
 
-mod common;
-
 use std::error::Error;
 use std::path::{Path, PathBuf};
 
 use blobvirt_core::proto as pb;
-use common::*;
+use testbed::harness::cli::*;
+use testbed::harness::data::*;
+use testbed::harness::*;
 use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
 
 /// The identities a stranger might try, each as (label, cert, key).

@@ -1,43 +1,46 @@
-//! Shared helpers of the integration tests: a local cluster started through
-//! `blobvirt cluster up` and always stopped by a Drop guard, the CLI runner
-//! and process checks; `data.rs` has images, hashing and chunk accounting.
-#![allow(dead_code)]
-
-mod data;
-mod mounted;
-pub use data::*;
-#[allow(unused_imports)]
-pub use mounted::*;
+//! The `blobvirt` CLI as the tests run it, and a local cluster started
+//! with `blobvirt cluster up` in a temporary directory of its own, always
+//! stopped by its Drop guard (`cluster down --force`, then SIGKILL of any
+//! process it ever recorded that still runs in its directory).
+//!
+//! Every command runs without the blobvirt variables of the test's own
+//! environment; given a pool URL it gets `BLOBVIRT_POOL` and, when a
+//! cluster of this test binary serves that pool, that cluster's
+//! configuration file (its TLS identity) in `BLOBVIRT_CONFIG`.
 
 use std::collections::BTreeSet;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-pub const KIB: u64 = 1024;
-pub const MIB: u64 = 1024 * 1024;
+use super::bins::blobvirt;
+use super::data::{chunk_files, sha256_file};
+use super::{show, tempdir};
+use crate::proc::{procs_in, running_in, sigkill, wait_gone};
 
-/// The `blobvirt` binary, after checking that poold and chunkd are beside it.
-pub fn blobvirt() -> PathBuf {
-    let exe = PathBuf::from(env!("CARGO_BIN_EXE_blobvirt"));
-    let dir = exe.parent().expect("binary dir").to_path_buf();
-    for b in ["poold", "chunkd"] {
-        assert!(
-            dir.join(b).is_file(),
-            "{} is missing: run cargo build --workspace --bins first",
-            dir.join(b).display()
-        );
-    }
-    exe
-}
+/// The variables a command must not inherit from the test's environment.
+const VARS: [&str; 5] = [
+    "BLOBVIRT_POOL",
+    "BLOBVIRT_CONTROL",
+    "BLOBVIRT_CLUSTER_DIR",
+    "BLOBVIRT_CONFIG",
+    "RUST_LOG",
+];
 
 /// The configuration file (TLS identity) of each cluster a test started,
 /// by pool URL, so a command given that URL also gets the certificate.
 static CONFIGS: Mutex<Vec<(String, PathBuf)>> = Mutex::new(Vec::new());
+
+/// Registers `config` as the configuration file of the cluster at `pool`.
+pub fn register_config(pool: &str, config: &Path) {
+    CONFIGS
+        .lock()
+        .unwrap()
+        .push((pool.to_string(), config.to_path_buf()));
+}
 
 /// The configuration file of the cluster whose pool is `pool`.
 pub fn config_of(pool: &str) -> Option<PathBuf> {
@@ -45,107 +48,77 @@ pub fn config_of(pool: &str) -> Option<PathBuf> {
     c.iter().find(|(p, _)| p == pool).map(|(_, f)| f.clone())
 }
 
-/// Runs `blobvirt args` with `pool` (if any) in BLOBVIRT_POOL, and that
-/// cluster's configuration file in BLOBVIRT_CONFIG.
-pub fn run(pool: Option<&str>, args: &[&str]) -> Output {
+/// `blobvirt` without any blobvirt variable of the test's environment.
+pub fn command() -> Command {
     let mut c = Command::new(blobvirt());
-    c.args(args)
-        .env_remove("BLOBVIRT_POOL")
-        .env_remove("BLOBVIRT_CONFIG")
-        .env_remove("RUST_LOG");
+    for v in VARS {
+        c.env_remove(v);
+    }
+    c
+}
+
+/// Runs `blobvirt args` with `pool` (if any) in BLOBVIRT_POOL and that
+/// cluster's configuration file in BLOBVIRT_CONFIG, plus `env`.
+pub fn cli(pool: Option<&str>, env: &[(&str, &str)], args: &[&str]) -> Output {
+    let mut c = command();
+    c.args(args);
     if let Some(p) = pool {
         c.env("BLOBVIRT_POOL", p);
         if let Some(f) = config_of(p) {
             c.env("BLOBVIRT_CONFIG", f);
         }
     }
+    c.envs(env.iter().copied());
     c.output().expect("run blobvirt")
 }
 
-fn show(args: &[&str], o: &Output) -> String {
-    format!(
-        "blobvirt {}\nstatus: {}\nstdout:\n{}\nstderr:\n{}",
-        args.join(" "),
-        o.status,
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
+/// [`cli`] without extra variables.
+pub fn run(pool: Option<&str>, args: &[&str]) -> Output {
+    cli(pool, &[], args)
 }
 
-/// Asserts success and returns stdout.
-pub fn ok(pool: Option<&str>, args: &[&str]) -> String {
-    let o = run(pool, args);
-    assert!(o.status.success(), "expected success: {}", show(args, &o));
+fn what(args: &[&str]) -> String {
+    format!("blobvirt {}", args.join(" "))
+}
+
+/// Asserts that `blobvirt args` succeeded; returns its stdout.
+pub fn stdout_ok(args: &[&str], o: Output) -> String {
+    assert!(
+        o.status.success(),
+        "expected success: {}",
+        show(&what(args), &o)
+    );
     String::from_utf8(o.stdout).expect("utf-8 stdout")
 }
 
-/// Asserts exit status 1 and a last stderr line `error: <sentence>` that
-/// is a single sentence saying what to do (contains "; "); returns that line.
-pub fn fail(pool: Option<&str>, args: &[&str]) -> String {
-    let o = run(pool, args);
+/// Asserts that `blobvirt args` exited 1 with a last stderr line `error:
+/// <sentence>` that says what to do (contains "; "); returns that line.
+pub fn stderr_fail(args: &[&str], o: &Output) -> String {
     assert_eq!(
         o.status.code(),
         Some(1),
         "expected exit 1: {}",
-        show(args, &o)
+        show(&what(args), o)
     );
     let err = String::from_utf8_lossy(&o.stderr).to_string();
     let last = err.trim_end().lines().last().unwrap_or("").to_string();
     assert!(
         last.starts_with("error: "),
         "last stderr line is not an error: {}",
-        show(args, &o)
+        show(&what(args), o)
     );
     assert!(last.contains("; "), "error does not say what to do: {last}");
     last
 }
 
-/// True when `pid` is a running (non-zombie) process whose command line
-/// mentions `dir` (so a reused pid is never taken for ours).
-pub fn running_in(pid: u32, dir: &Path) -> bool {
-    if !alive(pid) {
-        return false;
-    }
-    let Ok(cmd) = fs::read(format!("/proc/{pid}/cmdline")) else {
-        return false;
-    };
-    String::from_utf8_lossy(&cmd).contains(&*dir.to_string_lossy())
+/// Runs `blobvirt args`, asserts success and returns stdout.
+pub fn ok(pool: Option<&str>, args: &[&str]) -> String {
+    stdout_ok(args, run(pool, args))
 }
 
-/// True while `pid` exists and is not a fully exited zombie (the same
-/// rule the CLI uses, [`blobvirt_cli::procs::is_running`]).
-pub fn alive(pid: u32) -> bool {
-    blobvirt_cli::procs::is_running(pid)
-}
-
-pub fn sigkill(pid: u32) {
-    let _ = nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(pid as i32),
-        nix::sys::signal::Signal::SIGKILL,
-    );
-}
-
-/// Waits until `pid` (checked to be ours before) is gone (at most `secs`).
-pub fn wait_gone(pid: u32, secs: u64) -> bool {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    while alive(pid) {
-        if Instant::now() > deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    true
-}
-
-/// Running processes whose command line mentions `dir`.
-pub fn procs_in(dir: &Path) -> Vec<u32> {
-    let me = std::process::id();
-    fs::read_dir("/proc")
-        .unwrap()
-        .flatten()
-        .filter_map(|e| e.file_name().to_string_lossy().parse::<u32>().ok())
-        .filter(|&pid| pid != me && running_in(pid, dir))
-        .collect()
+/// Runs `blobvirt args` and asserts a one-sentence failure ([`stderr_fail`]).
+pub fn fail(pool: Option<&str>, args: &[&str]) -> String {
+    stderr_fail(args, &run(pool, args))
 }
 
 /// A cluster of the test, in its own temporary directory.
@@ -163,11 +136,9 @@ impl Cluster {
         Self::up_with(nodes, replicas, &[])
     }
 
+    /// `cluster up` with `extra` flags.
     pub fn up_with(nodes: usize, replicas: u32, extra: &[&str]) -> Cluster {
-        let tmp = tempfile::Builder::new()
-            .prefix("blobvirt-it-")
-            .tempdir()
-            .expect("temp dir");
+        let tmp = tempdir("it");
         let dir = tmp.path().join("cluster");
         let mut c = Cluster {
             tmp,
@@ -205,8 +176,7 @@ impl Cluster {
         if self.dir.join("cluster.json").exists() {
             self.pids();
         }
-        assert!(o.status.success(), "cluster up failed: {}", show(&args, &o));
-        let out = String::from_utf8(o.stdout).expect("utf-8");
+        let out = stdout_ok(&args, o);
         self.pool = out
             .trim_end()
             .lines()
@@ -214,10 +184,7 @@ impl Cluster {
             .and_then(|l| l.strip_prefix("BLOBVIRT_POOL="))
             .unwrap_or_else(|| panic!("last line is not BLOBVIRT_POOL=...: {out}"))
             .to_string();
-        CONFIGS
-            .lock()
-            .unwrap()
-            .push((self.pool.clone(), self.dir.join("blobvirt.toml")));
+        register_config(&self.pool, &self.dir.join("blobvirt.toml"));
     }
 
     pub fn p(&self) -> Option<&str> {
@@ -291,6 +258,13 @@ impl Cluster {
 
     pub fn vol_list(&self) -> Value {
         self.json(&["vol-list", "--json"])
+    }
+
+    /// The latest version of volume `name` (`vol-info --json`).
+    pub fn latest_version(&self, name: &str) -> u64 {
+        self.json(&["vol-info", name, "--json"])["latest_version"]
+            .as_u64()
+            .expect("latest_version")
     }
 
     /// Exports `spec` and returns the sha256 of the exported file.

@@ -1,55 +1,25 @@
-//! Test harness for the libvirt tests (also used by
-//! `virsh-ext/tests/libvirt_pool.rs`): a [`Lab`] is one local cluster with
-//! a mirrord mount (`blobvirt cluster up --mount`), a libvirt pool of its
-//! own on that mount (`blobvirt pool-define`, random name), and the
-//! domains the test defines. Its Drop guard destroys and undefines those
-//! domains, undefines the pool, stops the cluster and unmounts, even when
-//! the test failed. virtlogd/libvirtd are started when they are not
-//! running (`scripts/libvirt-setup.sh`).
-#![allow(dead_code)]
+//! The libvirt tests' lab (libvirt-hook's and virsh-ext's): a [`Lab`] is
+//! one local cluster with a mirrord mount (`blobvirt cluster up --mount`),
+//! a libvirt pool of its own on that mount (`blobvirt pool-define`, random
+//! name), and the domains the test defines. Its Drop guard destroys and
+//! undefines those domains, undefines the pool, stops the cluster and
+//! unmounts, even when the test failed. virtlogd/libvirtd are started when
+//! they are not running (`scripts/libvirt-setup.sh`); `virsh` runs against
+//! `qemu:///system`.
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::{Mutex, OnceLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use rand::Rng;
 use serde_json::Value;
 
-/// The workspace root.
-pub fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("workspace root")
-        .to_path_buf()
-}
-
-/// The directory holding the workspace's binaries (the test's own binary
-/// dir: `blobvirt`, `blobvirt-hook`, `poold`, `chunkd`, `mirrord`).
-pub fn bin_dir() -> PathBuf {
-    let exe = std::env::current_exe().expect("test binary");
-    // target/debug/deps/<test> -> target/debug
-    let dir = exe.parent().and_then(Path::parent).expect("target dir");
-    for b in ["blobvirt", "blobvirt-hook", "poold", "chunkd", "mirrord"] {
-        assert!(
-            dir.join(b).is_file(),
-            "{} is missing: run cargo build --workspace --bins first",
-            dir.join(b).display()
-        );
-    }
-    dir.to_path_buf()
-}
-
-pub fn show(what: &str, o: &Output) -> String {
-    format!(
-        "{what}\nstatus: {}\nstdout:\n{}\nstderr:\n{}",
-        o.status,
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
+use super::bins::{require, root};
+use super::{cli, show, tempdir};
+use crate::proc::{lazy_umount, wait_until};
 
 pub fn virsh(args: &[&str]) -> Output {
     Command::new("virsh")
@@ -91,20 +61,6 @@ pub fn suffix() -> String {
     format!("{n:08x}")
 }
 
-/// Polls `f` every 100 ms until it returns true or `secs` pass.
-pub fn wait_until(secs: u64, mut f: impl FnMut() -> bool) -> bool {
-    let end = Instant::now() + Duration::from_secs(secs);
-    loop {
-        if f() {
-            return true;
-        }
-        if Instant::now() > end {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
 /// One cluster + mount + libvirt pool.
 pub struct Lab {
     pub tmp: tempfile::TempDir,
@@ -116,7 +72,6 @@ pub struct Lab {
     /// The libvirt pool's name.
     pub pool: String,
     pub suffix: String,
-    bins: PathBuf,
     domains: Mutex<Vec<String>>,
     cluster_up: bool,
     pool_defined: bool,
@@ -136,11 +91,8 @@ impl Lab {
 
     /// Starts a 2-node cluster with a mirrord mount, without libvirt.
     pub fn cluster(tag: &str) -> Lab {
-        let bins = bin_dir();
-        let tmp = tempfile::Builder::new()
-            .prefix("blobvirt-lv-")
-            .tempdir()
-            .expect("temp dir");
+        require(&["blobvirt", "blobvirt-hook", "poold", "chunkd", "mirrord"]);
+        let tmp = tempdir("lv");
         let s = suffix();
         let mut lab = Lab {
             dir: tmp.path().join("cluster"),
@@ -150,7 +102,6 @@ impl Lab {
             control: PathBuf::new(),
             pool: format!("bv{tag}-{s}"),
             suffix: s,
-            bins,
             domains: Mutex::default(),
             cluster_up: false,
             pool_defined: false,
@@ -174,20 +125,13 @@ impl Lab {
         lab
     }
 
-    pub fn bin(&self, name: &str) -> PathBuf {
-        self.bins.join(name)
-    }
-
-    /// Runs `blobvirt args` against this cluster.
+    /// Runs `blobvirt args` against this cluster (its configuration file in
+    /// `BLOBVIRT_CONFIG`, its pool, once up, in `BLOBVIRT_POOL`).
     pub fn blobvirt(&self, args: &[&str]) -> Output {
-        let mut c = Command::new(self.bin("blobvirt"));
-        c.args(args).env_remove("RUST_LOG");
-        c.env_remove("BLOBVIRT_CONTROL")
-            .env_remove("BLOBVIRT_CLUSTER_DIR")
+        let mut c = cli::command();
+        c.args(args)
             .env("BLOBVIRT_CONFIG", self.dir.join("blobvirt.toml"));
-        if self.pool_url.is_empty() {
-            c.env_remove("BLOBVIRT_POOL");
-        } else {
+        if !self.pool_url.is_empty() {
             c.env("BLOBVIRT_POOL", &self.pool_url);
         }
         c.output().expect("run blobvirt")
@@ -201,6 +145,12 @@ impl Lab {
             show(&format!("blobvirt {}", args.join(" ")), &o)
         );
         String::from_utf8_lossy(&o.stdout).into_owned()
+    }
+
+    /// The latest version of volume `vol` (`vol-info --json`).
+    pub fn latest_version(&self, vol: &str) -> u64 {
+        let v: Value = serde_json::from_str(&self.ok(&["vol-info", vol, "--json"])).expect("json");
+        v["latest_version"].as_u64().expect("latest_version")
     }
 
     /// `blobvirt vol-list --json` names.
@@ -230,7 +180,10 @@ impl Lab {
     /// longer lists) `name`.
     pub fn wait_virsh_volume(&self, name: &str, present: bool) {
         assert!(
-            wait_until(20, || self.virsh_volumes().iter().any(|v| v == name)
+            wait_until(Duration::from_secs(20), || self
+                .virsh_volumes()
+                .iter()
+                .any(|v| v == name)
                 == present),
             "virsh vol-list {} still {} {name}",
             self.pool,
@@ -337,8 +290,6 @@ impl Drop for Lab {
             }
         }
         // Never leave a mount behind, whatever happened above.
-        if blobvirt_core::fsutil::is_mounted(&self.mount) {
-            let _ = nix::mount::umount2(&self.mount, nix::mount::MntFlags::MNT_DETACH);
-        }
+        lazy_umount(&self.mount);
     }
 }
