@@ -21,18 +21,17 @@ use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use rand::{RngCore, SeedableRng};
+use testbed::harness::data::random_bytes;
+use testbed::harness::{
+    blobvirt, running_in, show, sigkill, tempdir, wait_gone, wait_path, wait_until,
+};
 
 const MIB: usize = 1024 * 1024;
 const CHUNK: usize = 256 * 1024;
 const SIZE: usize = 8 * MIB;
 const PAGE: usize = 4096;
-
-fn blobvirt() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_blobvirt"))
-}
 
 fn sh(cmd: &str, args: &[&str]) -> Output {
     Command::new(cmd)
@@ -45,16 +44,10 @@ fn sh_ok(cmd: &str, args: &[&str]) -> String {
     let o = sh(cmd, args);
     assert!(
         o.status.success(),
-        "{cmd} {args:?} failed: {}",
-        String::from_utf8_lossy(&o.stderr)
+        "{}",
+        show(&format!("{cmd} {args:?}"), &o)
     );
     String::from_utf8_lossy(&o.stdout).trim().to_string()
-}
-
-fn random(len: usize, seed: u64) -> Vec<u8> {
-    let mut v = vec![0u8; len];
-    rand::rngs::SmallRng::seed_from_u64(seed).fill_bytes(&mut v);
-    v
 }
 
 /// The loop-backed disk, the cluster on it, and clean-up of both.
@@ -79,10 +72,7 @@ impl Disk {
     }
 
     fn new() -> Disk {
-        let tmp = tempfile::Builder::new()
-            .prefix("blobvirt-lostfsync-")
-            .tempdir()
-            .unwrap();
+        let tmp = tempdir("lostfsync");
         let img = tmp.path().join("disk.img");
         fs::File::create(&img)
             .unwrap()
@@ -121,13 +111,11 @@ impl Disk {
         let _ = sh("umount", &["-l", self.mnt().to_str().unwrap()]);
         if let Some(dev) = self.loopdev.take() {
             let root = self.root();
-            let deadline = Instant::now() + Duration::from_secs(20);
-            while sh("umount", &[root.to_str().unwrap()]).status.code() != Some(0) {
-                if Instant::now() > deadline {
-                    let _ = sh("umount", &["-l", root.to_str().unwrap()]);
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(200));
+            let r = root.to_str().unwrap();
+            if !wait_until(Duration::from_secs(20), || {
+                sh("umount", &[r]).status.success()
+            }) {
+                let _ = sh("umount", &["-l", r]);
             }
             let _ = sh("losetup", &["-d", &dev]);
         }
@@ -148,9 +136,8 @@ impl Disk {
         let o = self.cli(args);
         assert!(
             o.status.success(),
-            "blobvirt {args:?} failed: {}{}",
-            String::from_utf8_lossy(&o.stdout),
-            String::from_utf8_lossy(&o.stderr)
+            "{}",
+            show(&format!("blobvirt {args:?}"), &o)
         );
         String::from_utf8_lossy(&o.stdout).to_string()
     }
@@ -174,17 +161,19 @@ impl Disk {
     }
 
     fn kill_all(&self) {
-        for p in &self.pids {
-            let _ = sh("kill", &["-9", &p.to_string()]);
-        }
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while self
+        // Only processes that still run in this test's directory: a pid of
+        // the first cluster may since belong to someone else.
+        let ours: Vec<u32> = self
             .pids
             .iter()
-            .any(|p| Path::new(&format!("/proc/{p}")).exists())
-        {
-            assert!(Instant::now() < deadline, "a daemon survived SIGKILL");
-            std::thread::sleep(Duration::from_millis(50));
+            .copied()
+            .filter(|p| running_in(*p, self.base()))
+            .collect();
+        for p in &ours {
+            sigkill(*p);
+        }
+        for p in &ours {
+            assert!(wait_gone(*p, 10), "daemon {p} survived SIGKILL");
         }
     }
 
@@ -196,13 +185,7 @@ impl Disk {
     }
 
     fn wait_file(&self, name: &str) -> PathBuf {
-        let p = self.mnt().join(name);
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while !p.exists() {
-            assert!(Instant::now() < deadline, "{} never appeared", p.display());
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        p
+        wait_path(&self.mnt().join(name), 20, "a volume file of the mount")
     }
 }
 
@@ -245,8 +228,8 @@ fn nothing_acknowledged_rests_on_the_page_cache() {
     d.record_pids();
 
     // Acknowledged: an import, a clone, a fsynced write, a commit.
-    let a = random(SIZE, 1);
-    let mut b = random(SIZE, 2);
+    let a = random_bytes(1, SIZE);
+    let mut b = random_bytes(2, SIZE);
     b[3 * MIB..4 * MIB].fill(0);
     for (name, data) in [("a", &a), ("b", &b)] {
         let p = d.base().join(format!("{name}.raw"));
@@ -261,18 +244,18 @@ fn nothing_acknowledged_rests_on_the_page_cache() {
         .open(d.wait_file("b"))
         .unwrap();
     // X: written, fsynced, committed as b@2.
-    let x = random(CHUNK + 5000, 3);
+    let x = random_bytes(3, CHUNK + 5000);
     pwrite_sync(&f, CHUNK / 2, &x, true);
     b[CHUNK / 2..CHUNK / 2 + x.len()].copy_from_slice(&x);
     let committed = b.clone();
     d.ok(&["commit", "b"]);
     // Y: written and fsynced, not committed; a hole chunk among them.
-    let y = random(2 * CHUNK, 4);
+    let y = random_bytes(4, 2 * CHUNK);
     let y_off = 3 * MIB - CHUNK;
     pwrite_sync(&f, y_off, &y, true);
     b[y_off..y_off + y.len()].copy_from_slice(&y);
     // Z: written, never fsynced: may be lost, page by page.
-    let z = random(CHUNK, 5);
+    let z = random_bytes(5, CHUNK);
     let z_off = 6 * MIB;
     pwrite_sync(&f, z_off, &z, false);
     let before_z = b.clone();
