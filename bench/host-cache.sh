@@ -12,6 +12,7 @@
 #
 # usage: bash bench/host-cache.sh [RUNS (3)] [N (8)]   as root
 set -euo pipefail
+shopt -s inherit_errexit
 cd "$(dirname "$0")/.."
 root=$PWD
 runs=${1:-3}
@@ -24,6 +25,8 @@ export PATH="$HOME/.cargo/bin:$PATH"
 cargo build --release --workspace --bins
 bv="$root/target/release/blobvirt"
 work=$(mktemp -d /var/tmp/blobvirt-hostcache-XXXXXX)
+# QEMU runs as its own user and must reach the mount inside.
+chmod 755 "$work"
 pool=bvhostcache
 prefix=hc
 
@@ -86,7 +89,7 @@ for r in $(seq 1 "$runs"); do
     mib=256; [ "$mode" = off ] && mib=0
     one[$mode]+=" $(deploy 1 $mib)"
     many[$mode]+=" $(deploy "$n" $mib)"
-    echo "run $r, cache $mode: 1 domain${one[$mode]##* } B, $n domains${many[$mode]##* } B" >&2
+    echo "run $r, cache $mode: 1 domain: ${one[$mode]##* } B, $n domains: ${many[$mode]##* } B" >&2
   done
 done
 echo "| chunk cache | 1 domain fetched MiB (median) | $n domains fetched MiB (median) | ratio ($n / 1) | runs |"
