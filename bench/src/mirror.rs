@@ -3,7 +3,7 @@
 //! next to one that waits on a slowed chunkd, and COMMIT times. Each run
 //! uses fresh volumes; every ratio is taken within one run.
 
-mod daemon;
+pub(crate) mod daemon;
 mod proxy;
 mod reads;
 mod report;

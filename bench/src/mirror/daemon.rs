@@ -68,6 +68,11 @@ impl Mirrord {
         }
     }
 
+    /// Process id of the running mirrord.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
     pub fn path(&self, name: &str) -> PathBuf {
         self.mount.join(name)
     }
