@@ -139,6 +139,7 @@ pub async fn run(o: Opts) -> Result<()> {
         &mnt,
         &cache,
         &o.dir.join("mirrord.log"),
+        true,
     )
     .await?;
     let mut pids = cluster.pids()?;

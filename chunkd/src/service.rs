@@ -133,6 +133,8 @@ impl ChunkStore for ChunkService {
             bytes: st.bytes,
             free_bytes: st.free_bytes,
             total_bytes: st.total_bytes,
+            chunks_dir: self.store.chunks_dir().to_string_lossy().into_owned(),
+            host_view: blobvirt_core::chunk::host_view(),
         }))
     }
 }

@@ -144,10 +144,14 @@ impl Store {
         self.sync.mode()
     }
 
+    /// The `chunks/` directory (see [`blobvirt_core::chunk::chunk_file`]).
+    pub fn chunks_dir(&self) -> &Path {
+        &self.chunks_dir
+    }
+
     /// Path of a chunk's file.
     pub fn chunk_path(&self, id: &ChunkId) -> PathBuf {
-        let hex = id.to_hex();
-        self.chunks_dir.join(&hex[..2]).join(hex)
+        blobvirt_core::chunk::chunk_file(&self.chunks_dir, id)
     }
 
     pub fn staged(&self) -> &Staged {
