@@ -36,6 +36,8 @@ pub enum StoreError {
     BadId(usize),
     #[error("data of {len} bytes does not hash to chunk {chunk}; it was not stored, send the chunk again")]
     HashMismatch { chunk: ChunkId, len: usize },
+    #[error("{0} is not a file written for PutLocal in this node's tmp/ (a name starting with \"in.\"); send the chunk with Put")]
+    BadFile(String),
     #[error("chunk {chunk} is not on chunkd node {node}")]
     NotFound { chunk: ChunkId, node: String },
     #[error("chunk {chunk} on chunkd node {node} is corrupt; it has been quarantined")]
@@ -158,7 +160,7 @@ impl Store {
         &self.staged
     }
 
-    pub(crate) fn tmp_dir(&self) -> &Path {
+    pub fn tmp_dir(&self) -> &Path {
         &self.tmp_dir
     }
 

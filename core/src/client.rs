@@ -17,6 +17,30 @@ use crate::proto::pool_client::PoolClient;
 use crate::proto::{self as pb};
 use crate::MAX_MESSAGE;
 
+/// The directories of a chunkd of this machine.
+struct LocalStore {
+    chunks: PathBuf,
+    tmp: PathBuf,
+}
+
+/// Names of the files this process writes for PutLocal.
+static LOCAL_SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Writes `data` to a new file in `tmp` for PutLocal; returns its name.
+/// Not synced: the node's Flush makes it durable.
+fn write_local(tmp: &std::path::Path, id: &ChunkId, data: &[u8]) -> std::io::Result<String> {
+    use std::io::Write;
+    let seq = LOCAL_SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let name = format!("in.{}.{}.{seq}", id.to_hex(), std::process::id());
+    let path = tmp.join(&name);
+    let res = std::fs::File::create_new(&path).and_then(|mut f| f.write_all(data));
+    if let Err(e) = res {
+        let _ = std::fs::remove_file(&path);
+        return Err(e);
+    }
+    Ok(name)
+}
+
 /// Errors of repository operations that callers match on.
 #[derive(Debug, thiserror::Error)]
 pub enum RepoError {
@@ -108,11 +132,13 @@ pub struct Repo {
     chans: Arc<Mutex<HashMap<String, ChunkStoreClient<Channel>>>>,
     /// chunkd address → its `chunks/` directory when that node shares this
     /// process's view of the machine (`None`: it does not).
-    local: Arc<Mutex<HashMap<String, Option<Arc<PathBuf>>>>>,
+    local: Arc<Mutex<HashMap<String, Option<Arc<LocalStore>>>>>,
     /// How many chunk transfers run at once.
     pub concurrency: usize,
     /// Read a replica on a chunkd of this machine from its file instead of
-    /// over gRPC ([`Repo::get_chunk`]); on unless `BLOBVIRT_LOCAL_READS=0`.
+    /// over gRPC ([`Repo::get_chunk`]), and write a staged replica there as
+    /// a file handed over with PutLocal ([`Repo::put_chunk_staged`]); on
+    /// unless `BLOBVIRT_LOCAL_READS=0`.
     pub local_reads: bool,
 }
 
@@ -219,14 +245,36 @@ impl Repo {
             return Err(RepoError::NoLiveNodes);
         }
         let put = |m: &Member| {
-            let req = pb::PutRequest {
-                id: Bytes::copy_from_slice(&id.0),
-                data: data.clone(),
-                staged,
-            };
+            let data = data.clone();
             let mut c = self.node(&m.addr);
             let (node, addr) = (m.id.clone(), m.addr.clone());
             async move {
+                // A staged replica on this machine: write the file and hand
+                // it over (no gRPC body, no TLS); any failure to write it
+                // falls back to Put.
+                if let Some(l) = self.local_store(&addr).await.filter(|_| staged) {
+                    let d = data.clone();
+                    let written = tokio::task::spawn_blocking(move || write_local(&l.tmp, &id, &d))
+                        .await
+                        .ok()
+                        .and_then(|r| r.ok());
+                    if let Some(file) = written {
+                        let req = pb::PutLocalRequest {
+                            id: Bytes::copy_from_slice(&id.0),
+                            file,
+                        };
+                        return c
+                            .put_local(req)
+                            .await
+                            .map(|_| addr)
+                            .map_err(|s| format!("{node}: {}", s.message()));
+                    }
+                }
+                let req = pb::PutRequest {
+                    id: Bytes::copy_from_slice(&id.0),
+                    data,
+                    staged,
+                };
                 c.put(req)
                     .await
                     .map(|_| addr)
@@ -300,18 +348,16 @@ impl Repo {
         let mut bad: Vec<String> = Vec::new();
         let order = p.read_order(&id);
         let mut local = Vec::new();
-        if self.local_reads {
-            for m in &order {
-                local.push(self.local_dir(&m.addr).await);
-            }
+        for m in &order {
+            local.push(self.local_store(&m.addr).await);
         }
         // A replica on this machine is read from its file first: no gRPC,
         // no TLS, one copy. Its bytes are hash-checked like any answer;
         // absent (staged, deleted, not local after all) or corrupt, the
         // replicas are then asked over gRPC as usual, so a corrupt file is
         // still quarantined by its chunkd and repaired.
-        for dir in local.iter().flatten() {
-            let path = crate::chunk::chunk_file(dir, &id);
+        for l in local.iter().flatten() {
+            let path = crate::chunk::chunk_file(&l.chunks, &id);
             let read = tokio::task::spawn_blocking(move || {
                 let data = std::fs::read(path).ok()?;
                 id.verifies(&data).then(|| Bytes::from(data))
@@ -370,9 +416,13 @@ impl Repo {
         })
     }
 
-    /// The `chunks/` directory of the chunkd at `addr` when it shares this
-    /// process's view of the machine (asked once per node with Stats).
-    async fn local_dir(&self, addr: &str) -> Option<Arc<PathBuf>> {
+    /// The directories of the chunkd at `addr` when it shares this
+    /// process's view of the machine (asked once per node with Stats), and
+    /// local reads and writes are on.
+    async fn local_store(&self, addr: &str) -> Option<Arc<LocalStore>> {
+        if !self.local_reads {
+            return None;
+        }
         if let Some(d) = self.local.lock().expect("local lock").get(addr) {
             return d.clone();
         }
@@ -384,8 +434,12 @@ impl Repo {
             .into_inner();
         let me = crate::chunk::host_view();
         let dir = (!me.is_empty() && st.host_view == me && !st.chunks_dir.is_empty())
-            .then(|| Arc::new(PathBuf::from(st.chunks_dir)))
-            .filter(|d| d.is_dir());
+            .then(|| LocalStore {
+                chunks: PathBuf::from(st.chunks_dir),
+                tmp: PathBuf::from(st.tmp_dir),
+            })
+            .filter(|l| l.chunks.is_dir() && l.tmp.is_dir())
+            .map(Arc::new);
         self.local
             .lock()
             .expect("local lock")

@@ -90,6 +90,52 @@ impl Store {
         Ok(true)
     }
 
+    /// Stages chunk `id` from `name` in `tmp/`, a file a client of this
+    /// machine wrote (PutLocal): reads it, checks its hash, then owns it
+    /// like [`Store::put_staged`]'s temp file. Returns whether it was new,
+    /// and its length. A file that does not verify, or whose chunk is
+    /// already stored or staged, is removed.
+    pub fn put_staged_file(&self, id: &ChunkId, name: &str) -> Result<(bool, u64), StoreError> {
+        use std::io::Read;
+        use std::os::unix::fs::OpenOptionsExt;
+        if !name.starts_with("in.") || name.contains('/') || name.len() > 255 {
+            return Err(StoreError::BadFile(name.to_string()));
+        }
+        let tmp = self.tmp_dir().join(name);
+        let read = || -> std::io::Result<Vec<u8>> {
+            let mut f = std::fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(nix::fcntl::OFlag::O_NOFOLLOW.bits())
+                .open(&tmp)?;
+            if !f.metadata()?.is_file() {
+                return Err(std::io::Error::other("not a regular file"));
+            }
+            let mut data = Vec::new();
+            f.read_to_end(&mut data)?;
+            Ok(data)
+        };
+        let data = match read() {
+            Ok(d) => d,
+            Err(_) => {
+                let _ = std::fs::remove_file(&tmp);
+                return Err(StoreError::BadFile(name.to_string()));
+            }
+        };
+        let len = data.len() as u64;
+        if let Err(e) = self.check(id, &data) {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(e);
+        }
+        let mut files = self.staged().files.lock().expect("staged lock");
+        if files.contains_key(id) || self.chunk_path(id).exists() {
+            drop(files);
+            let _ = std::fs::remove_file(&tmp);
+            return Ok((false, len));
+        }
+        files.insert(*id, (tmp, len));
+        Ok((true, len))
+    }
+
     /// Makes every chunk staged before this call durable; returns how many
     /// this call moved into place.
     pub fn flush(&self) -> Result<u64, StoreError> {
