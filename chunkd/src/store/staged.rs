@@ -212,6 +212,51 @@ mod tests {
     }
 
     #[test]
+    fn a_file_written_by_a_local_client_is_verified_then_staged() {
+        let t = tempfile::tempdir().unwrap();
+        let s = Store::open(t.path(), "n1").unwrap();
+        let tmp = t.path().join("tmp");
+        let (a, da) = chunk(2);
+        let (b, _) = chunk(3);
+        // Names outside the PutLocal convention are refused untouched.
+        std::fs::write(tmp.join("x"), &da).unwrap();
+        for bad in ["x", "../x", "in./../x", ""] {
+            assert!(
+                matches!(s.put_staged_file(&a, bad), Err(StoreError::BadFile(_))),
+                "{bad:?}"
+            );
+        }
+        assert!(tmp.join("x").exists());
+        std::fs::remove_file(tmp.join("x")).unwrap();
+        // Bytes that do not hash to the id: refused and removed.
+        std::fs::write(tmp.join("in.b"), &da).unwrap();
+        assert!(matches!(
+            s.put_staged_file(&b, "in.b"),
+            Err(StoreError::HashMismatch { .. })
+        ));
+        assert!(!tmp.join("in.b").exists());
+        // A symbolic link is not followed.
+        std::os::unix::fs::symlink(tmp.join("elsewhere"), tmp.join("in.l")).unwrap();
+        std::fs::write(tmp.join("elsewhere"), &da).unwrap();
+        assert!(matches!(
+            s.put_staged_file(&a, "in.l"),
+            Err(StoreError::BadFile(_))
+        ));
+        std::fs::remove_file(tmp.join("elsewhere")).unwrap();
+        // A good file is staged (served, not yet in Has), then flushed.
+        std::fs::write(tmp.join("in.a"), &da).unwrap();
+        assert_eq!(s.put_staged_file(&a, "in.a").unwrap(), (true, 4096));
+        assert_eq!(s.has(&[a]), vec![false]);
+        assert_eq!(&s.get(&a).unwrap()[..], &da[..]);
+        std::fs::write(tmp.join("in.a2"), &da).unwrap();
+        assert_eq!(s.put_staged_file(&a, "in.a2").unwrap(), (false, 4096));
+        assert!(!tmp.join("in.a2").exists(), "a duplicate is removed");
+        assert_eq!(s.flush().unwrap(), 1);
+        assert_eq!(s.has(&[a]), vec![true]);
+        assert_eq!(std::fs::read_dir(&tmp).unwrap().count(), 0);
+    }
+
+    #[test]
     fn flush_syncs_through_the_syncer_in_both_modes() {
         use crate::durable::Durability;
         for mode in [Durability::PerPut, Durability::Syncfs] {
