@@ -23,6 +23,18 @@ struct LocalStore {
     tmp: PathBuf,
 }
 
+/// What a [`Repo`] knows of a chunkd's locality.
+#[derive(Clone)]
+enum LocalEntry {
+    /// Asked: its directories when it shares this machine's view.
+    Known(Option<Arc<LocalStore>>),
+    /// Stats failed at this time; asked again after [`LOCAL_RETRY`].
+    Failed(std::time::Instant),
+}
+
+/// How long a chunkd whose Stats failed is treated as not local.
+const LOCAL_RETRY: Duration = Duration::from_secs(30);
+
 /// Names of the files this process writes for PutLocal.
 static LOCAL_SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
@@ -132,7 +144,7 @@ pub struct Repo {
     chans: Arc<Mutex<HashMap<String, ChunkStoreClient<Channel>>>>,
     /// chunkd address → its `chunks/` directory when that node shares this
     /// process's view of the machine (`None`: it does not).
-    local: Arc<Mutex<HashMap<String, Option<Arc<LocalStore>>>>>,
+    local: Arc<Mutex<HashMap<String, LocalEntry>>>,
     /// How many chunk transfers run at once.
     pub concurrency: usize,
     /// Read a replica on a chunkd of this machine from its file instead of
@@ -348,7 +360,7 @@ impl Repo {
         let mut bad: Vec<String> = Vec::new();
         let order = p.read_order(&id);
         let mut local = Vec::new();
-        for m in &order {
+        for m in order.iter().filter(|m| m.alive) {
             local.push(self.local_store(&m.addr).await);
         }
         // A replica on this machine is read from its file first: no gRPC,
@@ -423,15 +435,21 @@ impl Repo {
         if !self.local_reads {
             return None;
         }
-        if let Some(d) = self.local.lock().expect("local lock").get(addr) {
-            return d.clone();
+        match self.local.lock().expect("local lock").get(addr) {
+            Some(LocalEntry::Known(d)) => return d.clone(),
+            Some(LocalEntry::Failed(t)) if t.elapsed() < LOCAL_RETRY => return None,
+            _ => {}
         }
         let mut c = self.node(addr);
-        let st = tokio::time::timeout(Duration::from_secs(2), c.stats(pb::StatsRequest {}))
-            .await
-            .ok()?
-            .ok()?
-            .into_inner();
+        let st = tokio::time::timeout(Duration::from_secs(2), c.stats(pb::StatsRequest {})).await;
+        let Ok(Ok(st)) = st else {
+            self.local.lock().expect("local lock").insert(
+                addr.to_string(),
+                LocalEntry::Failed(std::time::Instant::now()),
+            );
+            return None;
+        };
+        let st = st.into_inner();
         let me = crate::chunk::host_view();
         let dir = (!me.is_empty() && st.host_view == me && !st.chunks_dir.is_empty())
             .then(|| LocalStore {
@@ -443,7 +461,7 @@ impl Repo {
         self.local
             .lock()
             .expect("local lock")
-            .insert(addr.to_string(), dir.clone());
+            .insert(addr.to_string(), LocalEntry::Known(dir.clone()));
         dir
     }
 
