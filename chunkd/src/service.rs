@@ -152,6 +152,7 @@ impl ChunkStore for ChunkService {
             chunks_dir: self.store.chunks_dir().to_string_lossy().into_owned(),
             host_view: blobvirt_core::chunk::host_view(),
             tmp_dir: self.store.tmp_dir().to_string_lossy().into_owned(),
+            pid: std::process::id(),
         }))
     }
 }

@@ -59,8 +59,8 @@ pub fn chunk_file(chunks_dir: &std::path::Path, id: &ChunkId) -> std::path::Path
     chunks_dir.join(&hex[..2]).join(hex)
 }
 
-/// This process's view of the machine: the kernel boot id and the network
-/// and mount namespaces. Two processes with the same view see the same
+/// This process's view of the machine: the kernel boot id and the network,
+/// mount and pid namespaces. Two processes with the same view see the same
 /// files at the same paths and share loopback; emulated hosts (one network
 /// namespace each, `testbed`) have different views. Empty when unknown.
 pub fn host_view() -> String {
@@ -70,11 +70,11 @@ pub fn host_view() -> String {
             .map(|p| p.to_string_lossy().into_owned())
             .unwrap_or_default()
     };
-    let (net, mnt) = (ns("net"), ns("mnt"));
-    if boot.trim().is_empty() || net.is_empty() || mnt.is_empty() {
+    let (net, mnt, pid) = (ns("net"), ns("mnt"), ns("pid"));
+    if boot.trim().is_empty() || net.is_empty() || mnt.is_empty() || pid.is_empty() {
         return String::new();
     }
-    format!("{}/{net}/{mnt}", boot.trim())
+    format!("{}/{net}/{mnt}/{pid}", boot.trim())
 }
 
 /// True when every byte of `data` is zero (such a chunk is a hole).

@@ -21,6 +21,17 @@ use crate::MAX_MESSAGE;
 struct LocalStore {
     chunks: PathBuf,
     tmp: PathBuf,
+    /// `/proc/<pid>` of the chunkd process (0: unknown).
+    proc_dir: Option<PathBuf>,
+}
+
+impl LocalStore {
+    /// Whether the chunkd still runs: a stopped node's files are not read,
+    /// so it is unreachable here as it is over gRPC. (A reused pid only
+    /// means reading files that are hash-checked anyway.)
+    fn runs(&self) -> bool {
+        self.proc_dir.as_ref().is_none_or(|p| p.exists())
+    }
 }
 
 /// What a [`Repo`] knows of a chunkd's locality.
@@ -264,7 +275,7 @@ impl Repo {
                 // A staged replica on this machine: write the file and hand
                 // it over (no gRPC body, no TLS); any failure to write it
                 // falls back to Put.
-                if let Some(l) = self.local_store(&addr).await.filter(|_| staged) {
+                if let Some(l) = self.local_store(&addr).await.filter(|l| staged && l.runs()) {
                     let d = data.clone();
                     let written = tokio::task::spawn_blocking(move || write_local(&l.tmp, &id, &d))
                         .await
@@ -365,17 +376,21 @@ impl Repo {
         }
         // A replica on this machine is read from its file first: no gRPC,
         // no TLS, one copy. Its bytes are hash-checked like any answer;
-        // absent (staged, deleted, not local after all) or corrupt, the
-        // replicas are then asked over gRPC as usual, so a corrupt file is
-        // still quarantined by its chunkd and repaired.
-        for l in local.iter().flatten() {
-            let path = crate::chunk::chunk_file(&l.chunks, &id);
+        // absent (staged, deleted, not local after all), the next local
+        // replica is tried; corrupt, the replicas are asked over gRPC as
+        // usual, so its chunkd quarantines and reports it and it is repaired.
+        for l in local.into_iter().flatten() {
             let read = tokio::task::spawn_blocking(move || {
-                let data = std::fs::read(path).ok()?;
-                id.verifies(&data).then(|| Bytes::from(data))
+                if !l.runs() {
+                    return None;
+                }
+                let data = std::fs::read(crate::chunk::chunk_file(&l.chunks, &id)).ok()?;
+                Some(id.verifies(&data).then(|| Bytes::from(data)))
             });
-            if let Ok(Some(data)) = read.await {
-                return Ok(data);
+            match read.await {
+                Ok(Some(Some(data))) => return Ok(data),
+                Ok(Some(None)) => break,
+                _ => {}
             }
         }
         for m in order {
@@ -455,6 +470,7 @@ impl Repo {
             .then(|| LocalStore {
                 chunks: PathBuf::from(st.chunks_dir),
                 tmp: PathBuf::from(st.tmp_dir),
+                proc_dir: (st.pid != 0).then(|| PathBuf::from(format!("/proc/{}", st.pid))),
             })
             .filter(|l| l.chunks.is_dir() && l.tmp.is_dir())
             .map(Arc::new);
