@@ -4,6 +4,7 @@
 //! same run (`cp` of the same file to the same disk).
 
 mod cluster;
+mod dataplane;
 mod emu;
 mod mirror;
 mod repo;
@@ -23,6 +24,9 @@ struct Args {
 enum Suite {
     /// Import/export throughput vs cp, publish latency vs volume size, daemon memory.
     Repo(repo::Opts),
+    /// CPU-seconds per GiB (client + every daemon) and throughput vs cp of
+    /// vol-import, vol-export and a cold read through the mirrord mount.
+    Dataplane(dataplane::Opts),
     /// mirrord: mount reads vs the cache file and vol-export, a slowed chunkd, COMMIT times.
     Mirror(mirror::Opts),
     /// Generate a sparse raw image with seeded incompressible data extents.
@@ -54,6 +58,7 @@ async fn main() -> anyhow::Result<()> {
     match Args::parse().suite {
         Suite::Repo(o) => repo::run(o).await,
         Suite::Mirror(o) => mirror::run(o).await,
+        Suite::Dataplane(o) => dataplane::run(o).await,
         Suite::GenImage(o) => workload::image::run(o),
         Suite::GenTrace(o) => workload::gentrace::run(o),
         Suite::Instance(o) => workload::instance::run(o),

@@ -3,7 +3,7 @@
 //! next to one that waits on a slowed chunkd, and COMMIT times. Each run
 //! uses fresh volumes; every ratio is taken within one run.
 
-mod daemon;
+pub(crate) mod daemon;
 mod proxy;
 mod reads;
 mod report;
@@ -168,6 +168,7 @@ async fn one_run(o: &Opts, bin: &Path, cluster: &Cluster, repo: &Repo, r: usize)
         &mnt,
         &cache,
         &log,
+        true,
     )
     .await?;
     let path = md.path(&name);
@@ -313,6 +314,7 @@ async fn slow_phase(
             &mnt,
             &cache,
             &log,
+            false,
         )
         .await?;
         let (path, slow_path) = (md.path(local), md.path(&slow));

@@ -33,7 +33,7 @@ fn secs(f: impl FnOnce() -> Result<()>) -> Result<f64> {
     Ok(t.elapsed().as_secs_f64())
 }
 
-fn write_random(path: &Path, mib: u64, seed: u64) -> Result<()> {
+pub(crate) fn write_random(path: &Path, mib: u64, seed: u64) -> Result<()> {
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let mut f = std::io::BufWriter::new(std::fs::File::create(path)?);
     let mut buf = vec![0u8; 1 << 20];
@@ -45,7 +45,7 @@ fn write_random(path: &Path, mib: u64, seed: u64) -> Result<()> {
     Ok(())
 }
 
-fn sh(cmd: &mut Command) -> Result<()> {
+pub(crate) fn sh(cmd: &mut Command) -> Result<()> {
     let st = cmd.status().with_context(|| format!("running {cmd:?}"))?;
     anyhow::ensure!(st.success(), "{cmd:?} failed");
     Ok(())

@@ -2,6 +2,7 @@
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
+    blobvirt_core::fsutil::tune_allocator();
     chunkd::init_logging();
     let opts = match chunkd::Opts::from_args() {
         Ok(o) => o,

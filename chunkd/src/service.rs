@@ -6,7 +6,7 @@ use std::sync::Arc;
 use blobvirt_core::proto::chunk_store_server::{ChunkStore, ChunkStoreServer};
 use blobvirt_core::proto::{
     DeleteReply, DeleteRequest, FlushReply, FlushRequest, GetReply, GetRequest, HasReply,
-    HasRequest, PutReply, PutRequest, StatsReply, StatsRequest,
+    HasRequest, PutLocalRequest, PutReply, PutRequest, StatsReply, StatsRequest,
 };
 use blobvirt_core::{ChunkId, MAX_MESSAGE};
 use tonic::{Request, Response, Status};
@@ -57,7 +57,9 @@ impl ChunkService {
 pub fn to_status(e: StoreError) -> Status {
     let msg = e.to_string();
     match e {
-        StoreError::BadId(_) | StoreError::HashMismatch { .. } => Status::invalid_argument(msg),
+        StoreError::BadId(_) | StoreError::HashMismatch { .. } | StoreError::BadFile(_) => {
+            Status::invalid_argument(msg)
+        }
         StoreError::NotFound { .. } => Status::not_found(msg),
         StoreError::Corrupt { .. } => Status::data_loss(msg),
         StoreError::NoSpace { .. } => Status::resource_exhausted(msg),
@@ -83,6 +85,20 @@ impl ChunkStore for ChunkService {
         } else {
             self.blocking(move |s| s.put(&id, &data)).await?
         };
+        self.metrics.put_chunks.inc();
+        self.metrics.put_bytes.inc_by(len);
+        if stored {
+            self.metrics.put_new_chunks.inc();
+        }
+        Ok(Response::new(PutReply { stored }))
+    }
+
+    async fn put_local(&self, req: Request<PutLocalRequest>) -> Result<Response<PutReply>, Status> {
+        let PutLocalRequest { id, file } = req.into_inner();
+        let id = parse_id(&id).map_err(to_status)?;
+        let (stored, len) = self
+            .blocking(move |s| s.put_staged_file(&id, &file))
+            .await?;
         self.metrics.put_chunks.inc();
         self.metrics.put_bytes.inc_by(len);
         if stored {
@@ -133,6 +149,10 @@ impl ChunkStore for ChunkService {
             bytes: st.bytes,
             free_bytes: st.free_bytes,
             total_bytes: st.total_bytes,
+            chunks_dir: self.store.chunks_dir().to_string_lossy().into_owned(),
+            host_view: blobvirt_core::chunk::host_view(),
+            tmp_dir: self.store.tmp_dir().to_string_lossy().into_owned(),
+            pid: std::process::id(),
         }))
     }
 }

@@ -36,6 +36,8 @@ pub enum StoreError {
     BadId(usize),
     #[error("data of {len} bytes does not hash to chunk {chunk}; it was not stored, send the chunk again")]
     HashMismatch { chunk: ChunkId, len: usize },
+    #[error("{0} is not a file written for PutLocal in this node's tmp/ (a name starting with \"in.\"); send the chunk with Put")]
+    BadFile(String),
     #[error("chunk {chunk} is not on chunkd node {node}")]
     NotFound { chunk: ChunkId, node: String },
     #[error("chunk {chunk} on chunkd node {node} is corrupt; it has been quarantined")]
@@ -144,17 +146,21 @@ impl Store {
         self.sync.mode()
     }
 
+    /// The `chunks/` directory (see [`blobvirt_core::chunk::chunk_file`]).
+    pub fn chunks_dir(&self) -> &Path {
+        &self.chunks_dir
+    }
+
     /// Path of a chunk's file.
     pub fn chunk_path(&self, id: &ChunkId) -> PathBuf {
-        let hex = id.to_hex();
-        self.chunks_dir.join(&hex[..2]).join(hex)
+        blobvirt_core::chunk::chunk_file(&self.chunks_dir, id)
     }
 
     pub fn staged(&self) -> &Staged {
         &self.staged
     }
 
-    pub(crate) fn tmp_dir(&self) -> &Path {
+    pub fn tmp_dir(&self) -> &Path {
         &self.tmp_dir
     }
 

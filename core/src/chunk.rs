@@ -52,6 +52,31 @@ impl fmt::Display for ChunkId {
     }
 }
 
+/// Path of chunk `id` under a chunk store's `chunks/` directory:
+/// `chunks/<first 2 hex>/<64 hex>` (the layout is chunkd's, `chunkd::store`).
+pub fn chunk_file(chunks_dir: &std::path::Path, id: &ChunkId) -> std::path::PathBuf {
+    let hex = id.to_hex();
+    chunks_dir.join(&hex[..2]).join(hex)
+}
+
+/// This process's view of the machine: the kernel boot id and the network,
+/// mount and pid namespaces. Two processes with the same view see the same
+/// files at the same paths and share loopback; emulated hosts (one network
+/// namespace each, `testbed`) have different views. Empty when unknown.
+pub fn host_view() -> String {
+    let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap_or_default();
+    let ns = |n: &str| {
+        std::fs::read_link(format!("/proc/self/ns/{n}"))
+            .map(|p| p.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    };
+    let (net, mnt, pid) = (ns("net"), ns("mnt"), ns("pid"));
+    if boot.trim().is_empty() || net.is_empty() || mnt.is_empty() || pid.is_empty() {
+        return String::new();
+    }
+    format!("{}/{net}/{mnt}/{pid}", boot.trim())
+}
+
 /// True when every byte of `data` is zero (such a chunk is a hole).
 pub fn is_zero(data: &[u8]) -> bool {
     let mut words = data.chunks_exact(16);

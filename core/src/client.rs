@@ -2,6 +2,7 @@
 //! daemons for data, with placement computed locally and bounded parallelism.
 
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -15,6 +16,53 @@ use crate::proto::chunk_store_client::ChunkStoreClient;
 use crate::proto::pool_client::PoolClient;
 use crate::proto::{self as pb};
 use crate::MAX_MESSAGE;
+
+/// The directories of a chunkd of this machine.
+struct LocalStore {
+    chunks: PathBuf,
+    tmp: PathBuf,
+    /// `/proc/<pid>` of the chunkd process (0: unknown).
+    proc_dir: Option<PathBuf>,
+}
+
+impl LocalStore {
+    /// Whether the chunkd still runs: a stopped node's files are not read,
+    /// so it is unreachable here as it is over gRPC. (A reused pid only
+    /// means reading files that are hash-checked anyway.)
+    fn runs(&self) -> bool {
+        self.proc_dir.as_ref().is_none_or(|p| p.exists())
+    }
+}
+
+/// What a [`Repo`] knows of a chunkd's locality.
+#[derive(Clone)]
+enum LocalEntry {
+    /// Asked: its directories when it shares this machine's view.
+    Known(Option<Arc<LocalStore>>),
+    /// Stats failed at this time; asked again after [`LOCAL_RETRY`].
+    Failed(std::time::Instant),
+}
+
+/// How long a chunkd whose Stats failed is treated as not local.
+const LOCAL_RETRY: Duration = Duration::from_secs(30);
+
+/// Names of the files this process writes for PutLocal.
+static LOCAL_SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Writes `data` to a new file in `tmp` for PutLocal; returns its name.
+/// Not synced: the node's Flush makes it durable.
+fn write_local(tmp: &std::path::Path, id: &ChunkId, data: &[u8]) -> std::io::Result<String> {
+    use std::io::Write;
+    let seq = LOCAL_SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let name = format!("in.{}.{}.{seq}", id.to_hex(), std::process::id());
+    let path = tmp.join(&name);
+    let res = std::fs::File::create_new(&path).and_then(|mut f| f.write_all(data));
+    if let Err(e) = res {
+        let _ = std::fs::remove_file(&path);
+        return Err(e);
+    }
+    Ok(name)
+}
 
 /// Errors of repository operations that callers match on.
 #[derive(Debug, thiserror::Error)]
@@ -105,8 +153,16 @@ pub struct Repo {
     pool: PoolClient<Channel>,
     view: Arc<RwLock<View>>,
     chans: Arc<Mutex<HashMap<String, ChunkStoreClient<Channel>>>>,
+    /// chunkd address → its `chunks/` directory when that node shares this
+    /// process's view of the machine (`None`: it does not).
+    local: Arc<Mutex<HashMap<String, LocalEntry>>>,
     /// How many chunk transfers run at once.
     pub concurrency: usize,
+    /// Read a replica on a chunkd of this machine from its file instead of
+    /// over gRPC ([`Repo::get_chunk`]), and write a staged replica there as
+    /// a file handed over with PutLocal ([`Repo::put_chunk_staged`]); on
+    /// unless `BLOBVIRT_LOCAL_READS=0`.
+    pub local_reads: bool,
 }
 
 impl Repo {
@@ -121,7 +177,9 @@ impl Repo {
                 gc_epoch: 0,
             })),
             chans: Arc::default(),
+            local: Arc::default(),
             concurrency: 16,
+            local_reads: std::env::var("BLOBVIRT_LOCAL_READS").map_or(true, |v| v != "0"),
         };
         repo.refresh().await.map_err(|e| match e {
             RepoError::Pool(s) if s.code() == tonic::Code::Unavailable => {
@@ -210,14 +268,36 @@ impl Repo {
             return Err(RepoError::NoLiveNodes);
         }
         let put = |m: &Member| {
-            let req = pb::PutRequest {
-                id: Bytes::copy_from_slice(&id.0),
-                data: data.clone(),
-                staged,
-            };
+            let data = data.clone();
             let mut c = self.node(&m.addr);
             let (node, addr) = (m.id.clone(), m.addr.clone());
             async move {
+                // A staged replica on this machine: write the file and hand
+                // it over (no gRPC body, no TLS); any failure to write it
+                // falls back to Put.
+                if let Some(l) = self.local_store(&addr).await.filter(|l| staged && l.runs()) {
+                    let d = data.clone();
+                    let written = tokio::task::spawn_blocking(move || write_local(&l.tmp, &id, &d))
+                        .await
+                        .ok()
+                        .and_then(|r| r.ok());
+                    if let Some(file) = written {
+                        let req = pb::PutLocalRequest {
+                            id: Bytes::copy_from_slice(&id.0),
+                            file,
+                        };
+                        return c
+                            .put_local(req)
+                            .await
+                            .map(|_| addr)
+                            .map_err(|s| format!("{node}: {}", s.message()));
+                    }
+                }
+                let req = pb::PutRequest {
+                    id: Bytes::copy_from_slice(&id.0),
+                    data,
+                    staged,
+                };
                 c.put(req)
                     .await
                     .map(|_| addr)
@@ -289,7 +369,31 @@ impl Repo {
         let mut tried = Vec::new();
         let mut corrupt = 0;
         let mut bad: Vec<String> = Vec::new();
-        for m in p.read_order(&id) {
+        let order = p.read_order(&id);
+        let mut local = Vec::new();
+        for m in order.iter().filter(|m| m.alive) {
+            local.push(self.local_store(&m.addr).await);
+        }
+        // A replica on this machine is read from its file first: no gRPC,
+        // no TLS, one copy. Its bytes are hash-checked like any answer;
+        // absent (staged, deleted, not local after all), the next local
+        // replica is tried; corrupt, the replicas are asked over gRPC as
+        // usual, so its chunkd quarantines and reports it and it is repaired.
+        for l in local.into_iter().flatten() {
+            let read = tokio::task::spawn_blocking(move || {
+                if !l.runs() {
+                    return None;
+                }
+                let data = std::fs::read(crate::chunk::chunk_file(&l.chunks, &id)).ok()?;
+                Some(id.verifies(&data).then(|| Bytes::from(data)))
+            });
+            match read.await {
+                Ok(Some(Some(data))) => return Ok(data),
+                Ok(Some(None)) => break,
+                _ => {}
+            }
+        }
+        for m in order {
             let req = pb::GetRequest {
                 id: Bytes::copy_from_slice(&id.0),
             };
@@ -337,6 +441,44 @@ impl Repo {
             tried: tried.join(", "),
             corrupt,
         })
+    }
+
+    /// The directories of the chunkd at `addr` when it shares this
+    /// process's view of the machine (asked once per node with Stats), and
+    /// local reads and writes are on.
+    async fn local_store(&self, addr: &str) -> Option<Arc<LocalStore>> {
+        if !self.local_reads {
+            return None;
+        }
+        match self.local.lock().expect("local lock").get(addr) {
+            Some(LocalEntry::Known(d)) => return d.clone(),
+            Some(LocalEntry::Failed(t)) if t.elapsed() < LOCAL_RETRY => return None,
+            _ => {}
+        }
+        let mut c = self.node(addr);
+        let st = tokio::time::timeout(Duration::from_secs(2), c.stats(pb::StatsRequest {})).await;
+        let Ok(Ok(st)) = st else {
+            self.local.lock().expect("local lock").insert(
+                addr.to_string(),
+                LocalEntry::Failed(std::time::Instant::now()),
+            );
+            return None;
+        };
+        let st = st.into_inner();
+        let me = crate::chunk::host_view();
+        let dir = (!me.is_empty() && st.host_view == me && !st.chunks_dir.is_empty())
+            .then(|| LocalStore {
+                chunks: PathBuf::from(st.chunks_dir),
+                tmp: PathBuf::from(st.tmp_dir),
+                proc_dir: (st.pid != 0).then(|| PathBuf::from(format!("/proc/{}", st.pid))),
+            })
+            .filter(|l| l.chunks.is_dir() && l.tmp.is_dir())
+            .map(Arc::new);
+        self.local
+            .lock()
+            .expect("local lock")
+            .insert(addr.to_string(), LocalEntry::Known(dir.clone()));
+        dir
     }
 
     pub async fn get_blob(&self, name: &str) -> Result<pb::BlobInfo> {

@@ -134,6 +134,25 @@ pub fn lock_dir(dir: &Path, daemon: &str, flag: &str) -> Result<DirLock, LockErr
     })
 }
 
+/// Keeps glibc from handing chunk-sized buffers back to the kernel: a fixed
+/// mmap threshold of 32 MiB (chunks of up to 4 MiB come from the heap, not
+/// from a fresh `mmap` each) and a trim threshold of 128 MiB (freed heap
+/// memory is kept for the next chunk instead of `madvise`d away). On these
+/// VMs freed pages go back to the host (virtio-balloon free page
+/// reporting), so every chunk buffer re-faulted fresh memory from the host;
+/// perf showed the faults and `madvise` under the data path (issue 14).
+/// Call it first thing in `main`.
+#[allow(unsafe_code)]
+pub fn tune_allocator() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets allocator parameters, under glibc's arena
+    // lock (safe with other threads running).
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 128 << 20);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

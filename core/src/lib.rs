@@ -3,6 +3,7 @@
 
 pub mod chunk;
 pub mod client;
+pub mod codec;
 pub mod config;
 pub mod fsutil;
 pub mod metrics;

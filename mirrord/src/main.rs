@@ -1,5 +1,6 @@
 //! `mirrord [--config FILE] [--pool URL] [--mount DIR] [--cache DIR] [--control SOCKET] [--threads N] [--trace-reads FILE]`
 fn main() {
+    blobvirt_core::fsutil::tune_allocator();
     blobvirt_core::fsutil::init_logging("info");
     let opts = match mirrord::daemon::Options::from_args() {
         Ok(o) => o,

@@ -1,5 +1,6 @@
 //! The `poold` binary: parses options, sets up logging, runs [`pool_backend::run`].
 fn main() {
+    blobvirt_core::fsutil::tune_allocator();
     blobvirt_core::fsutil::init_logging(blobvirt_core::fsutil::DAEMON_LOG);
     let opts = match pool_backend::Opts::from_args() {
         Ok(o) => o,

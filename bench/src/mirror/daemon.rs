@@ -18,6 +18,9 @@ use crate::emu::proc::is_mounted;
 impl Mirrord {
     /// Starts `mirrord --pool POOL --mount MOUNT --cache CACHE`, logging to
     /// `log`, and waits until the mount and the control socket answer.
+    /// Without `local_reads` it fetches every chunk over gRPC even from the
+    /// chunkd nodes of this machine (`BLOBVIRT_LOCAL_READS=0`), e.g. to
+    /// measure a node slowed by a proxy.
     pub async fn start(
         bin: &Path,
         config: &Path,
@@ -25,6 +28,7 @@ impl Mirrord {
         mount: &Path,
         cache: &Path,
         log: &Path,
+        local_reads: bool,
     ) -> Result<Mirrord> {
         std::fs::create_dir_all(mount)?;
         std::fs::create_dir_all(cache)?;
@@ -40,6 +44,7 @@ impl Mirrord {
             .arg(mount)
             .arg("--cache")
             .arg(cache)
+            .env("BLOBVIRT_LOCAL_READS", if local_reads { "1" } else { "0" })
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log_file)
@@ -66,6 +71,11 @@ impl Mirrord {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    /// Process id of the running mirrord.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
     }
 
     pub fn path(&self, name: &str) -> PathBuf {

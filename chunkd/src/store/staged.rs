@@ -90,6 +90,52 @@ impl Store {
         Ok(true)
     }
 
+    /// Stages chunk `id` from `name` in `tmp/`, a file a client of this
+    /// machine wrote (PutLocal): reads it, checks its hash, then owns it
+    /// like [`Store::put_staged`]'s temp file. Returns whether it was new,
+    /// and its length. A file that does not verify, or whose chunk is
+    /// already stored or staged, is removed.
+    pub fn put_staged_file(&self, id: &ChunkId, name: &str) -> Result<(bool, u64), StoreError> {
+        use std::io::Read;
+        use std::os::unix::fs::OpenOptionsExt;
+        if !name.starts_with("in.") || name.contains('/') || name.len() > 255 {
+            return Err(StoreError::BadFile(name.to_string()));
+        }
+        let tmp = self.tmp_dir().join(name);
+        let read = || -> std::io::Result<Vec<u8>> {
+            let mut f = std::fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(nix::fcntl::OFlag::O_NOFOLLOW.bits())
+                .open(&tmp)?;
+            if !f.metadata()?.is_file() {
+                return Err(std::io::Error::other("not a regular file"));
+            }
+            let mut data = Vec::new();
+            f.read_to_end(&mut data)?;
+            Ok(data)
+        };
+        let data = match read() {
+            Ok(d) => d,
+            Err(_) => {
+                let _ = std::fs::remove_file(&tmp);
+                return Err(StoreError::BadFile(name.to_string()));
+            }
+        };
+        let len = data.len() as u64;
+        if let Err(e) = self.check(id, &data) {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(e);
+        }
+        let mut files = self.staged().files.lock().expect("staged lock");
+        if files.contains_key(id) || self.chunk_path(id).exists() {
+            drop(files);
+            let _ = std::fs::remove_file(&tmp);
+            return Ok((false, len));
+        }
+        files.insert(*id, (tmp, len));
+        Ok((true, len))
+    }
+
     /// Makes every chunk staged before this call durable; returns how many
     /// this call moved into place.
     pub fn flush(&self) -> Result<u64, StoreError> {
@@ -163,6 +209,51 @@ mod tests {
         assert_eq!(s.flush().unwrap(), 0);
         assert!(!s.put_staged(&a, &da).unwrap(), "already stored");
         assert_eq!(std::fs::read_dir(t.path().join("tmp")).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn a_file_written_by_a_local_client_is_verified_then_staged() {
+        let t = tempfile::tempdir().unwrap();
+        let s = Store::open(t.path(), "n1").unwrap();
+        let tmp = t.path().join("tmp");
+        let (a, da) = chunk(2);
+        let (b, _) = chunk(3);
+        // Names outside the PutLocal convention are refused untouched.
+        std::fs::write(tmp.join("x"), &da).unwrap();
+        for bad in ["x", "../x", "in./../x", ""] {
+            assert!(
+                matches!(s.put_staged_file(&a, bad), Err(StoreError::BadFile(_))),
+                "{bad:?}"
+            );
+        }
+        assert!(tmp.join("x").exists());
+        std::fs::remove_file(tmp.join("x")).unwrap();
+        // Bytes that do not hash to the id: refused and removed.
+        std::fs::write(tmp.join("in.b"), &da).unwrap();
+        assert!(matches!(
+            s.put_staged_file(&b, "in.b"),
+            Err(StoreError::HashMismatch { .. })
+        ));
+        assert!(!tmp.join("in.b").exists());
+        // A symbolic link is not followed.
+        std::os::unix::fs::symlink(tmp.join("elsewhere"), tmp.join("in.l")).unwrap();
+        std::fs::write(tmp.join("elsewhere"), &da).unwrap();
+        assert!(matches!(
+            s.put_staged_file(&a, "in.l"),
+            Err(StoreError::BadFile(_))
+        ));
+        std::fs::remove_file(tmp.join("elsewhere")).unwrap();
+        // A good file is staged (served, not yet in Has), then flushed.
+        std::fs::write(tmp.join("in.a"), &da).unwrap();
+        assert_eq!(s.put_staged_file(&a, "in.a").unwrap(), (true, 4096));
+        assert_eq!(s.has(&[a]), vec![false]);
+        assert_eq!(&s.get(&a).unwrap()[..], &da[..]);
+        std::fs::write(tmp.join("in.a2"), &da).unwrap();
+        assert_eq!(s.put_staged_file(&a, "in.a2").unwrap(), (false, 4096));
+        assert!(!tmp.join("in.a2").exists(), "a duplicate is removed");
+        assert_eq!(s.flush().unwrap(), 1);
+        assert_eq!(s.has(&[a]), vec![true]);
+        assert_eq!(std::fs::read_dir(&tmp).unwrap().count(), 0);
     }
 
     #[test]
