@@ -153,22 +153,10 @@ pub fn wait_until(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
     }
 }
 
-/// True while `pid` exists and is not a fully exited zombie (the rule of
-/// the CLI's `procs::is_running`: a zombie leader whose other threads
-/// still run counts as running).
+/// True while `pid` exists and is not a fully exited zombie (the rule the
+/// CLI uses too).
 pub fn alive(pid: u32) -> bool {
-    let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
-        return false;
-    };
-    let field = |name: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .map(str::trim)
-            .unwrap_or("")
-    };
-    let zombie = matches!(field("State:").chars().next(), Some('Z' | 'X') | None);
-    !zombie || field("Threads:").parse::<u32>().unwrap_or(0) > 1
+    blobvirt_core::fsutil::process_running(pid)
 }
 
 /// True when `pid` is a running (non-zombie) process whose command line

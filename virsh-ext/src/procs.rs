@@ -68,22 +68,7 @@ fn read_cmdline(pid: u32) -> Option<Vec<String>> {
     )
 }
 
-/// True when `pid` runs: not a zombie, or a zombie thread-group leader
-/// whose other threads are still exiting (and may still hold its sockets).
-pub fn is_running(pid: u32) -> bool {
-    let Ok(status) = fs::read_to_string(format!("/proc/{pid}/status")) else {
-        return false;
-    };
-    let field = |name: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .map(str::trim)
-            .unwrap_or("")
-    };
-    let zombie = matches!(field("State:").chars().next(), Some('Z' | 'X') | None);
-    !zombie || field("Threads:").parse::<u32>().unwrap_or(0) > 1
-}
+pub use blobvirt_core::fsutil::process_running as is_running;
 
 /// True when `pid` runs the binary `binary` with `dir` among its arguments:
 /// only then it is a process of our cluster and may be signalled.
