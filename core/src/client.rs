@@ -273,8 +273,8 @@ impl Repo {
             let (node, addr) = (m.id.clone(), m.addr.clone());
             async move {
                 // A staged replica on this machine: write the file and hand
-                // it over (no gRPC body, no TLS); any failure to write it
-                // falls back to Put.
+                // it over (no gRPC body, no TLS); any failure to write it or
+                // to hand it over falls back to Put.
                 if let Some(l) = self.local_store(&addr).await.filter(|l| staged && l.runs()) {
                     let d = data.clone();
                     let written = tokio::task::spawn_blocking(move || write_local(&l.tmp, &id, &d))
@@ -286,11 +286,16 @@ impl Repo {
                             id: Bytes::copy_from_slice(&id.0),
                             file,
                         };
-                        return c
-                            .put_local(req)
-                            .await
-                            .map(|_| addr)
-                            .map_err(|s| format!("{node}: {}", s.message()));
+                        // A node that cannot take the file (it may not read
+                        // a file this user made) gets the bytes instead.
+                        match c.put_local(req).await {
+                            Ok(_) => return Ok(addr),
+                            Err(s) => tracing::debug!(
+                                node = %node,
+                                "PutLocal refused ({}); sending the chunk over gRPC",
+                                s.message()
+                            ),
+                        }
                     }
                 }
                 let req = pb::PutRequest {
