@@ -153,6 +153,24 @@ pub fn tune_allocator() {
     }
 }
 
+/// True when process `pid` runs: not a zombie, or a zombie thread-group
+/// leader whose other threads are still exiting (and may still hold its
+/// sockets).
+pub fn process_running(pid: u32) -> bool {
+    let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
+        return false;
+    };
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .map(str::trim)
+            .unwrap_or("")
+    };
+    let zombie = matches!(field("State:").chars().next(), Some('Z' | 'X') | None);
+    !zombie || field("Threads:").parse::<u32>().unwrap_or(0) > 1
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -192,22 +210,4 @@ mod tests {
         assert!(!p.with_extension("tmp").exists());
         assert!(write_atomic(&dir.path().join("missing/x"), b"z").is_err());
     }
-}
-
-/// True when process `pid` runs: not a zombie, or a zombie thread-group
-/// leader whose other threads are still exiting (and may still hold its
-/// sockets).
-pub fn process_running(pid: u32) -> bool {
-    let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
-        return false;
-    };
-    let field = |name: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .map(str::trim)
-            .unwrap_or("")
-    };
-    let zombie = matches!(field("State:").chars().next(), Some('Z' | 'X') | None);
-    !zombie || field("Threads:").parse::<u32>().unwrap_or(0) > 1
 }
