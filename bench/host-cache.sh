@@ -17,10 +17,9 @@ cd "$(dirname "$0")/.."
 root=$PWD
 runs=${1:-3}
 n=${2:-8}
-bash scripts/install-deps.sh >/dev/null
-bash guest/install-deps.sh >/dev/null
-bash scripts/libvirt-setup.sh >/dev/null
-[ -e /dev/kvm ] && chown root:kvm /dev/kvm && chmod 0660 /dev/kvm
+# shellcheck source=../scripts/lib.sh
+source scripts/lib.sh
+prepare_libvirt_host
 export PATH="$HOME/.cargo/bin:$PATH"
 cargo build --release --workspace --bins
 bv="$root/target/release/blobvirt"
@@ -58,7 +57,7 @@ print(next(p["metrics"] for p in c["processes"] if p["name"] == "mirrord"))' "$w
 
 # deploy COUNT CACHE_MIB: prints the bytes mirrord fetched for COUNT domains.
 deploy() {
-  local count=$1 mib=$2 before after i t
+  local count=$1 mib=$2 before after
   teardown
   mkdir -p "$work/logs"
   BLOBVIRT_CHUNK_CACHE_MIB=$mib "$bv" cluster up --nodes 4 --replicas 2 \
@@ -69,14 +68,7 @@ deploy() {
     guest/domain-template.xml > "$work/template.xml"
   before=$(fetched)
   "$bv" deploy guest --count "$count" --template "$work/template.xml" --name-prefix "$prefix" >/dev/null
-  for i in $(seq 1 "$count"); do
-    for _ in $(seq 1 600); do
-      t=$(guest/read-marker.sh "$work/mnt/$prefix-$i" ticks 2>/dev/null || echo 0)
-      [ "${t:-0}" -ge 1 ] && break
-      sleep 0.5
-    done
-    [ "${t:-0}" -ge 1 ] || { echo "$prefix-$i never booted" >&2; exit 1; }
-  done
+  wait_ticks "$work/mnt" "$prefix" "$count" 1 600
   after=$(fetched)
   python3 -c "print(int(float('$after') - float('$before')))"
 }

@@ -13,14 +13,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
-bash scripts/install-deps.sh >/dev/null
-bash guest/install-deps.sh >/dev/null
-bash scripts/libvirt-setup.sh >/dev/null
-# libvirt trusts its cached QEMU capabilities only while QEMU's user can
-# open /dev/kvm as when it probed; without udev /dev/kvm is root-only and
-# every define re-probes QEMU (~45 s). Give it Debian's udev mode (the
-# domains stay type='qemu', TCG).
-[ -e /dev/kvm ] && chown root:kvm /dev/kvm && chmod 0660 /dev/kvm
+# shellcheck source=lib.sh
+source scripts/lib.sh
+prepare_libvirt_host
 export PATH="$HOME/.cargo/bin:$PATH"
 cargo build --release --workspace --bins
 bin="$root/target/release"
