@@ -204,7 +204,9 @@ async fn one_run(
     write_random(&img, o.suite.size_mib, 14_000 + r as u64)?;
     let name = format!("dp-{r}");
     let mut run = Run {
-        cp: measure(meter, o.warm_mib, || sh(Command::new("cp").arg(&img).arg(&copy)))?,
+        cp: measure(meter, o.warm_mib, || {
+            sh(Command::new("cp").arg(&img).arg(&copy))
+        })?,
         ..Default::default()
     };
     let _ = std::fs::remove_file(&copy);
