@@ -11,8 +11,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use serde_json::Value;
 
-use super::net::Net;
-use super::proc::in_ns;
+use super::Env;
 
 /// What one instance runs.
 pub struct Spec {
@@ -41,19 +40,19 @@ pub struct Deployed {
 }
 
 impl Instances {
-    /// Starts one instance per node and waits until all are ready.
+    /// Starts one instance per node (in its namespace and cgroups; logs in
+    /// the run's directory) and waits until all are ready.
     pub fn start(
-        net: &Net,
+        env: &Env,
         bench_bin: &Path,
         trace: &Path,
         specs: Vec<Spec>,
-        logdir: &Path,
         block_kib: u64,
     ) -> Result<Instances> {
         let mut all = Vec::new();
         for (i, s) in specs.into_iter().enumerate() {
-            let log = logdir.join(format!("instance-{}.log", i + 1));
-            let mut c = in_ns(&net.node(i), bench_bin);
+            let log = env.dir.join(format!("instance-{}.log", i + 1));
+            let mut c = env.in_ns(&env.net.node(i), bench_bin);
             c.arg("instance")
                 .arg("--file")
                 .arg(&s.file)

@@ -11,11 +11,20 @@
 //!   processes in them: the shared test bed (crate `testbed`).
 //! * [`instances`] — the N instance processes of a run.
 //! * [`sys_blobvirt`], [`sys_prepro`], [`sys_qcow2`] — the systems.
+//! * [`acct`] — one cgroup (v1 `cpuacct`, `blkio`) per node: its CPU
+//!   time and disk bytes, and the slow-disk throttle.
+//! * [`phase`] — the counters of one timed phase, begin to end.
+//! * [`model`] — per node: the time it would need on its own 2 cores and
+//!   its own disk; the phase's model time is the slowest node's.
 //! * [`report`] — tables, lower bounds, plots.
-//! * [`sample`] — how busy the CPUs and the disk were in a phase.
+//! * [`sample`] — the whole machine's CPU and disk in a phase, and the
+//!   disk bandwidth the model uses.
 
+pub mod acct;
 pub mod instances;
+pub mod model;
 pub mod opts;
+pub mod phase;
 pub mod report;
 pub mod sample;
 pub mod sys_blobvirt;
@@ -31,14 +40,19 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use serde_json::json;
 
+use acct::Acct;
 use instances::{Instances, Spec};
 use net::{Link, Net};
 pub use opts::Opts;
-use sample::{busy_since, cpu_jiffies, disk_sample, disk_since};
+use phase::Phase;
 
 /// What a system sees of the run it is part of.
 pub struct Env<'a> {
     pub net: &'a Net,
+    /// The nodes' cgroups: start every process of a node with [`Env::in_ns`].
+    pub acct: &'a Acct,
+    /// The resources of a node in the per-node model.
+    pub model: model::Params,
     pub dir: PathBuf,
     pub bin: PathBuf,
     pub image: PathBuf,
@@ -48,6 +62,12 @@ pub struct Env<'a> {
 }
 
 impl Env<'_> {
+    /// A command that runs in namespace `ns`, and in its node's cgroups
+    /// when `ns` is the server's or a node's.
+    pub fn in_ns(&self, ns: &str, prog: impl AsRef<std::ffi::OsStr>) -> std::process::Command {
+        self.acct.cmd(ns, prog)
+    }
+
     /// Directory of node `i` (0-based) in this run.
     pub fn node_dir(&self, i: usize) -> PathBuf {
         self.dir.join(format!("n{}", i + 1))
@@ -173,10 +193,6 @@ fn drop_caches() {
     let _ = std::fs::write("/proc/sys/vm/drop_caches", "3");
 }
 
-fn sum(v: &[u64]) -> u64 {
-    v.iter().sum()
-}
-
 /// One run of one system at one node count; returns its JSON record.
 fn one_run(
     o: &Opts,
@@ -191,11 +207,25 @@ fn one_run(
         latency_ms: o.latency_ms,
     };
     let mut net = Net::create(&prefix, n, link)?;
+    let mut cg_nodes = vec![(net.srv(), "srv".to_string())];
+    cg_nodes.extend((0..n).map(|i| (net.node(i), format!("n{}", i + 1))));
+    let mut acct = Acct::create(
+        std::process::id(),
+        cg_nodes,
+        acct::block_device(&o.dir),
+        inp.disk.slow_bps,
+    )?;
     let dir = o.dir.join(format!("run-{}-{n}-{run}", sys.name()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir)?;
     let env = Env {
         net: &net,
+        acct: &acct,
+        model: model::Params {
+            link_bps: link.bytes_per_sec(),
+            disk_bps: inp.disk.model_bps,
+            cores: model::MODEL_CORES,
+        },
         dir: abs(&dir)?,
         bin: inp.bin.clone(),
         image: inp.image.clone(),
@@ -207,6 +237,7 @@ fn one_run(
     sys.teardown(&env);
     net::unmount_under(&env.dir);
     net.destroy();
+    acct.destroy();
     if r.is_ok() {
         let _ = std::fs::remove_dir_all(&dir);
     }
@@ -215,6 +246,7 @@ fn one_run(
     v["nodes"] = json!(n);
     v["run"] = json!(run);
     v["label"] = json!(o.label);
+    v["disk"] = json!(inp.disk.id());
     Ok(v)
 }
 
@@ -227,26 +259,21 @@ fn drive(o: &Opts, sys: &mut dyn System, env: &Env, inp: &Inputs) -> Result<serd
         .collect::<Result<Vec<_>>>()?;
     let snapshots = specs.iter().any(|s| s.write_mib > 0);
     let mut inst = Instances::start(
-        env.net,
+        env,
         &inp.bin.join("blobvirt-bench"),
         &inp.trace,
         specs,
-        &env.dir,
         o.write_block_kib,
     )?;
     let stored0 = sys.stored(env);
     drop_caches();
-    let c0 = env.net.sent_bytes()?;
-    let cpu0 = cpu_jiffies();
-    let disk0 = disk_sample(&env.dir);
+    let p0 = Phase::begin(env)?;
     // Release the instances first, then the chain's sender: it must not
     // win a head start over the instances it feeds.
     inst.release()?;
     sys.on_go(env)?;
     let deployed = inst.wait_deployed(Duration::from_secs(7200))?;
-    let c1 = env.net.sent_bytes()?;
-    let deploy_busy = busy_since(cpu0);
-    let (disk_busy, disk_written) = disk_since(&env.dir, disk0);
+    let used = p0.end(env)?;
     let start = deployed.iter().map(|d| d.start_ns).min().unwrap_or(0);
     let per: Vec<f64> = deployed
         .iter()
@@ -264,37 +291,26 @@ fn drive(o: &Opts, sys: &mut dyn System, env: &Env, inp: &Inputs) -> Result<serd
             "max_s": per.iter().cloned().fold(0.0, f64::max),
             "mean_prepare_s": mean(&prep),
             "per_instance_s": per,
-            "traffic_bytes": sum(&c1) - sum(&c0),
-            "traffic_server_bytes": c1[0] - c0[0],
             "stored_bytes": sys.stored(env),
             "stored_before_bytes": stored0,
             "local_bytes": sys.local(env),
-            "cpu_busy": deploy_busy,
-            "disk_busy": disk_busy,
-            "disk_written_bytes": disk_written,
         }
     });
+    used.fill(&mut v["deploy"]);
     if snapshots {
         let written = inst.write(Duration::from_secs(600))?;
         let s0 = sys.stored(env);
-        let c2 = env.net.sent_bytes()?;
-        let cpu2 = cpu_jiffies();
-        let disk2 = disk_sample(&env.dir);
+        let p2 = Phase::begin(env)?;
         if let Some(times) = sys.snapshot(env)? {
-            let c3 = env.net.sent_bytes()?;
-            let busy = busy_since(cpu2);
-            let (disk_busy, disk_written) = disk_since(&env.dir, disk2);
+            let used = p2.end(env)?;
             v["snapshot"] = json!({
                 "mean_s": mean(&times),
                 "per_instance_s": times,
                 "max_s": times.iter().cloned().fold(0.0, f64::max),
                 "written_bytes": written,
                 "stored_added_bytes": sys.stored(env).saturating_sub(s0),
-                "traffic_bytes": sum(&c3) - sum(&c2),
-                "cpu_busy": busy,
-                "disk_busy": disk_busy,
-                "disk_written_bytes": disk_written,
             });
+            used.fill(&mut v["snapshot"]);
         }
     }
     inst.finish()?;
@@ -315,6 +331,7 @@ pub struct Inputs {
     pub image: PathBuf,
     pub image_size: u64,
     pub trace: PathBuf,
+    pub disk: opts::Disk,
 }
 
 /// Runs the whole matrix (blocking; call from a blocking thread).
@@ -333,11 +350,19 @@ pub fn run_blocking(o: Opts) -> Result<()> {
     }
     let (image, trace) = inputs(&o, &bin)?;
     let image_size = std::fs::metadata(&image)?.len();
+    let disk = opts::Disk::resolve(&o, &o.dir)?;
+    if disk.slow_bps.is_some() && acct::block_device(&o.dir).is_none() {
+        bail!(
+            "{} is on no block device; --slow-disk-mbps cannot throttle it",
+            o.dir.display()
+        );
+    }
     let inp = Inputs {
         bin,
         image,
         image_size,
         trace,
+        disk,
     };
     std::fs::create_dir_all(&o.out)?;
     let results = o.out.join("results.jsonl");
@@ -368,7 +393,7 @@ pub fn run_blocking(o: Opts) -> Result<()> {
 }
 
 /// Entry point: runs the matrix; Ctrl-C or SIGTERM removes every namespace,
-/// process and mount of this run before exiting.
+/// process, mount and cgroup of this run before exiting.
 pub async fn run(o: Opts) -> Result<()> {
     let prefix = format!("bvb{}", std::process::id());
     let dir = o.dir.clone();
@@ -382,16 +407,19 @@ pub async fn run(o: Opts) -> Result<()> {
 }
 
 fn interrupted(prefix: &str, dir: &Path) -> Result<()> {
-    eprintln!("emu: interrupted; removing namespaces, processes and mounts");
+    eprintln!("emu: interrupted; removing namespaces, processes, mounts and cgroups");
     net::clean_prefix(prefix);
     net::unmount_under(dir);
+    acct::clean(Some(std::process::id()));
     std::process::exit(130);
 }
 
 /// `blobvirt-bench emu-clean`: removes what an earlier run (the one of
-/// `pid`, or every run) left behind.
+/// `pid`, or every run) left behind: namespaces and their processes,
+/// mounts under `dir`, and the per-node cgroups (and what is in them).
 pub fn clean_all(dir: &Path, pid: Option<u32>) -> Result<()> {
     net::clean_prefix(&pid.map_or("bvb".to_string(), |p| format!("bvb{p}-")));
     net::unmount_under(dir);
+    acct::clean(pid);
     Ok(())
 }

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 
 use super::instances::Spec;
-use super::proc::{disk_usage, in_ns, run_ok, wait_file, Daemon};
+use super::proc::{disk_usage, run_ok, wait_file, Daemon};
 use super::{Env, System};
 
 #[derive(Default)]
@@ -23,7 +23,7 @@ pub struct Blobvirt {
 
 impl Blobvirt {
     fn cli(&self, env: &Env, ns: &str, args: &[&str]) -> Result<String> {
-        let mut c = in_ns(ns, env.bin.join("blobvirt"));
+        let mut c = env.in_ns(ns, env.bin.join("blobvirt"));
         c.env("BLOBVIRT_POOL", &self.pool).args(args);
         run_ok(c, &format!("blobvirt {}", args.join(" ")))
     }
@@ -55,7 +55,7 @@ impl System for Blobvirt {
         let net = env.net;
         let pdir = env.dir.join("poold");
         std::fs::create_dir_all(&pdir)?;
-        let mut c = in_ns(&net.srv(), env.bin.join("poold"));
+        let mut c = env.in_ns(&net.srv(), env.bin.join("poold"));
         c.arg("--dir")
             .arg(&pdir)
             .args(["--listen", &format!("{}:0", net.srv_addr())])
@@ -72,7 +72,7 @@ impl System for Blobvirt {
         for i in 0..net.nodes {
             let d = env.node_dir(i);
             std::fs::create_dir_all(d.join("chunkd"))?;
-            let mut c = in_ns(&net.node(i), env.bin.join("chunkd"));
+            let mut c = env.in_ns(&net.node(i), env.bin.join("chunkd"));
             c.arg("--dir")
                 .arg(d.join("chunkd"))
                 .args(["--pool", &self.pool])
@@ -94,7 +94,7 @@ impl System for Blobvirt {
             for sub in ["mnt", "cache"] {
                 std::fs::create_dir_all(d.join(sub))?;
             }
-            let mut c = in_ns(&net.node(i), env.bin.join("mirrord"));
+            let mut c = env.in_ns(&net.node(i), env.bin.join("mirrord"));
             c.args(["--pool", &self.pool])
                 .arg("--mount")
                 .arg(d.join("mnt"))

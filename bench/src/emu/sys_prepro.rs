@@ -16,7 +16,7 @@ use std::time::Duration;
 use anyhow::Result;
 
 use super::instances::Spec;
-use super::proc::{disk_usage, in_ns, Daemon};
+use super::proc::{disk_usage, Daemon};
 use super::{Env, System};
 
 const PORT: u16 = 9000;
@@ -57,7 +57,7 @@ impl System for Prepro {
         let srv = env.srv_dir();
         env.serve_image()?;
         if self.mode == Mode::Http {
-            let mut c = in_ns(&env.net.srv(), "busybox");
+            let mut c = env.in_ns(&env.net.srv(), "busybox");
             c.args(["httpd", "-f", "-p"])
                 .arg(format!("{}:{PORT}", env.net.srv_addr()))
                 .arg("-h")
@@ -107,7 +107,7 @@ impl System for Prepro {
 
     fn on_go(&mut self, env: &Env) -> Result<()> {
         if self.mode == Mode::Chain {
-            let mut c = in_ns(&env.net.srv(), "socat");
+            let mut c = env.in_ns(&env.net.srv(), "socat");
             c.arg("-u")
                 .arg(format!(
                     "OPEN:{}",

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::Result;
 
 use super::instances::Spec;
-use super::proc::{disk_usage, in_ns, Daemon};
+use super::proc::{disk_usage, Daemon};
 use super::{Env, System};
 
 const NBD_PORT: u16 = 10809;
@@ -30,7 +30,7 @@ impl System for Qcow2 {
 
     fn setup(&mut self, env: &Env) -> Result<()> {
         let img = env.serve_image()?;
-        let mut c = in_ns(&env.net.srv(), "qemu-nbd");
+        let mut c = env.in_ns(&env.net.srv(), "qemu-nbd");
         c.args([
             "--read-only",
             "--persistent",
@@ -87,7 +87,7 @@ impl System for Qcow2 {
                 env.net.srv_addr(),
                 snaps.join(format!("inst-{}.qcow2", i + 1)).display()
             );
-            let mut c = in_ns(&env.net.srv(), "bash");
+            let mut c = env.in_ns(&env.net.srv(), "bash");
             c.args(["-o", "pipefail", "-c", &cmd]);
             let log = env.dir.join(format!("sink-{}.log", i + 1));
             sinks.push(Daemon::spawn(
@@ -101,7 +101,7 @@ impl System for Qcow2 {
         let mut senders = Vec::new();
         for i in 0..n {
             let ov = env.node_dir(i).join("overlay.qcow2");
-            let mut c = in_ns(&env.net.node(i), "socat");
+            let mut c = env.in_ns(&env.net.node(i), "socat");
             c.arg("-u")
                 .arg(format!("OPEN:{}", ov.display()))
                 .arg(format!(
