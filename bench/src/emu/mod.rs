@@ -16,7 +16,7 @@
 //! * [`phase`] — the counters of one timed phase, begin to end.
 //! * [`model`] — per node: the time it would need on its own 2 cores and
 //!   its own disk; the phase's model time is the slowest node's.
-//! * [`report`] — tables, lower bounds, plots.
+//! * [`report`] — tables and lower bounds; [`plot`] — the plots.
 //! * [`sample`] — the whole machine's CPU and disk in a phase, and the
 //!   disk bandwidth the model uses.
 
@@ -25,6 +25,7 @@ pub mod instances;
 pub mod model;
 pub mod opts;
 pub mod phase;
+pub mod plot;
 pub mod report;
 pub mod sample;
 pub mod sys_blobvirt;
