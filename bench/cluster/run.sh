@@ -13,7 +13,10 @@
 #   --quick    N = 1,4 and one run each (a smoke run of a few minutes)
 # Environment: NODES (default 1,4,8,16,32), RUNS (3), HTTP_LARGE_RUNS (1:
 #   runs of HTTP prepropagation at N >= 16, link-bound at N x 2 GiB / 1 Gbit/s),
-#   DIR (/var/tmp/blobvirt-emu), OUT (bench/results/emu), SYSTEMS_B, SYSTEMS_A.
+#   DIR (/var/tmp/blobvirt-emu), OUT (bench/results/emu), SYSTEMS_B, SYSTEMS_A,
+#   SLOW_DISK_MBPS (unset: throttle every node's disk I/O to this many MB/s,
+#   blkio v1; results go to tables-LABEL-slowM.md), DISK_MBPS (unset: the
+#   disk bandwidth of the per-node model; default: measured by each run).
 # Everything the harness creates (namespaces, processes, mounts) is removed
 # when it ends, also on failure or Ctrl-C; `blobvirt-bench emu-clean`
 # removes what a killed run left.
@@ -34,9 +37,13 @@ bash bench/cluster/install-deps.sh
 cargo build --release -q --workspace --bins
 bench=target/release/blobvirt-bench
 mkdir -p "$dir" "$out"
-rm -f "$out/results.jsonl"
+# A slow-disk run adds to the records of the normal one.
+[ -n "${SLOW_DISK_MBPS:-}" ] || rm -f "$out/results.jsonl"
 
-common=(--nodes "$nodes" --runs "$runs" --dir "$dir" --out "$out")
+disk=()
+[ -n "${SLOW_DISK_MBPS:-}" ] && disk+=(--slow-disk-mbps "$SLOW_DISK_MBPS")
+[ -n "${DISK_MBPS:-}" ] && disk+=(--disk-mbps "$DISK_MBPS")
+common=(--nodes "$nodes" --runs "$runs" --dir "$dir" --out "$out" "${disk[@]}")
 
 # Trace b without HTTP first: these systems are CPU-bound on this machine.
 "$bench" emu "${common[@]}" --label b --systems "${SYSTEMS_B:-blobvirt,qcow2-nbd,prepro-chain}"
@@ -53,12 +60,12 @@ fi
 
 # Prepropagation copies the whole image whatever the trace: one run of the
 # chain for trace a shows it.
-"$bench" emu --nodes "$nodes" --runs 1 --dir "$dir" --out "$out" --label a \
+"$bench" emu --nodes "$nodes" --runs 1 --dir "$dir" --out "$out" "${disk[@]}" --label a \
   --image "$dir/guest-2048.raw" --trace "$dir/guest-boot.trace" --systems prepro-chain
 
 # blobvirt with one replica (what the qcow2 server keeps), for the snapshot.
 if [ "${1:-}" != --quick ]; then
-  "$bench" emu --nodes 1,32 --runs "$runs" --dir "$dir" --out "$out" --label b-r1 --replicas 1 --systems blobvirt
+  "$bench" emu --nodes 1,32 --runs "$runs" --dir "$dir" --out "$out" "${disk[@]}" --label b-r1 --replicas 1 --systems blobvirt
 fi
 
 "$bench" emu-report --out "$out" >/dev/null
