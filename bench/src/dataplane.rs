@@ -241,18 +241,7 @@ async fn one_run(
             .arg(format!("bs={}", o.dd_bs))
             .arg("status=none"))
     })?;
-    let st = md
-        .client
-        .status()
-        .await?
-        .volumes
-        .into_iter()
-        .find(|v| v.name == name)
-        .context("volume not attached after the read")?;
-    anyhow::ensure!(
-        st.chunks_present == st.chunks,
-        "the volume is not fully local after a full read"
-    );
+    crate::mirror::wait_all_local(md, &name).await?;
     let _ = std::fs::remove_file(&img);
     md.client.detach(&name, true).await.ok();
     cluster.cli(&["vol-delete", &name])?;

@@ -119,6 +119,26 @@ async fn status(md: &Mirrord, name: &str) -> Result<mirrord_client::VolumeStatus
         .with_context(|| format!("volume {name} is not attached"))
 }
 
+/// The volume's status once every chunk is local: fetched chunks reach the
+/// data file in the background, a moment after the read that fetched them
+/// was answered. Fails after 10 s.
+pub async fn wait_all_local(md: &Mirrord, name: &str) -> Result<mirrord_client::VolumeStatus> {
+    let t = Instant::now();
+    loop {
+        let st = status(md, name).await?;
+        if st.chunks_present == st.chunks {
+            return Ok(st);
+        }
+        anyhow::ensure!(
+            t.elapsed() < Duration::from_secs(10),
+            "volume {name} is not fully local 10 s after a full read ({} of {} chunks)",
+            st.chunks_present,
+            st.chunks
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 async fn timed_seq(path: PathBuf) -> Result<(u64, f64)> {
     blocking(move || seq_read(&path, MIB as usize, false, None)).await
 }
@@ -188,11 +208,7 @@ async fn one_run(o: &Opts, bin: &Path, cluster: &Cluster, repo: &Repo, r: usize)
         "cold read through the mount returned {n} bytes, expected {size}"
     );
     run.cold = secs;
-    let st = status(&md, &name).await?;
-    anyhow::ensure!(
-        st.chunks_present == st.chunks,
-        "the volume is not fully local after a full read"
-    );
+    let st = wait_all_local(&md, &name).await?;
     (run.cold_fetches, run.cold_readahead) = (st.fetches as f64, st.readahead as f64);
 
     // Fully local: the mount against the mirror's data file, both cold,

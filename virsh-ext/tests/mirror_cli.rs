@@ -48,6 +48,14 @@ fn mount_read_write_commit_clone() {
 
     let out = m.ok(&["attach", "disk"]);
     assert!(out.starts_with("attached disk@1 (4.0 MiB"), "{out}");
+    // Fetched chunks reach the cache file a moment after the read that
+    // fetched them is answered.
+    let t = std::time::Instant::now();
+    while m.vol_status("disk")["chunks_present"].as_u64() < Some(12)
+        && t.elapsed() < std::time::Duration::from_secs(10)
+    {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
     let s = m.vol_status("disk");
     for f in [
         "version",

@@ -401,16 +401,11 @@ impl Mirror {
             let edge = old_size.min(new_size);
             let straddle = (!edge.is_multiple_of(cs)).then_some(edge / cs);
             if let Some(i) = straddle {
-                if self
-                    .ensure(i, false)
-                    .await
-                    .map_err(|e| MirrorError::Io {
-                        op: "fetch",
-                        path: format!("chunk {i} of {name}"),
-                        source: std::io::Error::from_raw_os_error(e),
-                    })?
-                    .is_some()
-                {
+                if !self.ensure_local(i).await.map_err(|e| MirrorError::Io {
+                    op: "fetch",
+                    path: format!("chunk {i} of {name}"),
+                    source: std::io::Error::from_raw_os_error(e),
+                })? {
                     return Err(MirrorError::io(
                         "store",
                         &self.dir().join("data"),

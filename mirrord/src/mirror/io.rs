@@ -154,90 +154,145 @@ impl Mirror {
         Err(libc::EIO)
     }
 
-    /// Makes chunk `i` local unless it is local already or a hole. Concurrent
-    /// callers for the same chunk share one fetch.
+    /// Fetches chunk `i` unless it is local already or a hole, and returns
+    /// its bytes to serve; they are stored in the data file in the
+    /// background (see [`Mirror::ensure_local`] to wait for that).
+    /// Concurrent callers for the same chunk share one fetch.
     pub(crate) async fn ensure(self: &Arc<Self>, i: u64, prefetch: bool) -> Fetched {
         let counter = prefetch.then_some(&self.stats.prefetched);
         self.ensure_counted(i, counter).await
     }
 
-    /// [`Mirror::ensure`] that adds one to `counter` when this call did
-    /// the fetch (not when it joined another caller's).
+    /// [`Mirror::ensure`] that, when `counter` is given, also waits for
+    /// the store and then adds one to `counter` if this call did the fetch
+    /// (not when it joined another caller's). Prefetches go through here:
+    /// waiting for the store bounds how many fetched chunks sit in memory.
     pub(crate) async fn ensure_counted(
         self: &Arc<Self>,
         i: u64,
         counter: Option<&std::sync::atomic::AtomicU64>,
     ) -> Fetched {
-        let (cell, id) = {
-            let mut inner = lock(&self.inner);
-            let u = i as usize;
-            if u >= inner.st.len() || inner.st[u].is_local() {
-                return Ok(None);
-            }
-            let Some(id) = inner.ids[u] else {
-                return Ok(None);
-            };
-            (inner.inflight.entry(i).or_default().clone(), id)
+        let Some(fetch) = self.fetch_entry(i) else {
+            return Ok(None);
         };
+        let (fetch, id) = fetch;
         let mut leader = false;
-        let r = cell
+        let r = fetch
+            .cell
             .get_or_init(|| {
                 leader = true;
-                self.fetch_store(i, id)
+                self.fetch_store(i, id, fetch.clone())
             })
             .await
             .clone();
-        if let Some(c) = counter.filter(|_| leader && r.is_ok()) {
-            c.fetch_add(1, Ordering::Relaxed);
+        if let Some(c) = counter {
+            fetch.stored().await;
+            if leader && r.is_ok() {
+                c.fetch_add(1, Ordering::Relaxed);
+            }
         }
         r
     }
 
-    async fn fetch_store(self: &Arc<Self>, i: u64, id: ChunkId) -> Fetched {
-        let res = match self.fetch_remote(i, id).await {
-            Err(e) => Err(e),
-            Ok(data) => {
-                self.stats.fetches.fetch_add(1, Ordering::Relaxed);
-                self.stats
-                    .bytes_fetched
-                    .fetch_add(data.len() as u64, Ordering::Relaxed);
-                let len = chunk_len(lock(&self.inner).size, self.chunk_size, i) as usize;
-                let m = self.clone();
-                let d = data.clone();
-                let stored = tokio::task::spawn_blocking(move || {
-                    let at = i * m.chunk_size;
-                    if d.len() == len {
-                        return m.data.write_all_at(&d, at);
-                    }
-                    let mut buf = d.to_vec();
-                    buf.resize(len, 0);
-                    m.data.write_all_at(&buf, at)
-                })
-                .await
-                .unwrap_or_else(|e| Err(std::io::Error::other(e)));
-                match stored {
-                    Ok(()) => {
-                        let mut inner = lock(&self.inner);
-                        let u = i as usize;
-                        if u < inner.st.len()
-                            && inner.st[u] == ChunkState::Absent
-                            && inner.ids[u] == Some(id)
-                        {
-                            inner.st[u] = ChunkState::Present;
-                            inner.changed = true;
-                        }
-                        inner.inflight.remove(&i);
-                        return Ok(None);
-                    }
-                    Err(e) => {
-                        tracing::warn!(volume = %self.name(), chunk = i, "cannot store a fetched chunk in the cache ({e}); serving it from memory");
-                        Ok(Some(data))
-                    }
-                }
+    /// Makes chunk `i` local in the data file (unless it is a hole): fetches
+    /// it and waits for its store. False when the fetched bytes could not be
+    /// stored (cache disk full).
+    pub(crate) async fn ensure_local(self: &Arc<Self>, i: u64) -> Result<bool, Errno> {
+        let Some((fetch, id)) = self.fetch_entry(i) else {
+            return Ok(true);
+        };
+        fetch
+            .cell
+            .get_or_init(|| self.fetch_store(i, id, fetch.clone()))
+            .await
+            .clone()?;
+        fetch.stored().await;
+        let inner = lock(&self.inner);
+        let u = i as usize;
+        Ok(u >= inner.st.len() || inner.st[u].is_local() || inner.ids[u].is_none())
+    }
+
+    /// The in-flight fetch of chunk `i`, made if needed; `None` when the
+    /// chunk is local or a hole.
+    fn fetch_entry(&self, i: u64) -> Option<(Arc<super::Fetch>, ChunkId)> {
+        let mut inner = lock(&self.inner);
+        let u = i as usize;
+        if u >= inner.st.len() || inner.st[u].is_local() {
+            return None;
+        }
+        let id = inner.ids[u]?;
+        Some((inner.inflight.entry(i).or_default().clone(), id))
+    }
+
+    /// The leader's fetch: returns the bytes as soon as they are here and
+    /// verified, and writes them to the data file in the background; the
+    /// `inflight` entry goes once that write is over, so a writer of the
+    /// chunk (which waits for the entry) never races the store.
+    async fn fetch_store(
+        self: &Arc<Self>,
+        i: u64,
+        id: ChunkId,
+        fetch: Arc<super::Fetch>,
+    ) -> Fetched {
+        let data = match self.fetch_remote(i, id).await {
+            Ok(d) => d,
+            Err(e) => {
+                self.fetch_over(i, id, &fetch, false);
+                return Err(e);
             }
         };
-        lock(&self.inner).inflight.remove(&i);
-        res
+        self.stats.fetches.fetch_add(1, Ordering::Relaxed);
+        self.stats
+            .bytes_fetched
+            .fetch_add(data.len() as u64, Ordering::Relaxed);
+        let len = chunk_len(lock(&self.inner).size, self.chunk_size, i) as usize;
+        let m = self.clone();
+        let d = data.clone();
+        let fetch2 = fetch.clone();
+        tokio::spawn(async move {
+            let mm = m.clone();
+            let stored = tokio::task::spawn_blocking(move || {
+                let at = i * mm.chunk_size;
+                if d.len() == len {
+                    return mm.data.write_all_at(&d, at);
+                }
+                let mut buf = d.to_vec();
+                buf.resize(len, 0);
+                mm.data.write_all_at(&buf, at)
+            })
+            .await
+            .unwrap_or_else(|e| Err(std::io::Error::other(e)));
+            if let Err(e) = &stored {
+                tracing::warn!(volume = %m.name(), chunk = i, "cannot store a fetched chunk in the cache ({e}); serving it from memory");
+            }
+            m.fetch_over(i, id, &fetch2, stored.is_ok());
+        });
+        Ok(Some(data))
+    }
+
+    /// Ends chunk `i`'s fetch: marks it present when its bytes were stored
+    /// (and nothing changed the chunk meanwhile), drops the `inflight`
+    /// entry, and wakes whoever waits for the store.
+    fn fetch_over(&self, i: u64, id: ChunkId, fetch: &Arc<super::Fetch>, present: bool) {
+        let mut inner = lock(&self.inner);
+        let u = i as usize;
+        if present
+            && u < inner.st.len()
+            && inner.st[u] == ChunkState::Absent
+            && inner.ids[u] == Some(id)
+        {
+            inner.st[u] = ChunkState::Present;
+            inner.changed = true;
+        }
+        if inner
+            .inflight
+            .get(&i)
+            .is_some_and(|f| Arc::ptr_eq(f, fetch))
+        {
+            inner.inflight.remove(&i);
+        }
+        drop(inner);
+        fetch.done();
     }
 
     async fn fetch_remote(&self, i: u64, id: ChunkId) -> Result<Bytes, Errno> {
@@ -362,11 +417,10 @@ impl Mirror {
                 Err(Blocked::Fetch(need)) => {
                     self.demand.fetch_add(1, Ordering::SeqCst);
                     let res =
-                        futures::future::join_all(need.iter().map(|&i| self.ensure(i, false)))
-                            .await;
+                        futures::future::join_all(need.iter().map(|&i| self.ensure_local(i))).await;
                     self.demand.fetch_sub(1, Ordering::SeqCst);
                     for r in res {
-                        if r?.is_some() {
+                        if !r? {
                             return Err(libc::ENOSPC);
                         }
                     }
@@ -449,7 +503,7 @@ impl Mirror {
                 waiting
             };
             for i in waiting {
-                self.ensure(i, false).await?;
+                self.ensure_local(i).await?;
             }
         }
         Err(libc::EIO)

@@ -15,8 +15,12 @@
 //!   resize/rebase), so phase 1 sees no half-done write.
 //! * `shadow` holds the chunks frozen by phase 1 that phase 2 has not read
 //!   yet, and the copies writers made of them before overwriting them.
-//! * a fetch is one `OnceCell` per chunk in `inner.inflight`: every reader of
-//!   the chunk awaits the same cell, so each chunk is fetched once.
+//! * a fetch is one [`Fetch`] per chunk in `inner.inflight`: every reader of
+//!   the chunk awaits the same cell, so each chunk is fetched once. The
+//!   readers are answered from the fetched bytes as soon as they arrive;
+//!   the copy into the data file is written in the background, and the
+//!   entry stays in `inflight` until it is, so writers (and anything that
+//!   needs the chunk in the data file) wait for the store, never readers.
 //! * `ra` detects sequential streams and fetches ahead of them (`readahead`).
 
 mod attach;
@@ -48,10 +52,32 @@ pub const MAX_SIZE: u64 = 16 << 40;
 /// An errno value (`libc::E*`) for the FUSE layer.
 pub type Errno = i32;
 
-/// What one fetch produced: `None` when the chunk is now local, the bytes
-/// when they could not be stored (cache disk full) and must be served from
-/// memory, an errno on failure.
+/// What one fetch produced: `None` when the chunk was local already, the
+/// fetched bytes (being stored in the data file in the background, or not
+/// storable: cache disk full), an errno on failure.
 type Fetched = Result<Option<Bytes>, Errno>;
+
+/// One chunk's fetch: the result readers share, and whether the fetched
+/// bytes have reached the data file (or failed to) and the entry left
+/// `inflight`.
+#[derive(Default)]
+pub(crate) struct Fetch {
+    pub(crate) cell: tokio::sync::OnceCell<Fetched>,
+    stored: tokio::sync::watch::Sender<bool>,
+}
+
+impl Fetch {
+    /// Returns once the fetch is over and its bytes are in the data file
+    /// (or could not be written there).
+    pub(crate) async fn stored(&self) {
+        let mut rx = self.stored.subscribe();
+        let _ = rx.wait_for(|done| *done).await;
+    }
+
+    fn done(&self) {
+        self.stored.send_replace(true);
+    }
+}
 
 /// Errors of mirror operations.
 #[derive(Debug, thiserror::Error)]
@@ -186,7 +212,7 @@ pub(crate) struct Inner {
     pub(crate) st: Vec<ChunkState>,
     /// Chunks written since the last COMMIT phase 1.
     pub(crate) dirty: BTreeSet<u64>,
-    pub(crate) inflight: HashMap<u64, Arc<tokio::sync::OnceCell<Fetched>>>,
+    pub(crate) inflight: HashMap<u64, Arc<Fetch>>,
     /// The state map changed since it was last written.
     pub(crate) changed: bool,
     /// First-read order since attach (boot profile).

@@ -137,7 +137,13 @@ async fn setup(dir: &std::path::Path, data: &[u8]) -> (Repo, Arc<Faulty>, Arc<Mi
     (repo, f, m)
 }
 
-fn state(m: &Mirror, i: usize) -> ChunkState {
+/// Chunk `i`'s state once its fetch, if any, is over (fetched bytes are
+/// stored in the background after the read that fetched them returns).
+async fn state(m: &Mirror, i: usize) -> ChunkState {
+    let fetch = super::lock(&m.inner).inflight.get(&(i as u64)).cloned();
+    if let Some(f) = fetch {
+        f.stored().await;
+    }
     super::lock(&m.inner).st[i]
 }
 
@@ -163,7 +169,7 @@ async fn readers_of_a_slow_chunk_share_one_fetch() {
         1,
         "8 readers of one chunk must share one fetch"
     );
-    assert_eq!(state(&m, 1), ChunkState::Present);
+    assert_eq!(state(&m, 1).await, ChunkState::Present);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -174,12 +180,37 @@ async fn a_failed_fetch_is_eio_and_is_not_remembered() {
     f.set(Fault::FailGet);
     assert_eq!(m.read(2 * CS as u64, 10).await, Err(libc::EIO));
     assert!(f.gets.load(Ordering::SeqCst) >= 2, "the fetch is retried");
-    assert_eq!(state(&m, 2), ChunkState::Absent);
+    assert_eq!(state(&m, 2).await, ChunkState::Absent);
     // Once the repository answers again, the same read succeeds.
     f.set(Fault::None);
     let got = m.read(2 * CS as u64, 10).await.unwrap();
     assert!(got == base[2 * CS..2 * CS + 10]);
-    assert_eq!(state(&m, 2), ChunkState::Present);
+    assert_eq!(state(&m, 2).await, ChunkState::Present);
+}
+
+/// A guest write of a whole chunk right after the read that fetched it,
+/// while the fetched bytes may still be on their way into the data file:
+/// the write must win (writers wait for an in-flight chunk's store).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_after_a_read_is_not_undone_by_the_background_store() {
+    let t = tempfile::tempdir().unwrap();
+    let base = pattern(21, 16 * CS);
+    let (_repo, _f, m) = setup(t.path(), &base).await;
+    let new = vec![0xa5u8; CS];
+    for i in 0..16u64 {
+        let off = i * CS as u64;
+        let got = m.read(off, 10).await.unwrap();
+        assert!(got == base[off as usize..off as usize + 10]);
+        assert_eq!(m.write(off, &new).await, Ok(CS));
+    }
+    for i in 0..16usize {
+        assert_eq!(state(&m, i).await, ChunkState::Dirty, "chunk {i}");
+        let got = m.read((i * CS) as u64, CS as u64).await.unwrap();
+        assert!(
+            got == new,
+            "chunk {i}: the fetched bytes overwrote the guest's write"
+        );
+    }
 }
 
 /// A commit through `fault` fails, publishes nothing and keeps the change;
@@ -200,7 +231,7 @@ async fn commit_survives(fault: Fault, seed: u8) {
         1,
         "{fault:?}: a version was published"
     );
-    assert_eq!((m.version(), state(&m, 1)), (1, ChunkState::Dirty));
+    assert_eq!((m.version(), state(&m, 1).await), (1, ChunkState::Dirty));
     assert!(m.read(0, want.len() as u64).await.unwrap() == want);
     f.set(Fault::None);
     let out = m.commit().await.unwrap();
