@@ -1,7 +1,9 @@
 //! The emulated-cluster harness end to end, small (2 nodes, 64 MiB image):
 //! every system runs through real namespaces, shaped links and the real
 //! daemons, the numbers it reports are checked against what the link
-//! counters must show, and nothing is left behind, also after Ctrl-C.
+//! counters must show, every node's CPU, disk and link use adds up, and
+//! nothing (namespace, process, mount, cgroup) is left behind, also after
+//! Ctrl-C.
 //! Needs root (network namespaces, FUSE); skipped otherwise.
 
 use std::path::{Path, PathBuf};
@@ -37,6 +39,12 @@ fn leftovers(pid: u32, dir: &Path) -> Vec<String> {
                 .collect()
         })
         .unwrap_or_default();
+    for h in ["cpuacct", "blkio"] {
+        let cg = format!("/sys/fs/cgroup/{h}/blobvirt-emu-{pid}");
+        if Path::new(&cg).exists() {
+            out.push(format!("cgroup {cg}"));
+        }
+    }
     let d = dir.to_string_lossy().into_owned();
     out.extend(
         std::fs::read_to_string("/proc/self/mountinfo")
@@ -162,7 +170,63 @@ fn every_system_runs_and_counts_its_bytes() {
         assert!(added <= copies * written * 1.2, "{s}: {added}");
         assert!(snap["mean_s"].as_f64().unwrap() > 0.0);
     }
+    // Per node: the server and both nodes, adding up to the machine.
+    for r in &rows {
+        for phase in ["deploy", "snapshot"] {
+            if r[phase].is_null() {
+                continue;
+            }
+            check_nodes(r, phase);
+        }
+    }
+    // The server sends qcow2's boot sets and reads them from its disk.
+    let q = &by("qcow2-nbd")["deploy"];
+    let node = |i: usize, k: &str| q["per_node"][i][k].as_f64().unwrap();
+    assert!(node(0, "sent_bytes") >= 2.0 * unique * 0.95, "{q}");
+    // (Disk bytes are counted only when the work directory is on a disk.)
+    if q["model"]["machine_disk_bytes"].as_f64() > Some(0.0) {
+        assert!(node(0, "read_bytes") > node(1, "read_bytes"), "{q}");
+    }
     assert!(t.path().join("out/tables-b.md").exists());
+    let md = std::fs::read_to_string(t.path().join("out/tables-b.md")).unwrap();
+    assert!(md.contains("per-node model s"), "{md}");
+}
+
+/// A phase's per-node records: one per node and the server, each with its
+/// model the largest of its terms, and the nodes' CPU with the harness's,
+/// the other processes' and the switch making the machine's time.
+fn check_nodes(r: &Value, phase: &str) {
+    let p = &r[phase];
+    let nodes = p["per_node"].as_array().unwrap_or_else(|| panic!("{r}"));
+    assert_eq!(nodes.len(), 3, "{p}");
+    assert_eq!(nodes[0]["node"], "srv");
+    let f = |v: &Value, k: &str| v[k].as_f64().unwrap_or_else(|| panic!("{k} in {v}"));
+    let m = &p["model"];
+    let mut worst: f64 = 0.0;
+    let mut cpu = 0.0;
+    for n in nodes {
+        let terms = [f(n, "link_s"), f(n, "cpu_bound_s"), f(n, "disk_s")];
+        let model = terms.iter().cloned().fold(0.0, f64::max);
+        assert!((f(n, "model_s") - model).abs() < 1e-9, "{n}");
+        assert!((f(n, "cpu_with_share_s") - f(n, "cpu_s") - f(m, "switch_share_s")).abs() < 1e-9);
+        worst = worst.max(model);
+        cpu += f(n, "cpu_s");
+    }
+    assert!((f(m, "s") - worst).abs() < 1e-9, "{m}");
+    assert!((f(m, "procs_cpu_s") - cpu).abs() < 1e-9, "{m}");
+    assert!(
+        (f(m, "switch_share_s") * 3.0 - f(m, "switch_cpu_s")).abs() < 1e-9,
+        "{m}"
+    );
+    // Ticks of 10 ms on 2 CPUs against the cgroups' ns: a little slack.
+    let parts = cpu + f(m, "harness_cpu_s") + f(m, "other_procs_cpu_s") + f(m, "switch_cpu_s");
+    let machine = f(m, "machine_cpu_s");
+    assert!(
+        (parts - machine).abs() <= 0.1 + 0.05 * machine,
+        "{phase} of {}: {parts} vs {machine}: {m}",
+        r["system"]
+    );
+    assert!(cpu > 0.0, "{m}");
 }
 
 #[test]
