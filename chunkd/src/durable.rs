@@ -8,9 +8,14 @@
 //!   rename, [`Syncer::names`] after it.
 //! - **Staged Puts** (`store::staged`) are acknowledged once written to
 //!   `tmp/`, unsynced; Flush makes all of them durable at once:
-//!   [`Syncer::all`] (every staged file's data), the renames into `chunks/`,
-//!   then [`Syncer::all`] again (the names). That is one `syncfs(2)` round
-//!   each, in both modes, shared with concurrent Puts in syncfs mode.
+//!   [`Syncer::files`] (every staged file's data), the renames into
+//!   `chunks/`, then [`Syncer::dirs`] (the names). In PerPut mode these
+//!   are `fdatasync`s of the staged files and `fsync`s of the prefix
+//!   directories they went to, several at once; in Syncfs mode one
+//!   `syncfs(2)` round each, shared with concurrent Puts. Flush used to run
+//!   `syncfs` in both modes, which also wrote back every other dirty page
+//!   of the file system: on a compute node, its guests' mirror data, and
+//!   on the emulated test bed, every other node's.
 //!
 //! Two modes for Puts, both correct (no Put is acknowledged before its data
 //! and its directory entry are on disk, and no file is renamed into place
@@ -74,6 +79,31 @@ struct Round {
     failure: Option<(io::ErrorKind, Option<i32>, String)>,
 }
 
+/// Threads that sync the files of one Flush at once.
+pub const FLUSH_THREADS: usize = 8;
+
+/// Runs `f` on every item, from up to [`FLUSH_THREADS`] threads; the first
+/// error wins.
+fn parallel<T: Sync>(items: &[T], f: impl Fn(&T) -> io::Result<()> + Sync) -> io::Result<()> {
+    if items.len() <= 1 {
+        return items.iter().try_for_each(&f);
+    }
+    let per = items.len().div_ceil(FLUSH_THREADS);
+    std::thread::scope(|s| {
+        let hs: Vec<_> = items
+            .chunks(per)
+            .map(|part| s.spawn(|| part.iter().try_for_each(&f)))
+            .collect();
+        hs.into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err(io::Error::other("sync thread panicked")))
+            })
+            .collect::<io::Result<Vec<()>>>()
+            .map(drop)
+    })
+}
+
 /// The 256 prefix directories of the chunk store, kept open for fsync, and
 /// the group commit state.
 pub struct Syncer {
@@ -116,11 +146,30 @@ impl Syncer {
         }
     }
 
-    /// Returns once everything written to the store's file system before
-    /// this call (data and renames) is durable: one `syncfs` round, in both
-    /// modes. Used by Flush for staged Puts. Blocks.
-    pub fn all(&self) -> io::Result<()> {
-        self.round()
+    /// Returns once the data written to each of `paths` is durable (Flush
+    /// of staged Puts). PerPut: an `fdatasync` of each file, from up to
+    /// [`FLUSH_THREADS`] threads at once so that ext4 merges their journal
+    /// commits; nothing else on the file system is written back (a
+    /// compute node's disk also holds its guests' mirror data). Syncfs:
+    /// one shared round. Blocks.
+    pub fn files(&self, paths: &[&std::path::Path]) -> io::Result<()> {
+        match self.mode {
+            Durability::PerPut => parallel(paths, |p| File::open(p)?.sync_data()),
+            Durability::Syncfs => self.round(),
+        }
+    }
+
+    /// Returns once every rename into the prefix directories `prefixes`
+    /// done before this call is durable (Flush of staged Puts). PerPut: an
+    /// `fsync` of each of those directories; Syncfs: one shared round.
+    pub fn dirs(&self, prefixes: &std::collections::BTreeSet<u8>) -> io::Result<()> {
+        match self.mode {
+            Durability::PerPut => {
+                let dirs: Vec<&File> = prefixes.iter().map(|&p| &self.dirs[p as usize]).collect();
+                parallel(&dirs, |d| d.sync_all())
+            }
+            Durability::Syncfs => self.round(),
+        }
     }
 
     /// How many `syncfs` rounds have finished (for tests).
