@@ -31,6 +31,7 @@ use blobvirt_core::proto as pb;
 
 use crate::cluster::{Cluster, SuiteOpts};
 use crate::mirror::daemon::Mirrord;
+use crate::procstat;
 use crate::repo::{sh, write_random};
 use crate::stats::summarize;
 
@@ -64,24 +65,6 @@ fn warm(mib: usize) {
     std::hint::black_box(&v);
 }
 
-/// utime + stime of a process, in clock ticks; fields 14 and 15 of
-/// `/proc/PID/stat` (counted after the parenthesised command name), or
-/// cutime + cstime (16, 17) with `children`.
-fn ticks(pid: &str, children: bool) -> Option<u64> {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let rest = &s[s.rfind(')')? + 2..];
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    // `rest` starts at field 3 (state).
-    let (a, b) = if children { (13, 14) } else { (11, 12) };
-    Some(f.get(a)?.parse::<u64>().ok()? + f.get(b)?.parse::<u64>().ok()?)
-}
-
-/// Seconds per clock tick of `/proc/PID/stat`: USER_HZ, which Linux fixes
-/// at 100 on every architecture blobvirt runs on.
-fn tick_secs() -> f64 {
-    0.01
-}
-
 /// CPU-seconds of every daemon and of this process's waited-for children.
 #[derive(Clone)]
 struct CpuSnap {
@@ -99,9 +82,12 @@ impl Meter {
             procs: self
                 .pids
                 .iter()
-                .map(|(n, p)| (n.clone(), ticks(&p.to_string(), false).unwrap_or(0)))
+                .map(|(n, p)| {
+                    let ticks = procstat::read(&p.to_string()).map_or(0, |s| s.ticks);
+                    (n.clone(), ticks)
+                })
                 .collect(),
-            children: ticks("self", true).unwrap_or(0),
+            children: procstat::read("self").map_or(0, |s| s.child_ticks),
         }
     }
 }
@@ -134,7 +120,7 @@ fn measure(m: &Meter, warm_mib: usize, f: impl FnOnce() -> Result<()>) -> Result
     f()?;
     let wall = t.elapsed().as_secs_f64();
     let b = m.snap();
-    let k = tick_secs();
+    let k = procstat::TICK_S;
     Ok(Step {
         wall,
         client: (b.children - a.children) as f64 * k,

@@ -7,6 +7,7 @@ mod cluster;
 mod dataplane;
 mod emu;
 mod mirror;
+mod procstat;
 mod repo;
 mod stats;
 mod workload;

@@ -10,9 +10,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 
-/// Seconds per clock tick of `/proc/stat` and `/proc/PID/stat`: USER_HZ,
-/// which Linux fixes at 100 on every architecture blobvirt runs on.
-pub const TICK_S: f64 = 0.01;
+pub use crate::procstat::TICK_S;
 
 fn stat_cpu() -> Vec<u64> {
     let s = std::fs::read_to_string("/proc/stat").unwrap_or_default();
@@ -46,13 +44,7 @@ pub fn machine_ticks() -> u64 {
 
 /// utime + stime of this process (all its threads), in ticks.
 pub fn self_ticks() -> u64 {
-    let s = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    let Some(end) = s.rfind(')') else { return 0 };
-    let f: Vec<&str> = s[end + 1..].split_whitespace().collect();
-    // After the command name: field 3 (state) is f[0]; utime, stime are
-    // fields 14 and 15.
-    let n = |i: usize| f.get(i).and_then(|x| x.parse::<u64>().ok()).unwrap_or(0);
-    n(11) + n(12)
+    crate::procstat::read("self").map_or(0, |s| s.ticks)
 }
 
 /// The work directory's disk at one moment, from /proc/diskstats.
@@ -190,12 +182,10 @@ pub fn others(ours: &str) -> Others {
         let Ok(s) = std::fs::read_to_string(e.path().join("stat")) else {
             continue;
         };
-        let Some(end) = s.rfind(')') else { continue };
-        let f: Vec<&str> = s[end + 1..].split_whitespace().collect();
-        let n = |i: usize| f.get(i).and_then(|x| x.parse::<u64>().ok()).unwrap_or(0);
-        // f[k] is field k + 3: flags 9, utime 14, stime 15, cutime 16,
-        // cstime 17, starttime 22.
-        let kthread = n(6) & PF_KTHREAD != 0;
+        let Some(st) = crate::procstat::parse(&s) else {
+            continue;
+        };
+        let kthread = st.flags & PF_KTHREAD != 0;
         if !kthread {
             let cg = std::fs::read_to_string(e.path().join("cgroup")).unwrap_or_default();
             if cg
@@ -205,7 +195,7 @@ pub fn others(ours: &str) -> Others {
                 continue;
             }
         }
-        by.insert((pid, n(19)), (kthread, n(11) + n(12), n(13) + n(14)));
+        by.insert((pid, st.start), (kthread, st.ticks, st.child_ticks));
     }
     Others { by }
 }
