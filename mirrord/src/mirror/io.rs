@@ -172,19 +172,9 @@ impl Mirror {
         i: u64,
         counter: Option<&std::sync::atomic::AtomicU64>,
     ) -> Fetched {
-        let Some(fetch) = self.fetch_entry(i) else {
+        let Some((fetch, r, leader)) = self.join_fetch(i).await else {
             return Ok(None);
         };
-        let (fetch, id) = fetch;
-        let mut leader = false;
-        let r = fetch
-            .cell
-            .get_or_init(|| {
-                leader = true;
-                self.fetch_store(i, id, fetch.clone())
-            })
-            .await
-            .clone();
         if let Some(c) = counter {
             fetch.stored().await;
             if leader && r.is_ok() {
@@ -198,18 +188,31 @@ impl Mirror {
     /// it and waits for its store. False when the fetched bytes could not be
     /// stored (cache disk full).
     pub(crate) async fn ensure_local(self: &Arc<Self>, i: u64) -> Result<bool, Errno> {
-        let Some((fetch, id)) = self.fetch_entry(i) else {
+        let Some((fetch, r, _)) = self.join_fetch(i).await else {
             return Ok(true);
         };
-        fetch
-            .cell
-            .get_or_init(|| self.fetch_store(i, id, fetch.clone()))
-            .await
-            .clone()?;
+        r?;
         fetch.stored().await;
         let inner = lock(&self.inner);
         let u = i as usize;
         Ok(u >= inner.st.len() || inner.st[u].is_local() || inner.ids[u].is_none())
+    }
+
+    /// Joins chunk `i`'s fetch, leading it when none runs: its entry, what
+    /// it produced, and whether this call led it. `None` when the chunk is
+    /// local or a hole.
+    async fn join_fetch(self: &Arc<Self>, i: u64) -> Option<(Arc<super::Fetch>, Fetched, bool)> {
+        let (fetch, id) = self.fetch_entry(i)?;
+        let mut leader = false;
+        let r = fetch
+            .cell
+            .get_or_init(|| {
+                leader = true;
+                self.fetch_store(i, id, fetch.clone())
+            })
+            .await
+            .clone();
+        Some((fetch, r, leader))
     }
 
     /// The in-flight fetch of chunk `i`, made if needed; `None` when the
