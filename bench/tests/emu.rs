@@ -184,8 +184,11 @@ fn every_system_runs_and_counts_its_bytes() {
     let node = |i: usize, k: &str| q["per_node"][i][k].as_f64().unwrap();
     assert!(node(0, "sent_bytes") >= 2.0 * unique * 0.95, "{q}");
     // (Disk bytes are counted only when the work directory is on a disk.)
+    // The page cache is dropped before the deployment, so the server reads
+    // the boot set from its disk at least once. A node's own reads are no
+    // yardstick: after the drop it reads its programs from disk too.
     if q["model"]["machine_disk_bytes"].as_f64() > Some(0.0) {
-        assert!(node(0, "read_bytes") > node(1, "read_bytes"), "{q}");
+        assert!(node(0, "read_bytes") >= unique * 0.9, "{q}");
     }
     assert!(t.path().join("out/tables-b.md").exists());
     let md = std::fs::read_to_string(t.path().join("out/tables-b.md")).unwrap();
