@@ -86,6 +86,8 @@ async fn grpc(
         listen: "127.0.0.1:0".parse()?,
         id: Some("bench".into()),
         durability,
+        scrub_mbps: 0,
+        scrub_interval_secs: 86400,
     };
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(chunkd::run_until(opts, async move {

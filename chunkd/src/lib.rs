@@ -3,9 +3,11 @@
 //! them over gRPC (`ChunkStore` in `core/proto/blobvirt.proto`).
 //!
 //! - [`store`]: disk layout, atomic Put, verified Get, quarantine, counters,
-//!   and (`store::staged`) staged Puts made durable in bulk by Flush;
+//!   (`store::staged`) staged Puts made durable in bulk by Flush, and
+//!   (`store::scan`) the paged listing and the rate-bounded scrub;
 //! - [`durable`]: how Puts are made durable (per-Put fsyncs or syncfs group commit);
-//! - [`service`]: the gRPC service over the store;
+//! - [`service`]: the gRPC service over the store, and [`pull`] its
+//!   node-to-node copy for self-healing;
 //! - [`membership`]: registration and heartbeats with poold;
 //! - [`metrics`]: the `blobvirt_chunkd_*` metric families;
 //! - this module: options, node identity, startup and graceful shutdown.
@@ -29,6 +31,7 @@
 pub mod durable;
 pub mod membership;
 pub mod metrics;
+pub mod pull;
 pub mod service;
 pub mod store;
 
@@ -88,6 +91,13 @@ pub struct Opts {
         hide = true
     )]
     pub durability: Durability,
+    /// Background scrub: re-hash every stored chunk at this many MB/s
+    /// (0 = no background scrub; `blobvirt scrub --now` still works).
+    #[arg(long, default_value_t = 8)]
+    pub scrub_mbps: u64,
+    /// Pause between two background scrub passes.
+    #[arg(long, default_value_t = 86400)]
+    pub scrub_interval_secs: u64,
 }
 
 /// Logs to stderr with `RUST_LOG` (default info and refused TLS handshakes).
@@ -111,6 +121,13 @@ impl Opts {
         pick(&m, "advertise", &mut o.advertise, c.advertise.map(Some));
         pick(&m, "id", &mut o.id, c.node_id.map(Some));
         pick(&m, "metrics", &mut o.metrics, c.metrics.map(Some));
+        pick(&m, "scrub_mbps", &mut o.scrub_mbps, c.scrub_mbps);
+        pick(
+            &m,
+            "scrub_interval_secs",
+            &mut o.scrub_interval_secs,
+            c.scrub_interval_secs,
+        );
         if o.pool.is_empty() {
             bail!("chunkd does not know where poold is; pass --pool URL or set pool in [cluster] of {}", cfg.origin());
         }
@@ -212,6 +229,11 @@ pub async fn run_until(opts: Opts, shutdown: impl Future<Output = ()>) -> anyhow
             }
         }
     });
+    let scrubber = tokio::spawn(scrub_every(
+        store.clone(),
+        opts.scrub_mbps,
+        opts.scrub_interval_secs,
+    ));
     let stop = Arc::new(tokio::sync::Notify::new());
     let serve = blobvirt_core::tls::server_builder()
         .map_err(anyhow::Error::msg)?
@@ -241,6 +263,7 @@ pub async fn run_until(opts: Opts, shutdown: impl Future<Output = ()>) -> anyhow
     };
     member.abort();
     flusher.abort();
+    scrubber.abort();
     if let Err(e) = tokio::task::spawn_blocking(move || store.flush())
         .await
         .expect("flush task")
@@ -252,6 +275,34 @@ pub async fn run_until(opts: Opts, shutdown: impl Future<Output = ()>) -> anyhow
     res.context("serve gRPC")?;
     tracing::info!(node = %id, "chunkd stopped");
     Ok(())
+}
+
+/// Background scrub: a pass at `mbps` MB/s, then a pause of
+/// `interval_secs`, forever (nothing when `mbps` is 0). The first pass
+/// starts one interval after startup, so a restart does not rescan at once.
+async fn scrub_every(store: Arc<Store>, mbps: u64, interval_secs: u64) {
+    if mbps == 0 {
+        return;
+    }
+    /// Tells a running pass to stop when the task is aborted (shutdown).
+    struct Stop(Arc<std::sync::atomic::AtomicBool>);
+    impl Drop for Stop {
+        fn drop(&mut self) {
+            self.0.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+    let stop = Stop(Arc::default());
+    let pause = Duration::from_secs(interval_secs.max(1));
+    loop {
+        tokio::time::sleep(pause).await;
+        let (s, flag) = (store.clone(), stop.0.clone());
+        let go_on = move || !flag.load(std::sync::atomic::Ordering::Relaxed);
+        match tokio::task::spawn_blocking(move || s.scrub(mbps * 1_000_000, &go_on)).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::error!("background scrub failed: {e}"),
+            Err(e) => tracing::error!("background scrub task failed: {e}"),
+        }
+    }
 }
 
 fn check_id(id: String) -> anyhow::Result<String> {

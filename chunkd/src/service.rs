@@ -1,12 +1,14 @@
 //! The gRPC `ChunkStore` service: decodes requests, runs the [`Store`] on
-//! blocking threads and maps store errors to gRPC status codes.
+//! blocking threads and maps store errors to gRPC status codes. Pull (the
+//! node-to-node copy of self-healing) is in [`crate::pull`].
 
 use std::sync::Arc;
 
 use blobvirt_core::proto::chunk_store_server::{ChunkStore, ChunkStoreServer};
 use blobvirt_core::proto::{
     DeleteReply, DeleteRequest, FlushReply, FlushRequest, GetReply, GetRequest, HasReply,
-    HasRequest, PutLocalRequest, PutReply, PutRequest, StatsReply, StatsRequest,
+    HasRequest, ListReply, ListRequest, PullReply, PullRequest, PutLocalRequest, PutReply,
+    PutRequest, ScrubReply, ScrubRequest, StatsReply, StatsRequest,
 };
 use blobvirt_core::{ChunkId, MAX_MESSAGE};
 use tonic::{Request, Response, Status};
@@ -139,6 +141,51 @@ impl ChunkStore for ChunkService {
     async fn flush(&self, _req: Request<FlushRequest>) -> Result<Response<FlushReply>, Status> {
         let chunks = self.blocking(|s| s.flush()).await?;
         Ok(Response::new(FlushReply { chunks }))
+    }
+
+    async fn list(&self, req: Request<ListRequest>) -> Result<Response<ListReply>, Status> {
+        let r = req.into_inner();
+        let after = if r.after.is_empty() {
+            None
+        } else {
+            Some(parse_id(&r.after).map_err(to_status)?)
+        };
+        let limit = (r.limit as usize).min(crate::store::scan::PAGE * 4);
+        let (ids, done) = self
+            .blocking(move |s| s.list(after.as_ref(), limit))
+            .await?;
+        Ok(Response::new(ListReply {
+            ids: ids
+                .iter()
+                .map(|id| bytes::Bytes::copy_from_slice(&id.0))
+                .collect(),
+            done,
+        }))
+    }
+
+    async fn pull(&self, req: Request<PullRequest>) -> Result<Response<PullReply>, Status> {
+        let r = req.into_inner();
+        let ids = parse_ids(&r.ids)?;
+        let reply = crate::pull::pull(&self.store, &r.from, &ids).await?;
+        self.metrics
+            .put_chunks
+            .inc_by(reply.ok.iter().filter(|o| **o).count() as u64);
+        self.metrics.put_bytes.inc_by(reply.bytes);
+        Ok(Response::new(reply))
+    }
+
+    async fn scrub(&self, _req: Request<ScrubRequest>) -> Result<Response<ScrubReply>, Status> {
+        let r = self.blocking(|s| s.scrub(0, &|| true)).await?;
+        self.metrics.corrupt_chunks.inc_by(r.corrupt.len() as u64);
+        Ok(Response::new(ScrubReply {
+            checked: r.checked,
+            bytes: r.bytes,
+            corrupt: r
+                .corrupt
+                .iter()
+                .map(|id| bytes::Bytes::copy_from_slice(&id.0))
+                .collect(),
+        }))
     }
 
     async fn stats(&self, _req: Request<StatsRequest>) -> Result<Response<StatsReply>, Status> {

@@ -27,6 +27,7 @@ use nix::errno::Errno;
 use crate::durable::{Durability, Syncer};
 use staged::Staged;
 
+pub mod scan;
 pub mod staged;
 
 /// Errors of store operations; the service maps them to gRPC codes.

@@ -220,6 +220,7 @@ impl Repo {
                 id: n.id,
                 addr: n.addr,
                 alive: n.alive,
+                placed: n.state != "out" && !n.draining,
             })
             .collect();
         let mut v = self.view.write().expect("view lock");
@@ -262,7 +263,11 @@ impl Repo {
 
     async fn put_replicas(&self, id: ChunkId, data: Bytes, staged: bool) -> Result<Vec<String>> {
         let p = self.placement();
-        let live: Vec<&Member> = p.ranking(&id).into_iter().filter(|m| m.alive).collect();
+        let live: Vec<&Member> = p
+            .ranking(&id)
+            .into_iter()
+            .filter(|m| m.alive && m.placed)
+            .collect();
         let want = p.replicas().min(live.len());
         if want == 0 {
             return Err(RepoError::NoLiveNodes);

@@ -110,6 +110,14 @@ pub struct PooldSection {
     pub gc_interval_secs: Option<u64>,
     pub heartbeat_timeout_ms: Option<u64>,
     pub lease_ttl_ms: Option<u64>,
+    /// A chunkd down this long is *out*: its chunks get new replicas.
+    pub out_after_secs: Option<f64>,
+    /// Interval of the background self-healing pass.
+    pub repair_interval_secs: Option<f64>,
+    /// Bandwidth of recovery, rebalance and drain copies in MB/s (0: unlimited).
+    pub recovery_mbps: Option<u64>,
+    /// Chunk copies of recovery running at once.
+    pub recovery_concurrency: Option<usize>,
 }
 
 /// `[chunkd]`.
@@ -122,6 +130,10 @@ pub struct ChunkdSection {
     pub data_dir: Option<PathBuf>,
     pub node_id: Option<String>,
     pub metrics: Option<SocketAddr>,
+    /// Background scrub read rate in MB/s (0: no background scrub).
+    pub scrub_mbps: Option<u64>,
+    /// Pause between two background scrub passes.
+    pub scrub_interval_secs: Option<u64>,
 }
 
 /// `[mirrord]`.

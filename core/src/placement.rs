@@ -1,9 +1,14 @@
 //! Rendezvous (highest-random-weight) placement of chunks on chunk daemons.
 //!
 //! Every client computes a chunk's home nodes from the membership list alone.
-//! The ranking is taken over all registered nodes, dead or alive, so a node's
-//! death does not move the other chunks: writers put a chunk on the first
+//! The ranking is taken over all *placed* nodes, up or down, so a short
+//! outage does not move the other chunks: writers put a chunk on the first
 //! `replicas` live nodes of its ranking, and readers try the ranking in order.
+//! A node that is *out* (down for longer than the out time) or draining is
+//! not placed: it moves to the end of every ranking, so the next node of a
+//! chunk's ranking becomes its home, and self-healing (poold's `heal`)
+//! copies the chunk there. Readers still try it last, so a chunk is found
+//! while it moves.
 
 use crate::chunk::ChunkId;
 
@@ -13,6 +18,8 @@ pub struct Member {
     pub id: String,
     pub addr: String,
     pub alive: bool,
+    /// Takes part in placement (false: out or draining).
+    pub placed: bool,
 }
 
 fn mix(mut z: u64) -> u64 {
@@ -53,24 +60,37 @@ impl Placement {
         self.replicas
     }
 
-    /// All members, best home first.
+    /// All members, best home first: the placed ones by rendezvous
+    /// weight, then the others (out, draining) by weight.
     pub fn ranking(&self, chunk: &ChunkId) -> Vec<&Member> {
         let key = chunk.prefix_u64();
-        let mut idx: Vec<(u64, usize)> = self
+        let mut idx: Vec<(bool, u64, usize)> = self
             .seeds
             .iter()
             .enumerate()
-            .map(|(i, s)| (mix(s ^ key), i))
+            .map(|(i, s)| (self.members[i].placed, mix(s ^ key), i))
             .collect();
         idx.sort_unstable_by(|a, b| b.cmp(a));
-        idx.into_iter().map(|(_, i)| &self.members[i]).collect()
+        idx.into_iter().map(|(_, _, i)| &self.members[i]).collect()
     }
 
-    /// Where a new chunk goes: the first `replicas` live members of its ranking.
+    /// Where a new chunk goes: the first `replicas` live placed members of
+    /// its ranking (fewer when fewer are live).
     pub fn homes(&self, chunk: &ChunkId) -> Vec<&Member> {
         self.ranking(chunk)
             .into_iter()
-            .filter(|m| m.alive)
+            .filter(|m| m.alive && m.placed)
+            .take(self.replicas)
+            .collect()
+    }
+
+    /// Where a chunk belongs once every node is back: the first `replicas`
+    /// placed members of its ranking, up or down. Self-healing makes the
+    /// live ones hold it.
+    pub fn targets(&self, chunk: &ChunkId) -> Vec<&Member> {
+        self.ranking(chunk)
+            .into_iter()
+            .filter(|m| m.placed)
             .take(self.replicas)
             .collect()
     }
@@ -95,6 +115,7 @@ mod tests {
                 id: format!("node-{i}"),
                 addr: format!("a{i}"),
                 alive: true,
+                placed: true,
             })
             .collect()
     }
@@ -114,6 +135,30 @@ mod tests {
         }
         let (mx, mn) = (*counts.iter().max().unwrap(), *counts.iter().min().unwrap());
         assert!(mx as f64 <= mn as f64 * 1.15, "{counts:?}");
+    }
+
+    #[test]
+    fn an_out_node_hands_its_chunks_to_the_next_of_the_ranking() {
+        let mut m = members(5);
+        let p = Placement::new(m.clone(), 2);
+        m[3].alive = false;
+        m[3].placed = false;
+        let q = Placement::new(m, 2);
+        for i in 0..1000u32 {
+            let c = ChunkId::of(&i.to_le_bytes());
+            let before: Vec<_> = p.targets(&c).iter().map(|m| m.id.clone()).collect();
+            let after: Vec<_> = q.targets(&c).iter().map(|m| m.id.clone()).collect();
+            assert!(!after.contains(&"node-3".to_string()));
+            if !before.contains(&"node-3".to_string()) {
+                assert_eq!(before, after, "only node-3's chunks move");
+            } else {
+                // The survivor stays; the third of the old ranking joins.
+                let third = p.ranking(&c)[2].id.clone();
+                assert!(after.contains(&third), "{before:?} -> {after:?}");
+            }
+            // Readers still try node-3, last.
+            assert_eq!(q.read_order(&c).last().unwrap().id, "node-3");
+        }
     }
 
     #[test]

@@ -14,6 +14,9 @@
 //! | `G` chunk id (32) | [`GcState`] |
 //! | `P` blob u64 BE | profile: u32 LE count, then u64 LE chunk indices |
 //! | `R` chunkd id bytes | chunkd address (UTF-8) |
+//! | `D` chunkd id bytes | empty: the node is draining |
+//! | `Q` chunkd id bytes, 0, chunk id (32) | empty: GC deleted the chunk while the node was down; delete it there when it is back |
+//! | `L` volume name bytes | writer lease: holder string, expiry u64 (Unix ms) |
 //!
 //! Values are little-endian. Records begin with a format byte (currently 1)
 //! so later versions can add fields; strings are u32 LE length + UTF-8. A
@@ -46,6 +49,9 @@ pub mod key {
     pub const GC: u8 = b'G';
     pub const PROFILE: u8 = b'P';
     pub const MEMBER: u8 = b'R';
+    pub const DRAINING: u8 = b'D';
+    pub const DEFERRED: u8 = b'Q';
+    pub const LEASE: u8 = b'L';
 
     pub fn counter(name: &str) -> Vec<u8> {
         tagged(COUNTER, name.as_bytes())
@@ -86,6 +92,27 @@ pub mod key {
     }
     pub fn member(id: &str) -> Vec<u8> {
         tagged(MEMBER, id.as_bytes())
+    }
+    pub fn draining(id: &str) -> Vec<u8> {
+        tagged(DRAINING, id.as_bytes())
+    }
+    /// The prefix of every deferred deletion of node `id`.
+    pub fn deferred_of(id: &str) -> Vec<u8> {
+        let mut k = tagged(DEFERRED, id.as_bytes());
+        k.push(0);
+        k
+    }
+    pub fn deferred(node: &str, chunk: &ChunkId) -> Vec<u8> {
+        let mut k = deferred_of(node);
+        k.extend_from_slice(&chunk.0);
+        k
+    }
+    /// The chunk id at the end of a `Q` key.
+    pub fn chunk_of_deferred(k: &[u8]) -> Option<ChunkId> {
+        ChunkId::from_slice(k.get(k.len().checked_sub(32)?..)?)
+    }
+    pub fn lease(name: &str) -> Vec<u8> {
+        tagged(LEASE, name.as_bytes())
     }
 
     fn tagged(tag: u8, rest: &[u8]) -> Vec<u8> {

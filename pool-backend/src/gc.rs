@@ -11,10 +11,11 @@
 //! epoch moved past the client's, is refused with a re-upload list (see
 //! `Meta::publish`), so GC never loses a chunk a new version needs.
 //!
-//! Background passes wait while a registered chunkd is dead, so a node that
-//! is rebooting does not keep garbage forever; an explicit `Gc` RPC runs
-//! anyway and deletes on the live nodes only (the chunks then stay as
-//! unreferenced files on the dead node).
+//! GC goes on while a chunkd is down: the deletions it could not send are
+//! recorded for that node (`Meta::gc_defer`) and queued again when it is
+//! back (`heal` calls `Meta::gc_undefer`), so they go through the same
+//! epoch guard; `node remove` drops a removed node's. Self-healing passes
+//! hold the same lock as GC passes ([`Gc::exclusive`]).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -113,21 +114,15 @@ impl Gc {
         self.pass_locked(force).await
     }
 
-    /// A background pass: skipped while some registered chunkd is dead.
+    /// A background pass.
     pub async fn background_pass(&self) -> Result<u64> {
         let _one = self.running.lock().await;
-        let dead: Vec<String> = self
-            .members
-            .nodes()
-            .into_iter()
-            .filter(|n| !n.alive)
-            .map(|n| n.id)
-            .collect();
-        if !dead.is_empty() {
-            tracing::debug!(?dead, "garbage collection waits for dead chunkd nodes");
-            return Ok(0);
-        }
         self.pass_locked(false).await
+    }
+
+    /// Keeps GC passes out while the guard lives (a self-healing pass).
+    pub async fn exclusive(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.running.lock().await
     }
 
     async fn pass_locked(&self, force: bool) -> Result<u64> {
@@ -137,8 +132,18 @@ impl Gc {
         if ids.is_empty() {
             return Ok(0);
         }
-        for addr in self.members.live_addrs() {
-            delete_on(&addr, &ids).await;
+        let mut missed = Vec::new();
+        for n in self.members.nodes() {
+            if !(n.alive && delete_on(&n.addr, &ids).await) {
+                missed.push(n.id);
+            }
+        }
+        if !missed.is_empty() {
+            let meta = self.meta.clone();
+            let ids = ids.clone();
+            tracing::info!(nodes = ?missed, chunks = ids.len(),
+                "garbage collection deletes on these nodes once they are back");
+            blocking(move || meta.gc_defer(&missed, &ids)).await?;
         }
         let meta = self.meta.clone();
         let n = blocking(move || meta.gc_finish(&ids)).await?;
@@ -161,7 +166,9 @@ impl Gc {
     }
 }
 
-async fn delete_on(addr: &str, ids: &[ChunkId]) {
+/// Deletes `ids` on the chunkd at `addr`; false when it did not take them
+/// all.
+async fn delete_on(addr: &str, ids: &[ChunkId]) -> bool {
     let ch = match channel(addr) {
         Ok(ch) => ch,
         Err(e) => {
@@ -169,7 +176,7 @@ async fn delete_on(addr: &str, ids: &[ChunkId]) {
                 node = addr,
                 "cannot reach chunkd for garbage collection: {e}"
             );
-            return;
+            return false;
         }
     };
     let mut client = chunk_client(ch);
@@ -185,12 +192,13 @@ async fn delete_on(addr: &str, ids: &[ChunkId]) {
             Ok(Ok(_)) => {}
             Ok(Err(s)) => {
                 tracing::warn!(node = addr, "chunkd refused a GC delete: {}", s.message());
-                return;
+                return false;
             }
             Err(_) => {
                 tracing::warn!(node = addr, "chunkd did not answer a GC delete in 30 s");
-                return;
+                return false;
             }
         }
     }
+    true
 }

@@ -1,8 +1,10 @@
-//! Membership of the chunk daemons. Who exists (id → address) is persisted
-//! in the metadata store so a restarted poold still knows every node;
-//! liveness is in memory: a node is alive when it heartbeated within the
-//! timeout. Nodes loaded at startup count as alive for one timeout, so a
-//! poold restart does not declare the whole cluster dead.
+//! Membership of the chunk daemons. Who exists (id → address) and who is
+//! draining are persisted in the metadata store so a restarted poold still
+//! knows every node; liveness is in memory. A node is *up* when it
+//! heartbeated within the timeout, *down* after that (readers skip it), and
+//! *out* once down for longer than the out time (its chunks get new
+//! replicas; see `heal`). Nodes loaded at startup count as up for one
+//! timeout, so a poold restart does not declare the whole cluster dead.
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
@@ -16,25 +18,58 @@ struct Entry {
     addr: String,
     /// Last register/heartbeat; `None` = known from the store only.
     seen: Option<Instant>,
+    draining: bool,
+}
+
+/// A node's liveness.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum State {
+    Up,
+    Down,
+    Out,
+}
+
+impl State {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::Up => "up",
+            State::Down => "down",
+            State::Out => "out",
+        }
+    }
 }
 
 /// The chunkd membership.
 pub struct Membership {
     timeout: Duration,
+    out_after: Duration,
     started: Instant,
     nodes: Mutex<BTreeMap<String, Entry>>,
 }
 
 impl Membership {
-    /// Loads the persisted members (blocking).
-    pub fn load(meta: &Meta, timeout: Duration) -> Result<Self> {
+    /// Loads the persisted members (blocking); a node is out after
+    /// `out_after` without a heartbeat.
+    pub fn load(meta: &Meta, timeout: Duration, out_after: Duration) -> Result<Self> {
+        let draining = meta.draining()?;
         let nodes = meta
             .members()?
             .into_iter()
-            .map(|(id, addr)| (id, Entry { addr, seen: None }))
+            .map(|(id, addr)| {
+                let draining = draining.contains(&id);
+                (
+                    id,
+                    Entry {
+                        addr,
+                        seen: None,
+                        draining,
+                    },
+                )
+            })
             .collect();
         Ok(Membership {
             timeout,
+            out_after: out_after.max(timeout),
             started: Instant::now(),
             nodes: Mutex::new(nodes),
         })
@@ -51,13 +86,33 @@ impl Membership {
 
     /// Marks `id` at `addr` alive now (the caller has persisted it).
     pub fn registered(&self, id: &str, addr: &str) {
-        self.lock().insert(
+        let mut m = self.lock();
+        let draining = m.get(id).is_some_and(|e| e.draining);
+        m.insert(
             id.to_string(),
             Entry {
                 addr: addr.to_string(),
                 seen: Some(Instant::now()),
+                draining,
             },
         );
+    }
+
+    /// Marks `id` draining or not (the caller has persisted it); false
+    /// when the node is unknown.
+    pub fn set_draining(&self, id: &str, on: bool) -> bool {
+        match self.lock().get_mut(id) {
+            Some(e) => {
+                e.draining = on;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Forgets `id` (the caller has removed it from the store).
+    pub fn remove(&self, id: &str) {
+        self.lock().remove(id);
     }
 
     /// Records a heartbeat; false when the node is unknown (it must register).
@@ -71,9 +126,15 @@ impl Membership {
         }
     }
 
-    fn alive(&self, e: &Entry, now: Instant) -> bool {
-        let since = e.seen.unwrap_or(self.started);
-        now.duration_since(since) <= self.timeout
+    fn state(&self, e: &Entry, now: Instant) -> State {
+        let quiet = now.duration_since(e.seen.unwrap_or(self.started));
+        if quiet <= self.timeout {
+            State::Up
+        } else if quiet <= self.out_after {
+            State::Down
+        } else {
+            State::Out
+        }
     }
 
     /// Every known node, sorted by id.
@@ -81,10 +142,15 @@ impl Membership {
         let now = Instant::now();
         self.lock()
             .iter()
-            .map(|(id, e)| pb::NodeInfo {
-                id: id.clone(),
-                addr: e.addr.clone(),
-                alive: self.alive(e, now),
+            .map(|(id, e)| {
+                let state = self.state(e, now);
+                pb::NodeInfo {
+                    id: id.clone(),
+                    addr: e.addr.clone(),
+                    alive: state == State::Up,
+                    state: state.as_str().into(),
+                    draining: e.draining,
+                }
             })
             .collect()
     }
@@ -113,7 +179,12 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let meta = Meta::open(crate::kv::Engine::Redb, d.path()).unwrap();
         meta.put_member("n1", "127.0.0.1:1").unwrap();
-        let m = Membership::load(&meta, Duration::from_millis(150)).unwrap();
+        let m = Membership::load(
+            &meta,
+            Duration::from_millis(150),
+            Duration::from_millis(400),
+        )
+        .unwrap();
         // Known from the store: alive for one timeout after start.
         assert!(m.nodes()[0].alive);
         assert!(!m.heartbeat("n2"));
@@ -127,8 +198,22 @@ mod tests {
         assert_eq!(nodes[0].id, "n1");
         assert!(!nodes[0].alive, "n1 never heartbeated");
         assert!(nodes[1].alive);
+        assert_eq!(nodes[0].state, "down");
         assert_eq!(m.live_addrs(), vec!["127.0.0.1:2".to_string()]);
-        let again = Membership::load(&meta, Duration::from_secs(5)).unwrap();
+        std::thread::sleep(Duration::from_millis(250));
+        assert_eq!(
+            m.nodes()[0].state,
+            "out",
+            "down for longer than the out time"
+        );
+        meta.set_draining("n2", true).unwrap();
+        let again = Membership::load(&meta, Duration::from_secs(5), Duration::ZERO).unwrap();
         assert_eq!(again.addr_of("n2").as_deref(), Some("127.0.0.1:2"));
+        assert!(again.nodes()[1].draining);
+        again.registered("n2", "127.0.0.1:3");
+        assert!(
+            again.nodes()[1].draining,
+            "a new registration keeps the mark"
+        );
     }
 }

@@ -11,23 +11,50 @@ use prometheus_client::collector::Collector;
 use prometheus_client::encoding::DescriptorEncoder;
 
 use crate::gc::Gc;
+use crate::heal::Healer;
 use crate::membership::Membership;
 use crate::meta::Meta;
 
 /// Registers poold's families in `reg`.
-pub fn register(reg: &mut Registry, meta: Meta, members: Arc<Membership>, gc: &Gc) {
+pub fn register(
+    reg: &mut Registry,
+    meta: Meta,
+    members: Arc<Membership>,
+    gc: &Gc,
+    healer: &Arc<Healer>,
+) {
     reg.register(
         "blobvirt_poold_gc_reclaimed_chunks",
         "Chunks garbage collection deleted from the chunkd nodes and forgot",
         gc.reclaimed.clone(),
     );
-    reg.register_collector(Box::new(State { meta, members }));
+    reg.register(
+        "blobvirt_poold_recovery_copied_chunks",
+        "Chunk replicas self-healing copied to nodes that lacked them (recovery, rebalance, drain)",
+        healer.copied_chunks.clone(),
+    );
+    reg.register(
+        "blobvirt_poold_recovery_copied_bytes",
+        "Bytes self-healing copied between chunkd nodes",
+        healer.copied_bytes.clone(),
+    );
+    reg.register(
+        "blobvirt_poold_recovery_removed_copies",
+        "Misplaced chunk copies self-healing deleted once their homes held them",
+        healer.removed_copies.clone(),
+    );
+    reg.register_collector(Box::new(State {
+        meta,
+        members,
+        healer: healer.clone(),
+    }));
 }
 
 /// Reads the counters and the membership at each scrape.
 struct State {
     meta: Meta,
     members: Arc<Membership>,
+    healer: Arc<Healer>,
 }
 
 impl std::fmt::Debug for State {
@@ -59,6 +86,42 @@ impl Collector for State {
             "blobvirt_poold_nodes_up",
             "chunkd nodes that heartbeated within the timeout",
             up,
+        )?;
+        encode_gauges(
+            &mut enc,
+            "blobvirt_poold_node_out",
+            "1 when the chunkd node is out (down for longer than the out time), else 0",
+            nodes
+                .iter()
+                .map(|n| ([("node", n.id.clone())], i64::from(n.state == "out"))),
+        )?;
+        encode_gauges(
+            &mut enc,
+            "blobvirt_poold_node_draining",
+            "1 when the chunkd node is being drained, else 0",
+            nodes
+                .iter()
+                .map(|n| ([("node", n.id.clone())], i64::from(n.draining))),
+        )?;
+        let mut s = blobvirt_core::proto::PoolStatsReply::default();
+        self.healer.fill_stats(&mut s);
+        encode_gauge(
+            &mut enc,
+            "blobvirt_poold_degraded_chunks",
+            "Referenced chunks with fewer live replicas than configured, after the last self-healing pass",
+            s.degraded_chunks,
+        )?;
+        encode_gauge(
+            &mut enc,
+            "blobvirt_poold_lost_chunks",
+            "Referenced chunks with no replica on any live node, at the last self-healing pass",
+            s.lost_chunks,
+        )?;
+        encode_gauge(
+            &mut enc,
+            "blobvirt_poold_recovery_running",
+            "1 while a self-healing pass runs",
+            u64::from(s.recovery_running),
         )?;
         let c = match self.meta.counters() {
             Ok(c) => c,

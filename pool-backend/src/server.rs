@@ -1,7 +1,7 @@
 //! The poold process: options, startup (open the store, load membership,
 //! serve `/metrics` with `--metrics`, its bound address in
 //! `DIR/poold.metrics`, bind, publish the address file), the background GC
-//! loop, and graceful
+//! and self-healing loops, and graceful
 //! shutdown on SIGTERM/SIGINT.
 
 use std::net::SocketAddr;
@@ -17,6 +17,7 @@ use clap::Parser;
 use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::gc::Gc;
+use crate::heal::{HealConfig, Healer};
 use crate::kv::Engine;
 use crate::leases::Leases;
 use crate::membership::Membership;
@@ -55,6 +56,20 @@ pub struct Opts {
     /// Default writer lease lifetime.
     #[arg(long, default_value_t = 10000)]
     pub lease_ttl_ms: u64,
+    /// A chunkd down this long is out: its chunks get new replicas.
+    #[arg(long, default_value_t = 600.0)]
+    pub out_after_secs: f64,
+    /// Interval of the background self-healing pass (it also runs when
+    /// the membership changes).
+    #[arg(long, default_value_t = 600.0)]
+    pub repair_interval_secs: f64,
+    /// Bandwidth of recovery, rebalance and drain copies, in MB/s (0 =
+    /// unlimited).
+    #[arg(long, default_value_t = 100)]
+    pub recovery_mbps: u64,
+    /// Copies (Pulls of up to 32 chunks) running at once.
+    #[arg(long, default_value_t = 4)]
+    pub recovery_concurrency: usize,
     /// Serve Prometheus metrics at http://ADDR/metrics.
     #[arg(long, value_name = "ADDR")]
     pub metrics: Option<SocketAddr>,
@@ -96,6 +111,33 @@ impl Opts {
             p.heartbeat_timeout_ms,
         );
         pick(&m, "lease_ttl_ms", &mut o.lease_ttl_ms, p.lease_ttl_ms);
+        pick(
+            &m,
+            "out_after_secs",
+            &mut o.out_after_secs,
+            p.out_after_secs,
+        );
+        pick(
+            &m,
+            "repair_interval_secs",
+            &mut o.repair_interval_secs,
+            p.repair_interval_secs,
+        );
+        pick(&m, "recovery_mbps", &mut o.recovery_mbps, p.recovery_mbps);
+        pick(
+            &m,
+            "recovery_concurrency",
+            &mut o.recovery_concurrency,
+            p.recovery_concurrency,
+        );
+        for (key, v) in [
+            ("out_after_secs", o.out_after_secs),
+            ("repair_interval_secs", o.repair_interval_secs),
+        ] {
+            if !(v.is_finite() && v >= 0.0) {
+                anyhow::bail!("[poold] {key} is {v}; give a number of seconds of 0 or more");
+            }
+        }
         pick(&m, "metrics", &mut o.metrics, p.metrics.map(Some));
         blobvirt_core::tls::install_from(&cfg)?;
         Ok(o)
@@ -131,12 +173,33 @@ pub async fn run(opts: Opts) -> anyhow::Result<()> {
         .await?
         .with_context(|| format!("open the metadata store in {}", opts.dir.display()))?;
     let members = Arc::new(
-        Membership::load(&meta, Duration::from_millis(opts.heartbeat_timeout_ms))
-            .context("load the chunkd membership")?,
+        Membership::load(
+            &meta,
+            Duration::from_millis(opts.heartbeat_timeout_ms),
+            Duration::from_secs_f64(opts.out_after_secs),
+        )
+        .context("load the chunkd membership")?,
     );
     let gc = Arc::new(Gc::new(meta.clone(), members.clone(), opts.gc_grace_secs));
+    let healer = Arc::new(Healer::new(
+        meta.clone(),
+        members.clone(),
+        gc.clone(),
+        opts.replicas as usize,
+        HealConfig {
+            interval: Duration::from_secs_f64(opts.repair_interval_secs.max(1.0)),
+            bytes_per_sec: opts.recovery_mbps * 1_000_000,
+            concurrency: opts.recovery_concurrency.max(1),
+        },
+    ));
+    let leases = {
+        let (meta, ttl) = (meta.clone(), Duration::from_millis(opts.lease_ttl_ms));
+        tokio::task::spawn_blocking(move || Leases::load(meta, ttl))
+            .await?
+            .context("load the writer leases")?
+    };
     let mut registry = blobvirt_core::metrics::Registry::default();
-    crate::metrics::register(&mut registry, meta.clone(), members.clone(), &gc);
+    crate::metrics::register(&mut registry, meta.clone(), members.clone(), &gc, &healer);
     let rpc = blobvirt_core::metrics::RpcMetrics::register(&mut registry);
     let metrics_file = opts.dir.join("poold.metrics");
     let _ = std::fs::remove_file(&metrics_file);
@@ -153,8 +216,9 @@ pub async fn run(opts: Opts) -> anyhow::Result<()> {
     let svc = PoolService {
         meta: meta.clone(),
         members,
-        leases: Arc::new(Leases::new(Duration::from_millis(opts.lease_ttl_ms))),
+        leases: Arc::new(leases),
         gc: gc.clone(),
+        healer: healer.clone(),
         replicas: opts.replicas,
     };
 
@@ -171,6 +235,7 @@ pub async fn run(opts: Opts) -> anyhow::Result<()> {
     blobvirt_core::fsutil::notify_ready();
 
     let gc_task = tokio::spawn(gc.run_every(Duration::from_secs(opts.gc_interval_secs)));
+    let heal_task = tokio::spawn(healer.run());
     let server = PoolServer::new(svc)
         .max_decoding_message_size(MAX_MESSAGE)
         .max_encoding_message_size(MAX_MESSAGE);
@@ -182,6 +247,7 @@ pub async fn run(opts: Opts) -> anyhow::Result<()> {
         .await
         .context("serve gRPC");
     gc_task.abort();
+    heal_task.abort();
     let _ = std::fs::remove_file(&metrics_file);
     res
 }

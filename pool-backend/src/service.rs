@@ -9,6 +9,7 @@ use bytes::Bytes;
 use tonic::{Request, Response, Status};
 
 use crate::gc::Gc;
+use crate::heal::{Healer, PassOpts};
 use crate::leases::Leases;
 use crate::membership::Membership;
 use crate::meta::{no_volume, Meta, MetaError, PublishOutcome};
@@ -55,6 +56,7 @@ pub struct PoolService {
     pub members: Arc<Membership>,
     pub leases: Arc<Leases>,
     pub gc: Arc<Gc>,
+    pub healer: Arc<Healer>,
     pub replicas: u32,
 }
 
@@ -82,11 +84,28 @@ impl PoolService {
             )));
         }
         self.must_exist(&r.name).await?;
-        ok(if release {
-            self.leases.release(&r.name, &r.holder)
-        } else {
-            self.leases.acquire(&r.name, &r.holder, r.ttl_ms)
+        let leases = self.leases.clone();
+        ok(blocking(move || {
+            if release {
+                leases.release(&r.name, &r.holder)
+            } else {
+                leases.acquire(&r.name, &r.holder, r.ttl_ms)
+            }
         })
+        .await?)
+    }
+
+    /// NotFound unless `id` is a member.
+    fn must_be_member(&self, id: &str) -> Result<pb::NodeInfo, Status> {
+        self.members
+            .nodes()
+            .into_iter()
+            .find(|n| n.id == id)
+            .ok_or_else(|| {
+                Status::not_found(format!(
+                    "node {id} is not a member of this cluster; see blobvirt node list"
+                ))
+            })
     }
 }
 
@@ -136,6 +155,82 @@ impl Pool for PoolService {
             replicas: self.replicas,
             gc_epoch,
         })
+    }
+
+    async fn drain_node(
+        &self,
+        req: Request<pb::NodeRequest>,
+    ) -> Result<Response<pb::NodeReply>, Status> {
+        let by = crate::peer::who(&req);
+        let r = req.into_inner();
+        self.must_be_member(&r.id)?;
+        let meta = self.meta.clone();
+        let (id, on) = (r.id.clone(), !r.undo);
+        blocking(move || meta.set_draining(&id, on)).await?;
+        self.members.set_draining(&r.id, on);
+        self.healer.kick();
+        tracing::info!(node = %r.id, draining = on, %by, "node drain changed");
+        ok(pb::NodeReply {
+            message: if on {
+                format!("node {} is draining: its chunks move to the other nodes in the background; `blobvirt node list` shows it empty when it is done", r.id)
+            } else {
+                format!("node {} takes part in placement again", r.id)
+            },
+        })
+    }
+
+    async fn remove_node(
+        &self,
+        req: Request<pb::NodeRequest>,
+    ) -> Result<Response<pb::NodeReply>, Status> {
+        let by = crate::peer::who(&req);
+        let r = req.into_inner();
+        let n = self.must_be_member(&r.id)?;
+        if !r.force {
+            let only = self.healer.only_on(&r.id).await.map_err(status)?;
+            if only > 0 {
+                let what = if n.alive {
+                    format!("it holds the only copy of {only} referenced chunks")
+                } else {
+                    format!("{only} referenced chunks have no copy on any live node, and it may hold them")
+                };
+                return Err(Status::failed_precondition(format!(
+                    "node {} cannot be removed: {what}; drain it first (blobvirt node drain {}) and wait until it is empty, or pass --force to lose those chunks",
+                    r.id, r.id
+                )));
+            }
+        }
+        if n.alive {
+            return Err(Status::failed_precondition(format!(
+                "node {} cannot be removed while its chunkd runs (it would register again); stop that chunkd first",
+                r.id
+            )));
+        }
+        let meta = self.meta.clone();
+        let id = r.id.clone();
+        let dropped = blocking(move || meta.remove_member(&id)).await?;
+        self.members.remove(&r.id);
+        self.healer.kick();
+        tracing::info!(node = %r.id, force = r.force, deferred_dropped = dropped, %by, "node removed");
+        ok(pb::NodeReply {
+            message: format!(
+                "node {} is removed; its chunks get new replicas on the other nodes",
+                r.id
+            ),
+        })
+    }
+
+    async fn repair(
+        &self,
+        req: Request<pb::RepairRequest>,
+    ) -> Result<Response<pb::RepairReply>, Status> {
+        let r = req.into_inner();
+        let o = PassOpts {
+            scrub: r.scrub,
+            fsck: r.fsck,
+            repair: r.repair,
+        };
+        ok(self.healer.pass(o).await.map_err(status)?)
     }
 
     async fn get_blob(
@@ -243,7 +338,8 @@ impl Pool for PoolService {
         blocking(move || meta.delete_volume(&r.name, r.version)).await?;
         tracing::info!(volume = %name, version, force = r.force, %by, "deleted (version 0 = whole volume)");
         if version == 0 {
-            self.leases.forget(&name);
+            let leases = self.leases.clone();
+            blocking(move || leases.forget(&name)).await?;
         }
         ok(pb::DeleteVolumeReply {})
     }
@@ -336,7 +432,10 @@ impl Pool for PoolService {
         _: Request<pb::PoolStatsRequest>,
     ) -> Result<Response<pb::PoolStatsReply>, Status> {
         let meta = self.meta.clone();
-        ok(blocking(move || meta.stats()).await?)
+        let (mut s, deferred) = blocking(move || Ok((meta.stats()?, meta.gc_deferred()?))).await?;
+        s.gc_deferred = deferred.iter().map(|(_, n)| n).sum();
+        self.healer.fill_stats(&mut s);
+        ok(s)
     }
 
     async fn gc(&self, req: Request<pb::GcRequest>) -> Result<Response<pb::GcReply>, Status> {

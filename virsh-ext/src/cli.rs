@@ -75,6 +75,70 @@ pub enum Command {
     PoolUndefine(PoolUndefine),
     /// Install blobvirt-hook as /etc/libvirt/hooks/qemu.d/50-blobvirt and activate it.
     HookInstall(HookInstall),
+    /// The chunkd nodes: list them, drain one, remove one.
+    #[command(subcommand)]
+    Node(NodeCmd),
+    /// Re-verify every stored chunk on every node and repair corrupt replicas.
+    Scrub(Scrub),
+    /// Recount references from the version roots and count every chunk's replicas.
+    Fsck(Fsck),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum NodeCmd {
+    /// Every chunkd node: state (up, down, out), draining, chunks and bytes.
+    List(JsonFlag),
+    /// Move every chunk off a node (it serves reads until then).
+    Drain(NodeDrain),
+    /// Forget a stopped node; refused while it holds the only copy of a chunk.
+    Remove(NodeRemove),
+}
+
+#[derive(Debug, Args)]
+pub struct NodeDrain {
+    #[command(flatten)]
+    pub pool: PoolArg,
+    /// Node id (see `blobvirt node list`).
+    pub node: String,
+    /// Take the node back into placement instead.
+    #[arg(long)]
+    pub undo: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct NodeRemove {
+    #[command(flatten)]
+    pub pool: PoolArg,
+    /// Node id (see `blobvirt node list`).
+    pub node: String,
+    /// Remove it even if chunks then have no copy left (they are lost).
+    #[arg(long)]
+    pub force: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct Scrub {
+    #[command(flatten)]
+    pub pool: PoolArg,
+    /// Run a full pass now and wait for it (the background scrub runs at
+    /// the `[chunkd] scrub_mbps` rate by itself).
+    #[arg(long)]
+    pub now: bool,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct Fsck {
+    #[command(flatten)]
+    pub pool: PoolArg,
+    /// Fix what is found: copy missing replicas, queue orphan chunks for GC.
+    #[arg(long)]
+    pub repair: bool,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -239,6 +303,11 @@ impl Command {
             Command::SnapshotDelete(a) => &a.pool,
             Command::SnapshotExport(a) => &a.pool,
             Command::PoolDefine(a) => &a.pool,
+            Command::Node(NodeCmd::List(a)) => &a.pool,
+            Command::Node(NodeCmd::Drain(a)) => &a.pool,
+            Command::Node(NodeCmd::Remove(a)) => &a.pool,
+            Command::Scrub(a) => &a.pool,
+            Command::Fsck(a) => &a.pool,
             _ => return None,
         };
         p.pool.as_deref()

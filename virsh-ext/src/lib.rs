@@ -4,7 +4,7 @@
 //! the command and prints a failure as `error: <one sentence>` on stderr
 //! with exit status 1. Modules: `cli` (clap types), `cluster`/`cluster_file`/
 //! `cluster_config`/`procs`/`status` (local clusters), `ca` (the cluster's
-//! certificates), `vol` (volumes), `mirror` (mirrord:
+//! certificates), `vol` (volumes), `heal` (nodes, scrub, fsck), `mirror` (mirrord:
 //! mount, control commands, telling it about CLI changes), `libvirt/`
 //! (pool, hook install, deploy, domain snapshots), `output` (tables,
 //! sizes).
@@ -19,6 +19,7 @@ pub mod cli;
 pub mod cluster;
 pub mod cluster_config;
 pub mod cluster_file;
+pub mod heal;
 pub mod libvirt;
 pub mod mirror;
 pub mod output;
@@ -26,7 +27,7 @@ pub mod procs;
 pub mod status;
 pub mod vol;
 
-use cli::{CaCmd, Cli, ClusterCmd, Command};
+use cli::{CaCmd, Cli, ClusterCmd, Command, NodeCmd};
 
 /// Reads the configuration file for commands that talk to a cluster they
 /// did not start, installs its TLS identity, and returns the pool URL it
@@ -102,6 +103,13 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::PoolDefine(a) => libvirt::pool::pool_define(pool, a).await,
         Command::PoolUndefine(a) => libvirt::pool::pool_undefine(a).await,
         Command::HookInstall(a) => libvirt::pool::hook_install(a).await,
+        Command::Node(c) => match c {
+            NodeCmd::List(a) => heal::node_list(pool, a).await,
+            NodeCmd::Drain(a) => heal::node_drain(pool, a).await,
+            NodeCmd::Remove(a) => heal::node_remove(pool, a).await,
+        },
+        Command::Scrub(a) => heal::scrub(pool, a).await,
+        Command::Fsck(a) => heal::fsck(pool, a).await,
     }
 }
 

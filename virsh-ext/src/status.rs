@@ -1,10 +1,13 @@
 //! `cluster status`: every chunkd's own counters (Stats) and poold's totals.
 //!
 //! JSON fields: `pool`, `replicas`, `nodes` (each `id`, `addr`, `alive` =
-//! its Stats answered, `registered_alive` = poold's heartbeat view, `chunks`,
-//! `bytes`, `free_bytes`, `total_bytes`), `nodes_alive`, `stored_chunks`,
-//! `stored_bytes` (sums over the nodes, replicas included), and poold's
-//! `blobs`, `versions`, `meta_nodes`, `live_chunks`, `gc_pending`; with a
+//! its Stats answered, `registered_alive` = poold's heartbeat view, `state`
+//! = `up`, `down` or `out`, `draining`, `chunks`, `bytes`, `free_bytes`,
+//! `total_bytes`), `nodes_alive`, `stored_chunks`, `stored_bytes` (sums
+//! over the nodes, replicas included), poold's `blobs`, `versions`,
+//! `meta_nodes`, `live_chunks`, `gc_pending`, `gc_deferred`, and
+//! self-healing's `recovery` (`running`, `degraded_chunks`, `lost_chunks`,
+//! `copied_chunks`, `copied_bytes`, `last_pass_unix`); with a
 //! cluster dir whose mirrord runs, `mirror` (see `mirror::MountStatus`);
 //! with a cluster dir, the `/metrics` addresses from its `cluster.json`:
 //! `metrics` of each node, `poold_metrics`, `mirrord_metrics` (each only
@@ -26,6 +29,8 @@ pub struct NodeStatus {
     pub addr: String,
     pub alive: bool,
     pub registered_alive: bool,
+    pub state: String,
+    pub draining: bool,
     pub chunks: u64,
     pub bytes: u64,
     pub free_bytes: u64,
@@ -50,6 +55,9 @@ pub struct Status {
     pub meta_nodes: u64,
     pub live_chunks: u64,
     pub gc_pending: u64,
+    /// GC deletions waiting for down nodes.
+    pub gc_deferred: u64,
+    pub recovery: Recovery,
     /// The cluster's mirrord, when `--dir` names a cluster started with `--mount`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub mirror: Option<crate::mirror::MountStatus>,
@@ -59,6 +67,20 @@ pub struct Status {
     /// `HOST:PORT` of mirrord's `/metrics`, when the cluster file records it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub mirrord_metrics: Option<String>,
+}
+
+/// Self-healing as poold reports it.
+#[derive(Debug, Serialize)]
+pub struct Recovery {
+    pub running: bool,
+    /// Referenced chunks with fewer live replicas than configured, after
+    /// the last pass.
+    pub degraded_chunks: u64,
+    pub lost_chunks: u64,
+    /// Totals since poold started.
+    pub copied_chunks: u64,
+    pub copied_bytes: u64,
+    pub last_pass_unix: i64,
 }
 
 const RPC_TIMEOUT: Duration = Duration::from_secs(5);
@@ -100,6 +122,8 @@ pub async fn collect(url: &str) -> Result<Status> {
             addr: n.addr,
             alive: st.is_some(),
             registered_alive: n.alive,
+            state: n.state,
+            draining: n.draining,
             chunks: s.chunks,
             bytes: s.bytes,
             free_bytes: s.free_bytes,
@@ -120,6 +144,15 @@ pub async fn collect(url: &str) -> Result<Status> {
         meta_nodes: stats.meta_nodes,
         live_chunks: stats.live_chunks,
         gc_pending: stats.gc_pending,
+        gc_deferred: stats.gc_deferred,
+        recovery: Recovery {
+            running: stats.recovery_running,
+            degraded_chunks: stats.degraded_chunks,
+            lost_chunks: stats.lost_chunks,
+            copied_chunks: stats.recovery_copied_chunks,
+            copied_bytes: stats.recovery_copied_bytes,
+            last_pass_unix: stats.last_repair_unix,
+        },
         mirror: None,
         poold_metrics: None,
         mirrord_metrics: None,
@@ -153,12 +186,12 @@ pub async fn status(pool: Option<&str>, a: ClusterStatus) -> Result<()> {
         return print_json(&s);
     }
     println!("pool {}  replicas {}", s.pool, s.replicas);
-    let mut t = Table::new(&["NODE", "ADDR", "ALIVE", "CHUNKS", "BYTES", "METRICS"]);
+    let mut t = Table::new(&["NODE", "ADDR", "STATE", "CHUNKS", "BYTES", "METRICS"]);
     for n in &s.nodes {
         t.row(vec![
             n.id.clone(),
             n.addr.clone(),
-            if n.alive { "yes" } else { "no" }.into(),
+            crate::heal::state_word(n),
             n.chunks.to_string(),
             human_size(n.bytes),
             n.metrics.clone().unwrap_or_else(|| "-".into()),
@@ -176,6 +209,21 @@ pub async fn status(pool: Option<&str>, a: ClusterStatus) -> Result<()> {
         s.meta_nodes,
         s.live_chunks,
         s.gc_pending
+    );
+    let r = &s.recovery;
+    println!(
+        "self-healing: {}{} chunks below {} replicas, {} with no replica left; {} chunks ({}) copied since poold started{}",
+        if r.running { "a pass is running; " } else { "" },
+        r.degraded_chunks,
+        s.replicas,
+        r.lost_chunks,
+        r.copied_chunks,
+        human_size(r.copied_bytes),
+        if s.gc_deferred > 0 {
+            format!("; {} deletions wait for down nodes", s.gc_deferred)
+        } else {
+            String::new()
+        }
     );
     let daemons: Vec<String> = [("poold", &s.poold_metrics), ("mirrord", &s.mirrord_metrics)]
         .into_iter()

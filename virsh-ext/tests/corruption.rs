@@ -38,6 +38,7 @@ fn placement(c: &Cluster) -> Placement {
             id: n["id"].as_str().unwrap().into(),
             addr: n["addr"].as_str().unwrap().into(),
             alive: n["alive"].as_bool().unwrap(),
+            placed: n["state"].as_str() != Some("out") && n["draining"].as_bool() != Some(true),
         })
         .collect();
     Placement::new(members, s["replicas"].as_u64().unwrap() as usize)

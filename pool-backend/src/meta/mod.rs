@@ -1,5 +1,6 @@
 //! The metadata layer: blobs (volumes), versions, segment trees, reference
-//! counts, the GC queue, profiles and persisted membership, on top of a
+//! counts, the GC queue, profiles, persisted membership, leases and
+//! deferred deletions ([`cluster`]), on top of a
 //! [`Kv`] engine (encoding in [`crate::codec`]).
 //!
 //! Every operation is one KV transaction, so a publish, clone or delete
@@ -8,6 +9,7 @@
 //! run them with `spawn_blocking`.
 
 mod check;
+pub mod cluster;
 mod revert;
 mod txn;
 mod write;
@@ -195,6 +197,7 @@ impl Meta {
             meta_nodes: c.nodes,
             live_chunks: c.live_chunks,
             gc_pending: c.gc_pending,
+            ..Default::default()
         })
     }
 

@@ -125,15 +125,29 @@ impl<'a> MetaTx<'a> {
     }
 
     // The GC queue: `G` entries and their count `gc_pending`, changed only
-    // by these three.
+    // by these four.
 
     /// Queues an unreferenced chunk for GC as pending since now (a chunk
     /// already queued is counted once and gets the new time stamp).
     fn gc_queue(&mut self, id: &blobvirt_core::ChunkId) -> Result<(), MetaError> {
-        if self.gc_state(id)?.is_none() {
-            self.c.gc_pending += 1;
+        self.gc_queue_since(id, self.now)
+    }
+
+    /// Queues an unreferenced chunk for GC as pending since `since` (0:
+    /// past any grace delay). Deferred deletions of a returning node and
+    /// fsck's orphans go through here, so the GC pass and its epoch guard
+    /// every deletion alike. A chunk being deleted stays so.
+    pub fn gc_queue_since(
+        &mut self,
+        id: &blobvirt_core::ChunkId,
+        since: i64,
+    ) -> Result<(), MetaError> {
+        match self.gc_state(id)? {
+            None => self.c.gc_pending += 1,
+            Some(GcState::Deleting) => return Ok(()),
+            Some(GcState::Pending { .. }) => {}
         }
-        let st = GcState::Pending { since: self.now };
+        let st = GcState::Pending { since };
         self.tx.put(&key::gc(id), &st.encode())?;
         Ok(())
     }

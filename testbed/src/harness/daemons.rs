@@ -202,12 +202,16 @@ impl Cluster {
     /// Starts poold with `--replicas replicas` and `nodes` chunkds, and
     /// waits until all of them are registered and alive.
     pub fn start(nodes: usize, replicas: usize) -> Cluster {
+        Cluster::start_with(nodes, replicas, &[])
+    }
+
+    /// Like [`Cluster::start`], with more poold flags.
+    pub fn start_with(nodes: usize, replicas: usize, poold_args: &[&str]) -> Cluster {
         let dir = tempdir("repo");
         let r = replicas.to_string();
-        let poold = Poold::start_logged(
-            &dir.path().join("poold"),
-            &["--listen", "127.0.0.1:0", "--replicas", &r],
-        );
+        let mut args = vec!["--listen", "127.0.0.1:0", "--replicas", &r];
+        args.extend_from_slice(poold_args);
+        let poold = Poold::start_logged(&dir.path().join("poold"), &args);
         let pool = poold.url();
         let chunkds = (0..nodes)
             .map(|i| {
@@ -277,6 +281,51 @@ impl Cluster {
     /// Kills chunkd `i` (SIGKILL).
     pub fn kill_chunkd(&mut self, i: usize) {
         self.chunkds[i].kill();
+    }
+
+    /// Starts chunkd `i` again (after [`Cluster::kill_chunkd`]) on its
+    /// directory; it registers by itself.
+    pub fn restart_chunkd(&mut self, i: usize) {
+        let d = self.dir.path().join(format!("chunkd-{i}"));
+        self.chunkds[i] = Chunkd::start(&d, &self.pool, &format!("node-{i}"));
+    }
+
+    /// Starts one more chunkd (`node-<n>`); returns its index.
+    pub fn add_chunkd(&mut self) -> usize {
+        let i = self.chunkds.len();
+        let d = self.dir.path().join(format!("chunkd-{i}"));
+        self.chunkds
+            .push(Chunkd::start(&d, &self.pool, &format!("node-{i}")));
+        i
+    }
+
+    /// Waits until poold reports `n` nodes up, then reloads the client's
+    /// membership; false on a timeout of 30 s.
+    pub fn wait_up(&self, n: usize) -> bool {
+        let ok = wait_until(Duration::from_secs(30), || {
+            self.rt.block_on(self.repo.refresh()).is_ok()
+                && self
+                    .repo
+                    .placement()
+                    .members()
+                    .iter()
+                    .filter(|m| m.alive)
+                    .count()
+                    == n
+        });
+        ok
+    }
+
+    /// Ids of the durable chunks of chunkd `i`, read from its directory.
+    pub fn chunks_of(&self, i: usize) -> Vec<blobvirt_core::ChunkId> {
+        chunk_files(&self.chunkds[i].dir)
+            .into_iter()
+            .filter_map(|(p, _)| {
+                p.file_name()
+                    .and_then(|n| n.to_str())
+                    .and_then(blobvirt_core::ChunkId::from_hex)
+            })
+            .collect()
     }
 
     /// Bytes of the chunk files of all chunk daemons.
