@@ -152,14 +152,20 @@ impl Chunkd {
     /// `chunkd --dir DIR --pool POOL --listen 127.0.0.1:0 --id ID`, logging
     /// to `DIR.log`; it registers with poold by itself.
     pub fn start(dir: &Path, pool: &str, id: &str) -> Chunkd {
+        Chunkd::start_at(dir, pool, id, "127.0.0.1:0")
+    }
+
+    /// [`Chunkd::start`] listening on `listen` (a restart keeps its port).
+    pub fn start_at(dir: &Path, pool: &str, id: &str, listen: &str) -> Chunkd {
         std::fs::create_dir_all(dir).unwrap();
+        let _ = std::fs::remove_file(dir.join("chunkd.addr"));
         let args: [&OsStr; 8] = [
             "--dir".as_ref(),
             dir.as_os_str(),
             "--pool".as_ref(),
             pool.as_ref(),
             "--listen".as_ref(),
-            "127.0.0.1:0".as_ref(),
+            listen.as_ref(),
             "--id".as_ref(),
             id.as_ref(),
         ];
@@ -193,6 +199,8 @@ pub struct Cluster {
     pub dir: tempfile::TempDir,
     pub pool: String,
     pub poold: Poold,
+    /// poold's flags after `--listen` (for [`Cluster::restart_poold`]).
+    poold_args: Vec<String>,
     pub chunkds: Vec<Chunkd>,
     pub rt: tokio::runtime::Runtime,
     pub repo: Repo,
@@ -208,9 +216,10 @@ impl Cluster {
     /// Like [`Cluster::start`], with more poold flags.
     pub fn start_with(nodes: usize, replicas: usize, poold_args: &[&str]) -> Cluster {
         let dir = tempdir("repo");
-        let r = replicas.to_string();
-        let mut args = vec!["--listen", "127.0.0.1:0", "--replicas", &r];
-        args.extend_from_slice(poold_args);
+        let mut rest = vec!["--replicas".to_string(), replicas.to_string()];
+        rest.extend(poold_args.iter().map(|a| a.to_string()));
+        let mut args = vec!["--listen", "127.0.0.1:0"];
+        args.extend(rest.iter().map(String::as_str));
         let poold = Poold::start_logged(&dir.path().join("poold"), &args);
         let pool = poold.url();
         let chunkds = (0..nodes)
@@ -238,6 +247,7 @@ impl Cluster {
             dir,
             pool,
             poold,
+            poold_args: rest,
             chunkds,
             rt,
             repo: repo.unwrap(),
@@ -284,10 +294,21 @@ impl Cluster {
     }
 
     /// Starts chunkd `i` again (after [`Cluster::kill_chunkd`]) on its
-    /// directory; it registers by itself.
+    /// directory and its old port; it registers by itself.
     pub fn restart_chunkd(&mut self, i: usize) {
         let d = self.dir.path().join(format!("chunkd-{i}"));
-        self.chunkds[i] = Chunkd::start(&d, &self.pool, &format!("node-{i}"));
+        let listen = read_nonempty(&d.join("chunkd.addr")).unwrap_or_else(|| "127.0.0.1:0".into());
+        self.chunkds[i] = Chunkd::start_at(&d, &self.pool, &format!("node-{i}"), &listen);
+        self.chunkds[i].addr();
+    }
+
+    /// SIGKILLs poold and starts it again on the same directory and address.
+    pub fn restart_poold(&mut self) {
+        self.poold.kill();
+        let addr = self.poold.addr.clone();
+        let mut args = vec!["--listen", addr.as_str()];
+        args.extend(self.poold_args.iter().map(String::as_str));
+        self.poold = Poold::start_logged(&self.poold.dir.clone(), &args);
     }
 
     /// Starts one more chunkd (`node-<n>`); returns its index.

@@ -13,6 +13,7 @@
 //! * [`libvirt`] — a [`libvirt::Lab`]: a cluster, its mount, a libvirt
 //!   pool on it and the domains of the test; `virsh` helpers.
 //! * [`data`] — seeded test data, hashing, and chunk files on disk.
+//! * [`thrash`] — the fault thrasher: daemons SIGKILLed under load.
 //!
 //! Processes are checked and stopped with [`crate::proc`], which has the
 //! one poll loop ([`crate::proc::wait_until`]) of everything here.
@@ -26,6 +27,7 @@ pub mod daemons;
 pub mod data;
 pub mod libvirt;
 pub mod mounted;
+pub mod thrash;
 
 use std::path::{Path, PathBuf};
 use std::process::Output;
