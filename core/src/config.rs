@@ -325,6 +325,19 @@ mod tests {
     }
 
     #[test]
+    fn the_packaged_example_parses_with_every_key() {
+        // Without [tls]: its files exist only on an installed host.
+        let text: Vec<&str> = include_str!("../../packaging/blobvirt.toml")
+            .split("\n[")
+            .filter(|s| !s.starts_with("tls]"))
+            .collect();
+        let c = parse(&text.join("\n[")).unwrap();
+        assert_eq!(c.poold.out_after_secs, Some(600.0));
+        assert_eq!(c.poold.recovery_concurrency, Some(4));
+        assert_eq!(c.chunkd.scrub_mbps, Some(8));
+    }
+
+    #[test]
     fn unknown_key_names_file_section_and_key() {
         let e = parse("[poold]\nlisten = \"0.0.0.0:7000\"\nlistn = 3\n")
             .unwrap_err()

@@ -313,7 +313,7 @@ fn scrub_repairs_flipped_bytes_and_names_what_is_lost() {
         serde_json::from_str(&cli::ok(p, &["scrub", "--now", "--json"])).unwrap();
     assert_eq!(r["corrupt_replicas"], 20, "{r}");
     assert_eq!(r["copied_chunks"], 20, "{r}");
-    assert_eq!(r["degraded_after"], 0, "{r}");
+    assert_eq!(r["degraded_chunks_after"], 0, "{r}");
     for (n, id) in &flipped {
         let b = std::fs::read(chunk_path(&c, *n, id)).unwrap();
         assert!(id.verifies(&b), "chunk {id} on node-{n} is repaired");

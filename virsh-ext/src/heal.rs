@@ -4,7 +4,7 @@
 //!
 //! JSON: `node list --json` prints the `nodes` of `cluster status --json`;
 //! `scrub --json` and `fsck --json` print poold's `RepairReply` fields
-//! (`referenced`, `degraded_before`, `degraded_after`, `copied_chunks`,
+//! (`referenced_chunks`, `degraded_chunks_before`, `degraded_chunks_after`, `copied_chunks`,
 //! `copied_bytes`, `removed_copies`, `lost` (each `id`, `used_by`),
 //! `scrubbed_chunks`, `corrupt_replicas`, `orphan_chunks`, `problems`,
 //! `repaired`, `seconds`).
@@ -108,9 +108,9 @@ struct Lost {
 
 #[derive(Serialize)]
 struct Report {
-    referenced: u64,
-    degraded_before: u64,
-    degraded_after: u64,
+    referenced_chunks: u64,
+    degraded_chunks_before: u64,
+    degraded_chunks_after: u64,
     copied_chunks: u64,
     copied_bytes: u64,
     removed_copies: u64,
@@ -126,9 +126,9 @@ struct Report {
 impl From<pb::RepairReply> for Report {
     fn from(r: pb::RepairReply) -> Self {
         Report {
-            referenced: r.referenced,
-            degraded_before: r.degraded_before,
-            degraded_after: r.degraded_after,
+            referenced_chunks: r.referenced,
+            degraded_chunks_before: r.degraded_before,
+            degraded_chunks_after: r.degraded_after,
             copied_chunks: r.copied_chunks,
             copied_bytes: r.copied_bytes,
             removed_copies: r.removed_copies,
@@ -208,8 +208,8 @@ pub async fn scrub(p: Option<&str>, a: Scrub) -> Result<()> {
             r.corrupt_replicas,
             r.copied_chunks,
             human_size(r.copied_bytes),
-            r.degraded_after,
-            r.referenced,
+            r.degraded_chunks_after,
+            r.referenced_chunks,
             r.seconds
         );
         print_lost(&r);
@@ -231,9 +231,9 @@ pub async fn fsck(p: Option<&str>, a: Fsck) -> Result<()> {
     } else {
         println!(
             "{} referenced chunks: {} below the replica count before, {} after; {} orphan chunks on the nodes; {} metadata problems",
-            r.referenced,
-            r.degraded_before,
-            r.degraded_after,
+            r.referenced_chunks,
+            r.degraded_chunks_before,
+            r.degraded_chunks_after,
             r.orphan_chunks,
             r.problems.len()
         );
@@ -258,10 +258,10 @@ pub async fn fsck(p: Option<&str>, a: Fsck) -> Result<()> {
             r.orphan_chunks
         );
     }
-    if r.degraded_after > 0 {
+    if r.degraded_chunks_after > 0 {
         bail!(
             "{} chunks still have fewer replicas than configured; bring nodes back or add nodes, then run blobvirt fsck again",
-            r.degraded_after
+            r.degraded_chunks_after
         );
     }
     Ok(())

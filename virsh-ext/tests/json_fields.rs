@@ -64,6 +64,9 @@ fn every_json_output_uses_the_documented_names() {
             "cluster status",
             serde_json::from_str(&m.ok(&["cluster", "status", "--json"])).unwrap(),
         ),
+        ("node list", m.c.json(&["node", "list", "--json"])),
+        ("fsck", m.c.json(&["fsck", "--json"])),
+        ("scrub", m.c.json(&["scrub", "--now", "--json"])),
         (
             "mirror-status",
             serde_json::from_str(&m.ok(&["mirror-status", "--json"])).unwrap(),
@@ -79,6 +82,7 @@ fn every_json_output_uses_the_documented_names() {
     }
     // The cluster status carries the mount's attached volumes.
     let st = &outputs[3].1;
+    assert_eq!(outputs[5].1["degraded_chunks_after"], 0, "{}", outputs[5].1);
     assert_eq!(st["volume_count"], 2, "{st}");
     assert!(
         st["mirror"]["volumes"]

@@ -15,7 +15,9 @@
 //! Pulls at once, at most `recovery_mbps`.
 //!
 //! The background loop also hands a returning node its deferred GC
-//! deletions (`Meta::gc_undefer`).
+//! deletions (`Meta::gc_undefer`), and a pass hands GC the orphan chunks
+//! (on a node, referenced by nothing, unknown to GC: uploads cut short by
+//! a crash) that were orphans a minute before too.
 
 pub mod plan;
 mod run;
@@ -62,6 +64,11 @@ pub struct Healer {
     running: AtomicBool,
     last: Mutex<Option<pb::RepairReply>>,
     last_unix: AtomicU64,
+    /// When the orphans of an earlier pass were taken, and which they were.
+    prev_orphans: Mutex<(
+        Option<std::time::Instant>,
+        std::collections::HashSet<blobvirt_core::ChunkId>,
+    )>,
     /// Chunks and bytes copied by all passes (`blobvirt_poold_recovery_*`).
     pub copied_chunks: Counter,
     pub copied_bytes: Counter,
@@ -87,6 +94,7 @@ impl Healer {
             running: AtomicBool::new(false),
             last: Mutex::new(None),
             last_unix: AtomicU64::new(0),
+            prev_orphans: Mutex::default(),
             copied_chunks: Counter::default(),
             copied_bytes: Counter::default(),
             removed_copies: Counter::default(),

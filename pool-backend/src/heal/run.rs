@@ -21,6 +21,8 @@ use crate::meta::{MetaError, Result};
 
 /// Chunks per Pull.
 const PULL_BATCH: usize = 32;
+/// How long a chunk must stay an orphan before a pass hands it to GC.
+const ORPHAN_AGE: Duration = Duration::from_secs(60);
 /// Longest wait for one chunkd call of a pass.
 const CALL: Duration = Duration::from_secs(120);
 
@@ -244,9 +246,11 @@ impl Healer {
                 "referenced chunks have no replica on any live chunkd"
             );
         }
+        let orphans = self.orphans(&view).await?;
         if o.fsck {
-            self.fsck(&view, o.repair, &mut rep).await?;
+            self.fsck(orphans.clone(), o.repair, &mut rep).await?;
         }
+        self.collect_orphans(&orphans).await?;
         rep.seconds = t0.elapsed().as_secs_f64();
         if rep.copied_chunks > 0 || rep.removed_copies > 0 || rep.degraded_after > 0 {
             tracing::info!(
@@ -333,16 +337,13 @@ impl Healer {
         }
     }
 
-    /// fsck: the metadata recount, and chunks that nothing references and
-    /// GC does not know (queued for GC with `repair`).
-    async fn fsck(&self, view: &View, repair: bool, rep: &mut pb::RepairReply) -> Result<()> {
-        let meta = self.meta.clone();
-        rep.problems = blocking(move || meta.check()).await?;
+    /// Chunks some node lists that nothing references and GC does not know.
+    async fn orphans(&self, view: &View) -> Result<Vec<ChunkId>> {
         let mut on_nodes: Vec<ChunkId> = view.listed.iter().flatten().flatten().copied().collect();
         on_nodes.sort_unstable();
         on_nodes.dedup();
         let meta = self.meta.clone();
-        let orphans = blocking(move || {
+        blocking(move || {
             let refs: HashSet<ChunkId> = meta.referenced_chunks()?.into_iter().collect();
             let cand: Vec<ChunkId> = on_nodes.into_iter().filter(|c| !refs.contains(c)).collect();
             let known = meta.gc_knows(&cand)?;
@@ -351,9 +352,56 @@ impl Healer {
                 .zip(known)
                 .filter(|(_, k)| !k)
                 .map(|(c, _)| c)
-                .collect::<Vec<_>>())
+                .collect())
         })
-        .await?;
+        .await
+    }
+
+    /// Every pass: orphans that were orphans in a pass at least a minute
+    /// earlier too (uploads that did not finish since) go to GC. Orphans
+    /// are what uploads cut short by a crash leave; a live upload that
+    /// takes longer is still safe (GC's grace delay and epoch guard make
+    /// its publish upload them again).
+    async fn collect_orphans(&self, orphans: &[ChunkId]) -> Result<u64> {
+        let old: Vec<ChunkId> = {
+            let mut prev = self.prev_orphans.lock().unwrap_or_else(|e| e.into_inner());
+            let ripe = prev.0.is_some_and(|t: Instant| t.elapsed() >= ORPHAN_AGE);
+            let old = if ripe {
+                orphans
+                    .iter()
+                    .filter(|c| prev.1.contains(*c))
+                    .copied()
+                    .collect()
+            } else {
+                Vec::new()
+            };
+            if ripe || prev.0.is_none() {
+                *prev = (Some(Instant::now()), orphans.iter().copied().collect());
+            }
+            old
+        };
+        if old.is_empty() {
+            return Ok(0);
+        }
+        let meta = self.meta.clone();
+        let n = blocking(move || meta.gc_adopt(&old)).await?;
+        tracing::info!(
+            chunks = n,
+            "orphan chunks (uploads cut short) are queued for garbage collection"
+        );
+        Ok(n)
+    }
+
+    /// fsck: the metadata recount, and the orphans (queued for GC with
+    /// `repair`).
+    async fn fsck(
+        &self,
+        orphans: Vec<ChunkId>,
+        repair: bool,
+        rep: &mut pb::RepairReply,
+    ) -> Result<()> {
+        let meta = self.meta.clone();
+        rep.problems = blocking(move || meta.check()).await?;
         rep.orphan_chunks = orphans.len() as u64;
         if repair {
             if rep.copied_chunks > 0 {
