@@ -16,4 +16,4 @@ seed=${2:-1}
 export PATH="$HOME/.cargo/bin:$PATH"
 cargo build --release --workspace --bins
 THRASH_KILLS=$kills THRASH_SEED=$seed cargo test -q --release -p virsh-ext --test thrash -- --nocapture 2>&1 \
-  | grep -E '^thrash|^ +[a-z_"-]+: |^test |^test result|panicked|ThrashReport|^}'
+  | grep -E '^thrash|^ +[a-z0-9_"-]+: |^test |^test result|panicked|ThrashReport|^}'
