@@ -134,7 +134,11 @@ impl Gc {
         }
         let mut missed = Vec::new();
         for n in self.members.nodes() {
-            if !(n.alive && delete_on(&n.addr, &ids).await) {
+            if !(n.alive
+                && delete_on(&n.addr, &ids, "garbage collection")
+                    .await
+                    .is_some())
+            {
                 missed.push(n.id);
             }
         }
@@ -166,20 +170,18 @@ impl Gc {
     }
 }
 
-/// Deletes `ids` on the chunkd at `addr`; false when it did not take them
-/// all.
-async fn delete_on(addr: &str, ids: &[ChunkId]) -> bool {
+/// Deletes `ids` on the chunkd at `addr` (`why` names the caller in the
+/// log); the number it removed, or None when it did not take them all.
+pub(crate) async fn delete_on(addr: &str, ids: &[ChunkId], why: &str) -> Option<u64> {
     let ch = match channel(addr) {
         Ok(ch) => ch,
         Err(e) => {
-            tracing::warn!(
-                node = addr,
-                "cannot reach chunkd for garbage collection: {e}"
-            );
-            return false;
+            tracing::warn!(node = addr, "cannot reach chunkd for {why}: {e}");
+            return None;
         }
     };
     let mut client = chunk_client(ch);
+    let mut n = 0;
     for batch in ids.chunks(DELETE_BATCH) {
         let req = pb::DeleteRequest {
             ids: batch
@@ -189,16 +191,23 @@ async fn delete_on(addr: &str, ids: &[ChunkId]) -> bool {
         };
         let call = tokio::time::timeout(Duration::from_secs(30), client.delete(req));
         match call.await {
-            Ok(Ok(_)) => {}
+            Ok(Ok(r)) => n += r.into_inner().deleted,
             Ok(Err(s)) => {
-                tracing::warn!(node = addr, "chunkd refused a GC delete: {}", s.message());
-                return false;
+                tracing::warn!(
+                    node = addr,
+                    "chunkd refused a delete for {why}: {}",
+                    s.message()
+                );
+                return None;
             }
             Err(_) => {
-                tracing::warn!(node = addr, "chunkd did not answer a GC delete in 30 s");
-                return false;
+                tracing::warn!(
+                    node = addr,
+                    "chunkd did not answer a delete for {why} in 30 s"
+                );
+                return None;
             }
         }
     }
-    true
+    Some(n)
 }

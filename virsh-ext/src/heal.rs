@@ -20,16 +20,6 @@ use crate::cli::{Fsck, JsonFlag, NodeDrain, NodeRemove, Scrub};
 use crate::output::{human_size, print_json, Table};
 use crate::status::NodeStatus;
 
-fn url(pool: Option<&str>) -> Result<String> {
-    match pool {
-        Some(u) => Ok(u.to_string()),
-        None => match std::env::var_os("BLOBVIRT_CLUSTER_DIR") {
-            Some(d) => Ok(crate::cluster_file::load(std::path::Path::new(&d))?.pool),
-            None => bail!("no pool is given; pass --pool URL, set BLOBVIRT_POOL (blobvirt cluster up prints it) or BLOBVIRT_CLUSTER_DIR"),
-        },
-    }
-}
-
 fn pool(url: &str) -> Result<PoolClient<Channel>> {
     Ok(pool_client(channel(url).map_err(|e| {
         anyhow!("pool URL {url} cannot be used ({e}); pass --pool https://HOST:PORT")
@@ -59,7 +49,7 @@ pub fn state_word(n: &NodeStatus) -> String {
 }
 
 pub async fn node_list(p: Option<&str>, a: JsonFlag) -> Result<()> {
-    let s = crate::status::collect(&url(p)?).await?;
+    let s = crate::status::collect(&crate::vol::pool_url(p)?).await?;
     if a.json {
         return print_json(&s.nodes);
     }
@@ -84,7 +74,10 @@ pub async fn node_drain(p: Option<&str>, a: NodeDrain) -> Result<()> {
         undo: a.undo,
         force: false,
     };
-    let r = pool(&url(p)?)?.drain_node(req).await.map_err(sentence)?;
+    let r = pool(&crate::vol::pool_url(p)?)?
+        .drain_node(req)
+        .await
+        .map_err(sentence)?;
     println!("{}", r.into_inner().message);
     Ok(())
 }
@@ -95,7 +88,10 @@ pub async fn node_remove(p: Option<&str>, a: NodeRemove) -> Result<()> {
         undo: false,
         force: a.force,
     };
-    let r = pool(&url(p)?)?.remove_node(req).await.map_err(sentence)?;
+    let r = pool(&crate::vol::pool_url(p)?)?
+        .remove_node(req)
+        .await
+        .map_err(sentence)?;
     println!("{}", r.into_inner().message);
     Ok(())
 }
@@ -152,7 +148,10 @@ impl From<pb::RepairReply> for Report {
 }
 
 async fn repair(p: Option<&str>, req: pb::RepairRequest) -> Result<Report> {
-    let r = pool(&url(p)?)?.repair(req).await.map_err(sentence)?;
+    let r = pool(&crate::vol::pool_url(p)?)?
+        .repair(req)
+        .await
+        .map_err(sentence)?;
     Ok(r.into_inner().into())
 }
 

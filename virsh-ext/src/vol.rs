@@ -19,17 +19,21 @@ use serde::Serialize;
 use crate::cli::{JsonFlag, VolClone, VolDelete, VolExport, VolImport, VolInfo};
 use crate::output::{human_size, parse_size, print_json, Table};
 
-/// Connects to the pool given by `--pool` or `BLOBVIRT_POOL`, else to the
-/// one recorded by the cluster in `BLOBVIRT_CLUSTER_DIR`.
-pub async fn connect(pool: Option<&str>) -> Result<Repo> {
-    let url = match pool {
+/// The pool URL given by `--pool` or `BLOBVIRT_POOL`, else the one
+/// recorded by the cluster in `BLOBVIRT_CLUSTER_DIR`.
+pub fn pool_url(pool: Option<&str>) -> Result<String> {
+    Ok(match pool {
         Some(u) => u.to_string(),
         None => match std::env::var_os("BLOBVIRT_CLUSTER_DIR") {
             Some(d) => crate::cluster_file::load(std::path::Path::new(&d))?.pool,
             None => bail!("no pool is given; pass --pool URL, set BLOBVIRT_POOL (blobvirt cluster up prints it) or BLOBVIRT_CLUSTER_DIR"),
         },
-    };
-    Ok(Repo::connect(&url).await?)
+    })
+}
+
+/// Connects to the pool of [`pool_url`].
+pub async fn connect(pool: Option<&str>) -> Result<Repo> {
+    Ok(Repo::connect(&pool_url(pool)?).await?)
 }
 
 /// A volume as `vol-list --json` and `vol-info --json` print it.

@@ -17,6 +17,7 @@ use tonic::transport::Channel;
 
 use super::plan::{plan, Holders};
 use super::{Healer, PassOpts};
+use crate::gc::delete_on;
 use crate::meta::{MetaError, Result};
 
 /// Chunks per Pull.
@@ -227,7 +228,7 @@ impl Healer {
         }
         for (n, ids) in deletes {
             let addr = &view.members[n as usize].addr;
-            rep.removed_copies += self.delete_on(addr, &ids).await;
+            rep.removed_copies += delete_on(addr, &ids, "misplaced copies").await.unwrap_or(0);
         }
         self.removed_copies.inc_by(rep.removed_copies);
         // Lost chunks, with the versions that use them.
@@ -284,30 +285,6 @@ impl Healer {
             Ok(Err(s)) => Err(s.message().to_string()),
             Err(_) => Err("no answer within 120 s".into()),
         }
-    }
-
-    /// Deletes `ids` on the chunkd at `addr`; returns how many it removed.
-    async fn delete_on(&self, addr: &str, ids: &[ChunkId]) -> u64 {
-        let Some(mut c) = client(addr) else { return 0 };
-        let mut n = 0;
-        for batch in ids.chunks(crate::gc::DELETE_BATCH) {
-            let req = pb::DeleteRequest {
-                ids: batch.iter().map(bytes_of).collect(),
-            };
-            match tokio::time::timeout(CALL, c.delete(req)).await {
-                Ok(Ok(r)) => n += r.into_inner().deleted,
-                Ok(Err(s)) => {
-                    tracing::warn!(
-                        node = addr,
-                        "chunkd refused to delete misplaced copies: {}",
-                        s.message()
-                    );
-                    break;
-                }
-                Err(_) => break,
-            }
-        }
-        n
     }
 
     /// Every up chunkd scrubs now (all at once).
@@ -403,6 +380,13 @@ impl Healer {
         let meta = self.meta.clone();
         rep.problems = blocking(move || meta.check()).await?;
         rep.orphan_chunks = orphans.len() as u64;
+        if repair && !rep.problems.is_empty() {
+            let meta = self.meta.clone();
+            let (fixed, left) =
+                blocking(move || Ok((meta.repair_counts()?, meta.check()?))).await?;
+            rep.repaired.extend(fixed);
+            rep.problems = left;
+        }
         if repair {
             if rep.copied_chunks > 0 {
                 rep.repaired.push(format!(
