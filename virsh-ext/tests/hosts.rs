@@ -6,7 +6,9 @@
 //! differs). Host 1 runs poold and a chunkd, hosts 2 and 3 a chunkd and
 //! mirrord. Import on host 1, read through host 2's mount, write and commit
 //! through host 3's mount, export on host 1: byte-identical, and the bytes
-//! crossed the emulated links.
+//! crossed the emulated links. Then drain host 3's chunkd: its chunks move
+//! to hosts 1 and 2 node to node (chunkd `Pull` over mutual TLS), the
+//! export stays exact and `fsck` is clean.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -234,5 +236,43 @@ fn three_hosts_import_read_write_export() {
         "host 3 sent only {} bytes for a {PATCH}-byte commit",
         sent(2)
     );
+
+    // Self-healing across hosts: drain host 3's chunkd.
+    let nodes = |h: &Host| -> Vec<serde_json::Value> {
+        serde_json::from_str(&cli(h, &["node", "list", "--json"])).unwrap()
+    };
+    let held = |h: &Host, id: &str| {
+        nodes(h).into_iter().find(|n| n["id"] == id).unwrap()["bytes"]
+            .as_u64()
+            .unwrap()
+    };
+    let on3 = held(h1, &h3.name);
+    assert!(on3 > 0, "host 3 holds chunks before the drain");
+    let tx = hosts.net.sent_bytes().unwrap();
+    let out = cli(h1, &["node", "drain", &h3.name]);
+    assert!(out.contains("is draining"), "{out}");
+    wait("host 3's chunkd emptied by the drain", || {
+        held(h1, &h3.name) == 0
+    });
+    let n3 = nodes(h1)
+        .into_iter()
+        .find(|n| n["id"] == h3.name.as_str())
+        .unwrap();
+    assert_eq!(n3["draining"], true);
+    // Every chunk on host 3 has its other replica on host 1 or 2, and
+    // copies come from a replica that stays: hosts 1 and 2 send each other
+    // the chunks, node to node.
+    let now = hosts.net.sent_bytes().unwrap();
+    let moved = (now[1] - tx[1]) + (now[2] - tx[2]);
+    assert!(
+        moved >= on3,
+        "hosts 1 and 2 sent {moved} bytes to replace {on3} bytes of chunks on host 3"
+    );
+    cli(h1, &["vol-export", "disk", "/var/lib/blobvirt/out2.raw"]);
+    assert!(
+        std::fs::read(h1.path("/var/lib/blobvirt/out2.raw")).unwrap() == expect,
+        "the export after the drain differs"
+    );
+    cli(h1, &["fsck"]);
     drop(daemons);
 }
