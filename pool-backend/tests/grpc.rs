@@ -526,7 +526,7 @@ async fn background_gc_drains_the_queue_after_the_grace_delay() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn background_gc_waits_for_dead_nodes_but_explicit_gc_runs() {
+async fn background_gc_goes_on_with_a_dead_node_and_defers_its_share() {
     let dir = tempfile::tempdir().unwrap();
     let args = [
         "--gc-interval-secs",
@@ -558,15 +558,35 @@ async fn background_gc_waits_for_dead_nodes_but_explicit_gc_runs() {
     .unwrap();
     tokio::time::sleep(Duration::from_millis(3500)).await;
     let s = c.stats(pb::PoolStatsRequest {}).await.unwrap().into_inner();
-    assert_eq!(s.gc_pending, 1, "background GC must wait for the dead node");
-    let r = c
-        .gc(pb::GcRequest { now: false })
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(r.chunks_deleted, 1);
-    let s = c.stats(pb::PoolStatsRequest {}).await.unwrap().into_inner();
-    assert_eq!(s.gc_pending, 0);
+    assert_eq!(
+        s.gc_pending, 0,
+        "background GC does not wait for the dead node"
+    );
+    assert_eq!(s.gc_deferred, 1, "the dead node's deletion waits for it");
+    // It comes back: its deletion goes through GC again.
+    c.register(pb::RegisterRequest {
+        id: "ghost".into(),
+        addr: "127.0.0.1:1".into(),
+    })
+    .await
+    .unwrap();
+    let mut deferred = 1;
+    for _ in 0..50 {
+        let _ = c
+            .heartbeat(pb::HeartbeatRequest { id: "ghost".into() })
+            .await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        deferred = c
+            .stats(pb::PoolStatsRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .gc_deferred;
+        if deferred == 0 {
+            break;
+        }
+    }
+    assert_eq!(deferred, 0, "handed back to GC once the node is up");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
