@@ -151,7 +151,7 @@ impl Healer {
         rep.degraded_before = p.degraded;
         // Copy, then note which chunks now have every home.
         let mut failed: HashSet<ChunkId> = HashSet::new();
-        let mut fixed: HashSet<ChunkId> = HashSet::new();
+        let mut fixed: HashSet<(u16, ChunkId)> = HashSet::new();
         let jobs: Vec<(u16, u16, Vec<ChunkId>)> = p
             .copies
             .iter()
@@ -163,17 +163,17 @@ impl Healer {
             let from = view.members[s as usize].addr.clone();
             async move {
                 let r = self.pull(&to, &from, &ids).await;
-                (to, ids, r)
+                (t, to, ids, r)
             }
         }))
         .buffer_unordered(self.cfg.concurrency.max(1));
-        while let Some((to, ids, r)) = results.next().await {
+        while let Some((t, to, ids, r)) = results.next().await {
             match r {
                 Ok(reply) => {
                     for (id, ok) in ids.iter().zip(&reply.ok) {
                         if *ok {
                             rep.copied_chunks += 1;
-                            fixed.insert(*id);
+                            fixed.insert((t, *id));
                         } else {
                             failed.insert(*id);
                         }
@@ -205,9 +205,9 @@ impl Healer {
         // Still degraded: those that were and got no copy, plus failures.
         let have = |id: &ChunkId| view.holders.get(id).map_or(0, Vec::len);
         let mut added: HashMap<ChunkId, usize> = HashMap::new();
-        for ((_, _), ids) in &p.copies {
+        for ((t, _), ids) in &p.copies {
             for id in ids {
-                if fixed.contains(id) {
+                if fixed.contains(&(*t, *id)) {
                     *added.entry(*id).or_default() += 1;
                 }
             }
