@@ -1,42 +1,36 @@
-//! Making chunks durable: the data of a chunk's temp file before its rename
-//! into `chunks/`, and the rename before the chunk counts as stored. Every
-//! path that puts a file under `chunks/` goes through the [`Syncer`] here,
-//! so a file under `chunks/` is always durable.
+//! Making chunks durable: a segment's records before a Put is acknowledged
+//! or a Flush returns, and the segment's name in `packs/` before anything
+//! in it counts as stored. Every path that makes records durable goes
+//! through the [`Syncer`] here.
 //!
-//! Two paths:
-//! - **A Put** is acknowledged only once durable: [`Syncer::data`] before the
-//!   rename, [`Syncer::names`] after it.
-//! - **Staged Puts** (`store::staged`) are acknowledged once written to
-//!   `tmp/`, unsynced; Flush makes all of them durable at once:
-//!   [`Syncer::files`] (every staged file's data), the renames into
-//!   `chunks/`, then [`Syncer::dirs`] (the names). In PerPut mode these
-//!   are `fdatasync`s of the staged files and `fsync`s of the prefix
-//!   directories they went to, several at once; in Syncfs mode one
-//!   `syncfs(2)` round each, shared with concurrent Puts. Flush used to run
-//!   `syncfs` in both modes, which also wrote back every other dirty page
-//!   of the file system: on a compute node, its guests' mirror data, and
-//!   on the emulated test bed, every other node's.
+//! Two paths (segments are described in `store::segments`):
+//! - **A Put** appends to the `.open` segment and is acknowledged after
+//!   [`Syncer::data`] of that segment, which also covers every record
+//!   appended before it; a new `.open` segment's name is made durable with
+//!   [`Syncer::names`] before its first record.
+//! - **Staged Puts** and PutLocal batches (`store::staged`) are acknowledged
+//!   once written; Flush makes all of them durable at once:
+//!   [`Syncer::files`] (every staged segment's data), the renames to
+//!   `.pack`, then [`Syncer::names`]. In PerPut mode these are `fdatasync`s
+//!   of the segments, several at once, and one `fsync` of `packs/`; in
+//!   Syncfs mode one `syncfs(2)` round each, shared with concurrent Puts.
+//!   Flush used to run `syncfs` in both modes, which also wrote back every
+//!   other dirty page of the file system: on a compute node, its guests'
+//!   mirror data, and on the emulated test bed, every other node's.
 //!
-//! Two modes for Puts, both correct (no Put is acknowledged before its data
-//! and its directory entry are on disk, and no file is renamed into place
-//! before its data is durable):
-//! - [`Durability::PerPut`] (default): each Put fdatasyncs its temp file and,
-//!   after the rename, fsyncs its prefix directory. Concurrent Puts run these
-//!   in parallel blocking threads, and ext4's journal (jbd2) already merges
-//!   their commits.
-//! - [`Durability::Syncfs`]: group commit with `syncfs(2)`. Puts write their
-//!   temp files without syncing, then wait for a *round*: the first waiter
-//!   becomes the leader and runs one `syncfs` for everyone who arrived before
-//!   the round started; then they rename and wait for a second round. Two
-//!   syncfs per batch instead of two fsyncs per Put, but a round also flushes
-//!   whatever else is dirty on that file system.
+//! Two modes for Puts, both correct (no Put is acknowledged before its
+//! record and its segment's name are on disk):
+//! - [`Durability::PerPut`] (default): each Put `fdatasync`s its segment.
+//!   Concurrent Puts append to one segment, and ext4's journal (jbd2)
+//!   merges their syncs.
+//! - [`Durability::Syncfs`]: group commit with `syncfs(2)`: the first
+//!   waiter becomes the leader and runs one `syncfs` for everyone who
+//!   arrived before the round started. A round also flushes whatever else
+//!   is dirty on that file system.
 //!
-//! A third mode was measured and dropped: group commit of the *directory*
-//! fsyncs (the leader fsyncs each dirty prefix directory once per round). With
-//! chunks spread over 256 prefix directories a round hardly ever shares a
-//! directory (503 directory fsyncs for 512 Puts at 16 concurrent Puts), and
-//! running them one after another in the leader made it about 2x slower than
-//! PerPut. Numbers are in the crate docs.
+//! Before the packed store (one file per chunk), a third mode was measured
+//! and dropped: group commit of the per-prefix directory fsyncs, about 2x
+//! slower than PerPut because a round hardly ever shared a directory.
 
 use std::fs::File;
 use std::io;
@@ -46,7 +40,7 @@ use std::sync::{Condvar, Mutex};
 /// How Puts are made durable.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum Durability {
-    /// fdatasync per temp file, fsync of the prefix directory per Put.
+    /// An fdatasync of the segment per Put.
     #[default]
     PerPut,
     /// Group commit: concurrent Puts share `syncfs` rounds.
@@ -104,21 +98,19 @@ fn parallel<T: Sync>(items: &[T], f: impl Fn(&T) -> io::Result<()> + Sync) -> io
     })
 }
 
-/// The 256 prefix directories of the chunk store, kept open for fsync, and
-/// the group commit state.
+/// The `packs/` directory, kept open for fsync, and the group commit state.
 pub struct Syncer {
-    dirs: Vec<File>,
+    dir: File,
     mode: Durability,
     round: Mutex<Round>,
     wake: Condvar,
 }
 
 impl Syncer {
-    /// `dirs[i]` must be the open directory `chunks/<i as 2 hex>`.
-    pub fn new(dirs: Vec<File>, mode: Durability) -> Self {
-        assert_eq!(dirs.len(), 256, "one directory per prefix byte");
+    /// `dir` must be the open `packs/` directory.
+    pub fn new(dir: File, mode: Durability) -> Self {
         Syncer {
-            dirs,
+            dir,
             mode,
             round: Mutex::new(Round::default()),
             wake: Condvar::new(),
@@ -137,37 +129,27 @@ impl Syncer {
         }
     }
 
-    /// Returns once every rename into directory `prefix` done before this
+    /// Returns once every name created or renamed in `packs/` before this
     /// call is durable. Blocks.
-    pub fn names(&self, prefix: u8) -> io::Result<()> {
+    pub fn names(&self) -> io::Result<()> {
         match self.mode {
-            Durability::PerPut => self.dirs[prefix as usize].sync_all(),
+            Durability::PerPut => self.dir.sync_all(),
             Durability::Syncfs => self.round(),
         }
     }
 
-    /// Returns once the data written to each of `paths` is durable (Flush
-    /// of staged Puts). PerPut: an `fdatasync` of each file, from up to
+    /// Returns once the data written to each of `files` is durable (Flush,
+    /// Delete). PerPut: an `fdatasync` of each, from up to
     /// [`FLUSH_THREADS`] threads at once so that ext4 merges their journal
-    /// commits; nothing else on the file system is written back (a
-    /// compute node's disk also holds its guests' mirror data). Syncfs:
-    /// one shared round. Blocks.
-    pub fn files(&self, paths: &[&std::path::Path]) -> io::Result<()> {
-        match self.mode {
-            Durability::PerPut => parallel(paths, |p| File::open(p)?.sync_data()),
-            Durability::Syncfs => self.round(),
+    /// commits; nothing else on the file system is written back (a compute
+    /// node's disk also holds its guests' mirror data). Syncfs: one shared
+    /// round. Blocks.
+    pub fn files(&self, files: &[&File]) -> io::Result<()> {
+        if files.is_empty() {
+            return Ok(());
         }
-    }
-
-    /// Returns once every rename into the prefix directories `prefixes`
-    /// done before this call is durable (Flush of staged Puts). PerPut: an
-    /// `fsync` of each of those directories; Syncfs: one shared round.
-    pub fn dirs(&self, prefixes: &std::collections::BTreeSet<u8>) -> io::Result<()> {
         match self.mode {
-            Durability::PerPut => {
-                let dirs: Vec<&File> = prefixes.iter().map(|&p| &self.dirs[p as usize]).collect();
-                parallel(&dirs, |d| d.sync_all())
-            }
+            Durability::PerPut => parallel(files, |f| f.sync_data()),
             Durability::Syncfs => self.round(),
         }
     }
@@ -204,7 +186,7 @@ impl Syncer {
             r.started += 1;
             let this = r.started;
             drop(r);
-            let res = nix::unistd::syncfs(self.dirs[0].as_raw_fd()).map_err(io::Error::from);
+            let res = nix::unistd::syncfs(self.dir.as_raw_fd()).map_err(io::Error::from);
             r = self.round.lock().expect("sync round lock");
             r.running = false;
             r.done = this;
@@ -222,20 +204,13 @@ mod tests {
     use super::*;
     use std::sync::Arc;
 
-    fn dirs(root: &std::path::Path) -> Vec<File> {
-        (0..256)
-            .map(|i| {
-                let p = root.join(format!("{i:02x}"));
-                std::fs::create_dir_all(&p).unwrap();
-                File::open(&p).unwrap()
-            })
-            .collect()
-    }
-
     #[test]
     fn concurrent_waiters_share_rounds() {
         let t = tempfile::tempdir().unwrap();
-        let s = Arc::new(Syncer::new(dirs(t.path()), Durability::Syncfs));
+        let s = Arc::new(Syncer::new(
+            File::open(t.path()).unwrap(),
+            Durability::Syncfs,
+        ));
         // A round is under way (held here) while 16 Puts arrive: none of
         // them may count on it, and all of them must share the next one.
         {
@@ -246,7 +221,10 @@ mod tests {
         let hs: Vec<_> = (0..16u8)
             .map(|i| {
                 let s = s.clone();
-                std::thread::spawn(move || s.names(i).unwrap())
+                std::thread::spawn(move || {
+                    let _ = i;
+                    s.names().unwrap()
+                })
             })
             .collect();
         while s.round.lock().unwrap().waiters < 16 {

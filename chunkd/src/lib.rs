@@ -220,7 +220,7 @@ pub async fn run_until(opts: Opts, shutdown: impl Future<Output = ()>) -> anyhow
         async move {
             loop {
                 tokio::time::sleep(Duration::from_secs(5)).await;
-                if !store.staged().is_empty() {
+                if store.staged_len() > 0 {
                     let s = store.clone();
                     if let Ok(Err(e)) = tokio::task::spawn_blocking(move || s.flush()).await {
                         tracing::error!("background flush of staged chunks failed: {e}");

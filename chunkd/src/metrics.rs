@@ -113,7 +113,7 @@ impl Collector for StoreGauges {
             &mut enc,
             "blobvirt_chunkd_staged_chunks",
             "Chunks put with staged=true that no Flush has made durable yet",
-            self.0.staged().len() as u64,
+            self.0.staged_len(),
         )?;
         encode_gauge(
             &mut enc,

@@ -7,14 +7,19 @@ use std::sync::Arc;
 use blobvirt_core::proto::chunk_store_server::{ChunkStore, ChunkStoreServer};
 use blobvirt_core::proto::{
     DeleteReply, DeleteRequest, FlushReply, FlushRequest, GetReply, GetRequest, HasReply,
-    HasRequest, ListReply, ListRequest, PullReply, PullRequest, PutLocalRequest, PutReply,
-    PutRequest, ScrubReply, ScrubRequest, StatsReply, StatsRequest,
+    HasRequest, ListReply, ListRequest, LocateReply, LocateRequest, Located, PullReply,
+    PullRequest, PutLocalReply, PutLocalRequest, PutReply, PutRequest, ScrubReply, ScrubRequest,
+    StatsReply, StatsRequest,
 };
 use blobvirt_core::{ChunkId, MAX_MESSAGE};
 use tonic::{Request, Response, Status};
 
 use crate::metrics::Metrics;
 use crate::store::{parse_id, Store, StoreError};
+
+/// Most neighbours one Locate returns (a 64 MiB segment of 128 KiB chunks
+/// holds 512).
+const LOCATE_MORE_MAX: usize = 1024;
 
 /// The `ChunkStore` gRPC service over one store.
 #[derive(Clone)]
@@ -95,18 +100,39 @@ impl ChunkStore for ChunkService {
         Ok(Response::new(PutReply { stored }))
     }
 
-    async fn put_local(&self, req: Request<PutLocalRequest>) -> Result<Response<PutReply>, Status> {
-        let PutLocalRequest { id, file } = req.into_inner();
-        let id = parse_id(&id).map_err(to_status)?;
-        let (stored, len) = self
-            .blocking(move |s| s.put_staged_file(&id, &file))
-            .await?;
-        self.metrics.put_chunks.inc();
-        self.metrics.put_bytes.inc_by(len);
-        if stored {
-            self.metrics.put_new_chunks.inc();
-        }
-        Ok(Response::new(PutReply { stored }))
+    async fn put_local(
+        &self,
+        req: Request<PutLocalRequest>,
+    ) -> Result<Response<PutLocalReply>, Status> {
+        let file = req.into_inner().file;
+        let (chunks, bytes) = self.blocking(move |s| s.put_local_batch(&file)).await?;
+        self.metrics.put_chunks.inc_by(chunks);
+        self.metrics.put_new_chunks.inc_by(chunks);
+        self.metrics.put_bytes.inc_by(bytes);
+        Ok(Response::new(PutLocalReply { chunks, bytes }))
+    }
+
+    async fn locate(&self, req: Request<LocateRequest>) -> Result<Response<LocateReply>, Status> {
+        let req = req.into_inner();
+        let id = parse_id(&req.id).map_err(to_status)?;
+        let more = (req.more as usize).min(LOCATE_MORE_MAX);
+        let mut run = self.blocking(move |s| s.locate_run(&id, more)).await?;
+        let file = |l: &crate::store::Location| l.file.to_string_lossy().into_owned();
+        let first = run.remove(0).1;
+        Ok(Response::new(LocateReply {
+            file: file(&first),
+            offset: first.data_at,
+            len: first.len,
+            more: run
+                .into_iter()
+                .map(|(id, l)| Located {
+                    id: bytes::Bytes::copy_from_slice(&id.0),
+                    file: file(&l),
+                    offset: l.data_at,
+                    len: l.len,
+                })
+                .collect(),
+        }))
     }
 
     async fn get(&self, req: Request<GetRequest>) -> Result<Response<GetReply>, Status> {
@@ -196,7 +222,7 @@ impl ChunkStore for ChunkService {
             bytes: st.bytes,
             free_bytes: st.free_bytes,
             total_bytes: st.total_bytes,
-            chunks_dir: self.store.chunks_dir().to_string_lossy().into_owned(),
+            packs_dir: self.store.packs_dir().to_string_lossy().into_owned(),
             host_view: blobvirt_core::chunk::host_view(),
             tmp_dir: self.store.tmp_dir().to_string_lossy().into_owned(),
             pid: std::process::id(),

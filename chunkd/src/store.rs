@@ -1,33 +1,40 @@
-//! The on-disk chunk store: layout, atomic Put, verified Get, quarantine of
-//! corrupt chunks, batched Has/Delete and the chunk/byte counters.
+//! The on-disk chunk store: a packed, append-only layout, verified Get,
+//! quarantine of corrupt chunks, batched Has/Delete and the counters.
 //!
 //! Layout under the data directory:
-//! - `chunks/<first 2 hex>/<64 hex>` — one file per chunk, named by its
-//!   BLAKE3-256 id; all 256 prefix directories are created at open;
-//! - `tmp/` — Puts in progress (emptied at open);
-//! - `corrupt/` — chunks whose bytes no longer match their id.
+//! - `packs/<seq>.{open,staged,pack}` — segments of records in the format of
+//!   [`blobvirt_core::pack`] (a 64-byte header, then the chunk's bytes). `.open`
+//!   takes durable Puts, `.staged` takes staged Puts and PutLocal batches
+//!   until a Flush, `.pack` is sealed (see [`segments`]);
+//! - `tmp/` — batch files that clients of this machine write for PutLocal
+//!   (emptied at open);
+//! - `corrupt/` — copies of chunks whose bytes no longer matched their id.
 //!
-//! A Put writes a temp file, makes it durable, renames it into place with
-//! `RENAME_NOREPLACE` (so concurrent Puts of one id count it once) and makes
-//! the rename durable through [`Syncer`] before it returns: a chunk is either
-//! fully there or absent. All methods block; call them from blocking threads.
-//! [`staged`] holds the Puts that are acknowledged before they are durable
-//! and made durable in bulk by Flush, through the same [`Syncer`] (both
-//! paths are described in [`crate::durable`]).
+//! An in-memory index maps every chunk id to its record; it is rebuilt from
+//! the headers at open. One record replaces one file per chunk: no inode,
+//! no rename and no directory sync per chunk, and one `fdatasync` makes a
+//! whole staged segment durable. A Put is acknowledged only once its record
+//! is durable, a staged Put once written (Flush makes it durable). Delete
+//! marks the record dead in place, syncs, then punches its data out; a
+//! sealed segment with no live record is removed. All methods block; call
+//! them from blocking threads.
 
-use std::fs::{self, File};
-use std::io::{self, Write};
+use std::collections::HashSet;
+use std::fs;
+use std::io;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
 
-use blobvirt_core::ChunkId;
+use blobvirt_core::{pack, ChunkId};
 use bytes::Bytes;
 use nix::errno::Errno;
 
 use crate::durable::{Durability, Syncer};
-use staged::Staged;
+use segments::{Inner, Kind, Loc, Writer};
 
 pub mod scan;
+pub mod segments;
 pub mod staged;
 
 /// Errors of store operations; the service maps them to gRPC codes.
@@ -37,7 +44,7 @@ pub enum StoreError {
     BadId(usize),
     #[error("data of {len} bytes does not hash to chunk {chunk}; it was not stored, send the chunk again")]
     HashMismatch { chunk: ChunkId, len: usize },
-    #[error("{0} is not a file written for PutLocal in this node's tmp/ (a name starting with \"in.\"); send the chunk with Put")]
+    #[error("{0} is not a batch file for PutLocal in this node's tmp/ (a name starting with \"in.\", records in the pack format); send the chunks with Put")]
     BadFile(String),
     #[error("chunk {chunk} is not on chunkd node {node}")]
     NotFound { chunk: ChunkId, node: String },
@@ -69,22 +76,33 @@ pub struct Stats {
     pub total_bytes: u64,
 }
 
+/// Where a chunk's bytes are (Locate): its segment file and data range.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Location {
+    pub file: PathBuf,
+    pub data_at: u64,
+    pub len: u64,
+}
+
 /// A chunk store in one data directory.
 pub struct Store {
     node: String,
-    chunks_dir: PathBuf,
+    packs_dir: PathBuf,
     tmp_dir: PathBuf,
     corrupt_dir: PathBuf,
-    chunks: AtomicU64,
-    bytes: AtomicU64,
-    seq: AtomicU64,
+    inner: Mutex<Inner>,
+    /// The segment durable Puts append to.
+    open: Mutex<Option<Writer>>,
+    /// The segment staged Puts append to.
+    staging: Mutex<Option<Writer>>,
+    flush_lock: Mutex<()>,
     sync: Syncer,
-    staged: Staged,
 }
 
 impl Store {
-    /// Opens (creating if needed) the store in `dir` for node `node`, empties
-    /// `tmp/` and counts the chunks present.
+    /// Opens (creating if needed) the store in `dir` for node `node`: empties
+    /// `tmp/`, rebuilds the index from the segments (cutting a torn tail off)
+    /// and moves chunks of the old one-file-per-chunk layout into segments.
     pub fn open(dir: &Path, node: &str) -> Result<Store, StoreError> {
         Store::open_with(dir, node, Durability::default())
     }
@@ -101,41 +119,35 @@ impl Store {
                 source,
             }
         };
-        let chunks_dir = dir.join("chunks");
+        let packs_dir = dir.join("packs");
         let tmp_dir = dir.join("tmp");
         let corrupt_dir = dir.join("corrupt");
-        for d in [&chunks_dir, &corrupt_dir] {
+        for d in [&packs_dir, &corrupt_dir] {
             fs::create_dir_all(d).map_err(io("create", d))?;
         }
         if tmp_dir.exists() {
             fs::remove_dir_all(&tmp_dir).map_err(io("clear", &tmp_dir))?;
         }
         fs::create_dir_all(&tmp_dir).map_err(io("create", &tmp_dir))?;
-        let mut dirs = Vec::with_capacity(256);
-        for p in 0..256 {
-            let d = chunks_dir.join(format!("{p:02x}"));
-            fs::create_dir_all(&d).map_err(io("create", &d))?;
-            dirs.push(File::open(&d).map_err(io("open", &d))?);
-        }
-        for d in [&chunks_dir, dir] {
-            File::open(d)
+        let packs = fs::File::open(&packs_dir).map_err(io("open", &packs_dir))?;
+        for d in [&packs_dir, dir] {
+            fs::File::open(d)
                 .and_then(|f| f.sync_all())
                 .map_err(io("sync", d))?;
         }
         let store = Store {
             node: node.to_string(),
-            chunks_dir,
+            packs_dir,
             tmp_dir,
             corrupt_dir,
-            chunks: AtomicU64::new(0),
-            bytes: AtomicU64::new(0),
-            seq: AtomicU64::new(0),
-            sync: Syncer::new(dirs, mode),
-            staged: Staged::default(),
+            inner: Mutex::new(Inner::default()),
+            open: Mutex::new(None),
+            staging: Mutex::new(None),
+            flush_lock: Mutex::new(()),
+            sync: Syncer::new(packs, mode),
         };
-        let (n, b) = store.scan()?;
-        store.chunks.store(n, Ordering::Relaxed);
-        store.bytes.store(b, Ordering::Relaxed);
+        store.load()?;
+        store.migrate(&dir.join("chunks"))?;
         Ok(store)
     }
 
@@ -147,28 +159,17 @@ impl Store {
         self.sync.mode()
     }
 
-    /// The `chunks/` directory (see [`blobvirt_core::chunk::chunk_file`]).
-    pub fn chunks_dir(&self) -> &Path {
-        &self.chunks_dir
-    }
-
-    /// Path of a chunk's file.
-    pub fn chunk_path(&self, id: &ChunkId) -> PathBuf {
-        blobvirt_core::chunk::chunk_file(&self.chunks_dir, id)
-    }
-
-    pub fn staged(&self) -> &Staged {
-        &self.staged
+    /// The `packs/` directory.
+    pub fn packs_dir(&self) -> &Path {
+        &self.packs_dir
     }
 
     pub fn tmp_dir(&self) -> &Path {
         &self.tmp_dir
     }
 
-    /// A fresh temp file name for chunk `id`.
-    pub(crate) fn tmp_path(&self, id: &ChunkId) -> PathBuf {
-        let seq = self.seq.fetch_add(1, Ordering::Relaxed);
-        self.tmp_dir.join(format!("{}.{seq}", id.to_hex()))
+    pub(crate) fn inner(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().expect("store index lock")
     }
 
     /// Refuses data that does not hash to `id`.
@@ -181,12 +182,6 @@ impl Store {
                 len: data.len(),
             })
         }
-    }
-
-    /// Counts one more stored chunk of `len` bytes.
-    pub(crate) fn count(&self, len: u64) {
-        self.chunks.fetch_add(1, Ordering::Relaxed);
-        self.bytes.fetch_add(len, Ordering::Relaxed);
     }
 
     pub(crate) fn io_err(&self, op: &'static str, path: &Path, source: io::Error) -> StoreError {
@@ -206,205 +201,190 @@ impl Store {
         }
     }
 
-    /// Counts the chunk files (and their bytes) under `chunks/`.
-    fn scan(&self) -> Result<(u64, u64), StoreError> {
-        let (mut n, mut b) = (0, 0);
-        for p in 0..256 {
-            let d = self.chunks_dir.join(format!("{p:02x}"));
-            let entries = fs::read_dir(&d).map_err(|e| self.io_err("scan", &d, e))?;
-            for e in entries {
-                let e = e.map_err(|e| self.io_err("scan", &d, e))?;
-                let name = e.file_name();
-                let ok = name
-                    .to_str()
-                    .and_then(ChunkId::from_hex)
-                    .is_some_and(|id| id.0[0] == p as u8);
-                match e.metadata() {
-                    Ok(m) if ok && m.is_file() => {
-                        n += 1;
-                        b += m.len();
-                    }
-                    _ => {
-                        tracing::warn!(path = %e.path().display(), "ignoring a file that is not a chunk")
-                    }
-                }
-            }
-        }
-        Ok((n, b))
-    }
-
     /// Stores `data` as chunk `id`. Returns false when it was already there.
     /// Returns only once the chunk is durable.
     pub fn put(&self, id: &ChunkId, data: &[u8]) -> Result<bool, StoreError> {
         self.check(id, data)?;
-        let dst = self.chunk_path(id);
-        if dst.exists() {
+        if self.inner().index.get(id).is_some_and(|l| l.durable) {
             return Ok(false);
         }
-        let tmp = self.tmp_path(id);
-        let res = self.put_tmp(&tmp, &dst, data);
-        if !matches!(res, Ok(true)) {
-            let _ = fs::remove_file(&tmp);
-        }
-        let stored = res?;
-        if stored {
-            self.count(data.len() as u64);
-            self.sync
-                .names(id.0[0])
-                .map_err(|e| self.io_err("sync the directory of", &dst, e))?;
-        }
-        Ok(stored)
-    }
-
-    /// Writes, syncs and renames the temp file; false when `dst` appeared
-    /// meanwhile (the temp file is then left for the caller to remove).
-    fn put_tmp(&self, tmp: &Path, dst: &Path, data: &[u8]) -> Result<bool, StoreError> {
-        let f = self.write_tmp(tmp, data)?;
-        self.sync
-            .data(&f)
-            .map_err(|e| self.io_err("sync", tmp, e))?;
-        drop(f);
-        rename_noreplace(tmp, dst).map_err(|e| self.io_err("rename into", dst, e))
-    }
-
-    /// Writes `data` to the new temp file `tmp`, without syncing it (Puts
-    /// and staged Puts).
-    fn write_tmp(&self, tmp: &Path, data: &[u8]) -> Result<File, StoreError> {
-        let mut f = File::create_new(tmp).map_err(|e| self.io_err("create", tmp, e))?;
-        f.write_all(data)
-            .map_err(|e| self.io_err("write", tmp, e))?;
-        Ok(f)
-    }
-
-    /// Reads chunk `id`, re-verifying its hash. A corrupt chunk is moved to
-    /// `corrupt/` and reported as [`StoreError::Corrupt`]; its bytes are never
-    /// returned.
-    pub fn get(&self, id: &ChunkId) -> Result<Bytes, StoreError> {
-        let mut path = self.chunk_path(id);
-        let read = match fs::read(&path) {
-            Err(e) if e.kind() == io::ErrorKind::NotFound => match self.staged.path_of(id) {
-                Some(tmp) => {
-                    path = tmp;
-                    fs::read(&path)
-                }
-                None => Err(e),
-            },
-            r => r,
+        let (seg, off, file) = {
+            let mut w = self.open.lock().expect("open segment lock");
+            self.append(&mut w, Kind::Open, id, data)?
         };
-        let data = match read {
+        self.sync
+            .data(&file)
+            .map_err(|e| self.io_err("sync", &self.packs_dir, e))?;
+        let loc = Loc {
+            seg,
+            off,
+            len: data.len() as u64,
+            durable: true,
+        };
+        Ok(self.inner().insert(*id, loc, &file))
+    }
+
+    /// Reads chunk `id`, re-verifying its hash. A corrupt chunk is copied to
+    /// `corrupt/`, dropped from the store and reported as
+    /// [`StoreError::Corrupt`]; its bytes are never returned.
+    pub fn get(&self, id: &ChunkId) -> Result<Bytes, StoreError> {
+        let found = self.inner().lookup(id);
+        let Some((loc, file, path)) = found else {
+            return Err(StoreError::NotFound {
+                chunk: *id,
+                node: self.node.clone(),
+            });
+        };
+        let data = match pack::read_data(&file, loc.off, loc.len) {
             Ok(d) => d,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                return Err(StoreError::NotFound {
-                    chunk: *id,
-                    node: self.node.clone(),
-                })
-            }
+            // Cut short: corrupt, unless it was deleted meanwhile (below).
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Vec::new(),
             Err(e) => return Err(self.io_err("read", &path, e)),
         };
         if id.verifies(&data) {
             return Ok(Bytes::from(data));
         }
-        self.quarantine(id, &path);
+        if self.inner().index.get(id) != Some(&loc) {
+            // Deleted (and punched) while it was read.
+            return Err(StoreError::NotFound {
+                chunk: *id,
+                node: self.node.clone(),
+            });
+        }
+        self.quarantine(id, &data);
         Err(StoreError::Corrupt {
             chunk: *id,
             node: self.node.clone(),
         })
     }
 
-    fn quarantine(&self, id: &ChunkId, path: &Path) {
+    /// Where chunk `id`'s bytes are, for a reader on this machine; the
+    /// reader checks the hash of what it reads like any answer.
+    /// Where chunk `id` is (Locate).
+    pub fn locate(&self, id: &ChunkId) -> Result<Location, StoreError> {
+        let mut run = self.locate_run(id, 0)?;
+        Ok(run.swap_remove(0).1)
+    }
+
+    /// Where chunk `id` is, followed by up to `more` of the records after
+    /// it in its segment that the index also points at (in file order), so a
+    /// client reading sequentially asks once per run of chunks. Headers are
+    /// read outside the index lock; a neighbour is checked against the index
+    /// afterwards, and a client hash-checks whatever it reads anyway.
+    pub fn locate_run(
+        &self,
+        id: &ChunkId,
+        more: usize,
+    ) -> Result<Vec<(ChunkId, Location)>, StoreError> {
+        let Some((loc, file, path)) = self.inner().lookup(id) else {
+            return Err(StoreError::NotFound {
+                chunk: *id,
+                node: self.node.clone(),
+            });
+        };
+        let at = |off: u64, len: u64| Location {
+            file: path.clone(),
+            data_at: off + pack::HEADER,
+            len,
+        };
+        let mut out = vec![(*id, at(loc.off, loc.len))];
+        let mut next = Vec::new();
+        let mut off = loc.off + pack::HEADER + loc.len;
+        let mut h = [0u8; pack::HEADER as usize];
+        while next.len() < more && file.read_exact_at(&mut h, off).is_ok() {
+            let Some(hd) = pack::decode(&h) else { break };
+            if hd.live {
+                next.push((hd.id, off, hd.len));
+            }
+            off += pack::HEADER + hd.len;
+        }
+        let g = self.inner();
+        for (nid, noff, nlen) in next {
+            if g.index
+                .get(&nid)
+                .is_some_and(|l| l.seg == loc.seg && l.off == noff)
+            {
+                out.push((nid, at(noff, nlen)));
+            }
+        }
+        Ok(out)
+    }
+
+    fn quarantine(&self, id: &ChunkId, data: &[u8]) {
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_nanos())
             .unwrap_or(0);
         let to = self.corrupt_dir.join(format!("{}.{nanos}", id.to_hex()));
-        let len = fs::metadata(path).map(|m| m.len()).unwrap_or(0);
-        match fs::rename(path, &to) {
-            Ok(()) => {
-                self.forget(len);
-                tracing::error!(chunk = %id, node = %self.node, moved_to = %to.display(),
+        if let Err(e) = fs::write(&to, data) {
+            tracing::warn!(chunk = %id, "could not keep a copy of corrupt chunk {id} in {}: {e}", to.display());
+        }
+        match self.delete(&[*id]) {
+            Ok(_) => {
+                tracing::error!(chunk = %id, node = %self.node, copied_to = %to.display(),
                     "chunk {id} on chunkd node {} is corrupt; quarantined it", self.node);
             }
             Err(e) => {
                 tracing::error!(chunk = %id, node = %self.node,
-                    "chunk {id} on chunkd node {} is corrupt and could not be quarantined: {e}", self.node);
+                    "chunk {id} on chunkd node {} is corrupt and could not be dropped: {e}", self.node);
             }
         }
     }
 
-    fn forget(&self, len: u64) {
-        let _ = self
-            .chunks
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
-                Some(n.saturating_sub(1))
-            });
-        let _ = self
-            .bytes
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |b| {
-                Some(b.saturating_sub(len))
-            });
-    }
-
-    /// Which of `ids` are present, in order.
+    /// Which of `ids` are present and durable, in order.
     pub fn has(&self, ids: &[ChunkId]) -> Vec<bool> {
-        ids.iter().map(|id| self.chunk_path(id).is_file()).collect()
+        let inner = self.inner();
+        ids.iter()
+            .map(|id| inner.index.get(id).is_some_and(|l| l.durable))
+            .collect()
     }
 
-    /// Removes the chunks present among `ids`; returns how many it removed.
+    /// Removes the chunks present among `ids` (staged ones too); returns
+    /// how many durable chunks it removed. Each record is marked dead and
+    /// synced before its data is punched out, so a crash never brings back
+    /// a record whose data is gone.
     pub fn delete(&self, ids: &[ChunkId]) -> Result<u64, StoreError> {
-        let mut deleted = 0;
-        for id in ids {
-            if let Some(tmp) = self.staged.remove(id) {
-                let _ = fs::remove_file(tmp);
-            }
-            let path = self.chunk_path(id);
-            let len = match fs::metadata(&path) {
-                Ok(m) => m.len(),
-                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-                Err(e) => return Err(self.io_err("inspect", &path, e)),
-            };
-            match fs::remove_file(&path) {
-                Ok(()) => {
-                    deleted += 1;
-                    self.forget(len);
-                }
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(e) => return Err(self.io_err("delete", &path, e)),
+        let (gone, deleted) = self.inner().remove(ids);
+        let mut touched = HashSet::new();
+        for (loc, file, path) in &gone {
+            pack::set_state(file, loc.off, pack::DEAD)
+                .map_err(|e| self.io_err("mark a deleted chunk in", path, e))?;
+            touched.insert(loc.seg);
+        }
+        let files: Vec<(fs::File, PathBuf)> = {
+            let inner = self.inner();
+            touched
+                .iter()
+                .filter_map(|s| inner.segs.get(s))
+                .filter_map(|s| s.file.try_clone().ok().map(|f| (f, s.path.clone())))
+                .collect()
+        };
+        let refs: Vec<&fs::File> = files.iter().map(|(f, _)| f).collect();
+        self.sync
+            .files(&refs)
+            .map_err(|e| self.io_err("sync deletions in", &self.packs_dir, e))?;
+        for (loc, file, path) in &gone {
+            if let Err(e) = segments::punch(file, loc.off + pack::HEADER, loc.len) {
+                tracing::warn!(path = %path.display(), "could not free the space of a deleted chunk: {e}");
             }
         }
+        self.reap(&touched)?;
         Ok(deleted)
     }
 
     /// Chunk and byte counts plus the space of the file system.
     pub fn stats(&self) -> Result<Stats, StoreError> {
-        let vfs = nix::sys::statvfs::statvfs(&self.chunks_dir)
-            .map_err(|e| self.io_err("statvfs", &self.chunks_dir, e.into()))?;
+        let vfs = nix::sys::statvfs::statvfs(&self.packs_dir)
+            .map_err(|e| self.io_err("statvfs", &self.packs_dir, e.into()))?;
         let frag = vfs.fragment_size() as u64;
+        let inner = self.inner();
         Ok(Stats {
             node_id: self.node.clone(),
-            chunks: self.chunks.load(Ordering::Relaxed),
-            bytes: self.bytes.load(Ordering::Relaxed),
+            chunks: inner.chunks,
+            bytes: inner.bytes,
             free_bytes: vfs.blocks_available() as u64 * frag,
             total_bytes: vfs.blocks() as u64 * frag,
         })
-    }
-}
-
-/// `rename(2)` that refuses to replace: Ok(false) when `dst` exists.
-pub(crate) fn rename_noreplace(src: &Path, dst: &Path) -> io::Result<bool> {
-    use nix::fcntl::{renameat2, RenameFlags};
-    match renameat2(None, src, None, dst, RenameFlags::RENAME_NOREPLACE) {
-        Ok(()) => Ok(true),
-        Err(Errno::EEXIST) => Ok(false),
-        // File systems without RENAME_NOREPLACE: link(2) refuses to replace.
-        Err(Errno::EINVAL | Errno::ENOSYS) => match fs::hard_link(src, dst) {
-            Ok(()) => {
-                fs::remove_file(src)?;
-                Ok(true)
-            }
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(false),
-            Err(e) => Err(e),
-        },
-        Err(e) => Err(e.into()),
     }
 }
 

@@ -174,10 +174,14 @@ async fn serves_chunks_while_poold_is_down_and_exits_0_on_sigterm() {
 
     // Corrupt chunk a on disk: chunkd must refuse to serve it.
     let hex = a.to_hex();
-    let file = t.path().join("chunks").join(&hex[..2]).join(&hex);
-    let mut bad = da.to_vec();
-    bad[1234] ^= 0xff;
-    std::fs::write(&file, &bad).unwrap();
+    let at = blobvirt_core::pack::find(&t.path().join("packs"), &a)
+        .unwrap()
+        .expect("chunk a is in a segment");
+    {
+        use std::os::unix::fs::FileExt;
+        let f = std::fs::File::options().write(true).open(&at.file).unwrap();
+        f.write_all_at(&[0x5a], at.data_at + 1234).unwrap();
+    }
     let err = c
         .get(GetRequest {
             id: ids(&[a])[0].clone(),

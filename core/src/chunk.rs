@@ -52,8 +52,9 @@ impl fmt::Display for ChunkId {
     }
 }
 
-/// Path of chunk `id` under a chunk store's `chunks/` directory:
-/// `chunks/<first 2 hex>/<64 hex>` (the layout is chunkd's, `chunkd::store`).
+/// Path of chunk `id` in the one-file-per-chunk layout that chunkd used
+/// before its packed store: `chunks/<first 2 hex>/<64 hex>` (chunkd moves
+/// such a tree into segments once at start; tests build one to check that).
 pub fn chunk_file(chunks_dir: &std::path::Path, id: &ChunkId) -> std::path::PathBuf {
     let hex = id.to_hex();
     chunks_dir.join(&hex[..2]).join(hex)

@@ -2,7 +2,6 @@
 //! daemons for data, with placement computed locally and bounded parallelism.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -17,52 +16,9 @@ use crate::proto::pool_client::PoolClient;
 use crate::proto::{self as pb};
 use crate::MAX_MESSAGE;
 
-/// The directories of a chunkd of this machine.
-struct LocalStore {
-    chunks: PathBuf,
-    tmp: PathBuf,
-    /// `/proc/<pid>` of the chunkd process (0: unknown).
-    proc_dir: Option<PathBuf>,
-}
 
-impl LocalStore {
-    /// Whether the chunkd still runs: a stopped node's files are not read,
-    /// so it is unreachable here as it is over gRPC. (A reused pid only
-    /// means reading files that are hash-checked anyway.)
-    fn runs(&self) -> bool {
-        self.proc_dir.as_ref().is_none_or(|p| p.exists())
-    }
-}
-
-/// What a [`Repo`] knows of a chunkd's locality.
-#[derive(Clone)]
-enum LocalEntry {
-    /// Asked: its directories when it shares this machine's view.
-    Known(Option<Arc<LocalStore>>),
-    /// Stats failed at this time; asked again after [`LOCAL_RETRY`].
-    Failed(std::time::Instant),
-}
-
-/// How long a chunkd whose Stats failed is treated as not local.
-const LOCAL_RETRY: Duration = Duration::from_secs(30);
-
-/// Names of the files this process writes for PutLocal.
-static LOCAL_SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-
-/// Writes `data` to a new file in `tmp` for PutLocal; returns its name.
-/// Not synced: the node's Flush makes it durable.
-fn write_local(tmp: &std::path::Path, id: &ChunkId, data: &[u8]) -> std::io::Result<String> {
-    use std::io::Write;
-    let seq = LOCAL_SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let name = format!("in.{}.{}.{seq}", id.to_hex(), std::process::id());
-    let path = tmp.join(&name);
-    let res = std::fs::File::create_new(&path).and_then(|mut f| f.write_all(data));
-    if let Err(e) = res {
-        let _ = std::fs::remove_file(&path);
-        return Err(e);
-    }
-    Ok(name)
-}
+mod nearby;
+use nearby::LocalEntry;
 
 /// Errors of repository operations that callers match on.
 #[derive(Debug, thiserror::Error)]
@@ -153,15 +109,15 @@ pub struct Repo {
     pool: PoolClient<Channel>,
     view: Arc<RwLock<View>>,
     chans: Arc<Mutex<HashMap<String, ChunkStoreClient<Channel>>>>,
-    /// chunkd address → its `chunks/` directory when that node shares this
-    /// process's view of the machine (`None`: it does not).
+    /// chunkd address → the node when it shares this process's view of the
+    /// machine (`None`: it does not); see [`crate::local`].
     local: Arc<Mutex<HashMap<String, LocalEntry>>>,
     /// How many chunk transfers run at once.
     pub concurrency: usize,
-    /// Read a replica on a chunkd of this machine from its file instead of
-    /// over gRPC ([`Repo::get_chunk`]), and write a staged replica there as
-    /// a file handed over with PutLocal ([`Repo::put_chunk_staged`]); on
-    /// unless `BLOBVIRT_LOCAL_READS=0`.
+    /// Read a replica on a chunkd of this machine from its segment instead
+    /// of over gRPC ([`Repo::get_chunk`]), and write staged replicas there
+    /// into a batch file handed over with PutLocal
+    /// ([`Repo::put_chunk_staged`]); on unless `BLOBVIRT_LOCAL_READS=0`.
     pub local_reads: bool,
 }
 
@@ -277,30 +233,29 @@ impl Repo {
             let mut c = self.node(&m.addr);
             let (node, addr) = (m.id.clone(), m.addr.clone());
             async move {
-                // A staged replica on this machine: write the file and hand
-                // it over (no gRPC body, no TLS); any failure to write it or
-                // to hand it over falls back to Put.
+                // A staged replica on this machine: append it to the batch
+                // for that node (no gRPC body, no TLS); a batch that is full
+                // is handed over now, the rest at Flush. Any failure to
+                // write it falls back to Put.
                 if let Some(l) = self.local_store(&addr).await.filter(|l| staged && l.runs()) {
-                    let d = data.clone();
-                    let written = tokio::task::spawn_blocking(move || write_local(&l.tmp, &id, &d))
+                    let (l2, d) = (l.clone(), data.clone());
+                    let appended = tokio::task::spawn_blocking(move || l2.append(&id, &d))
                         .await
                         .ok()
-                        .and_then(|r| r.ok());
-                    if let Some(file) = written {
-                        let req = pb::PutLocalRequest {
-                            id: Bytes::copy_from_slice(&id.0),
-                            file,
-                        };
-                        // A node that cannot take the file (it may not read
-                        // a file this user made) gets the bytes instead.
-                        match c.put_local(req).await {
-                            Ok(_) => return Ok(addr),
-                            Err(s) => tracing::debug!(
-                                node = %node,
-                                "PutLocal refused ({}); sending the chunk over gRPC",
-                                s.message()
-                            ),
+                        .and_then(|r| {
+                            r.map_err(|e| {
+                                tracing::debug!(node = %node, "cannot write a local batch ({e}); sending the chunk over gRPC")
+                            })
+                            .ok()
+                        });
+                    if let Some(full) = appended {
+                        if let Some(name) = full {
+                            let mut refused = l.handover.lock().await;
+                            if let Err(e) = self.hand_over(&mut c, name).await {
+                                refused.get_or_insert(e);
+                            }
                         }
+                        return Ok(addr);
                     }
                 }
                 let req = pb::PutRequest {
@@ -341,17 +296,49 @@ impl Repo {
         }
     }
 
-    /// Makes the staged chunks on these nodes durable.
+    /// Hands the batch file `name` over to a node of this machine.
+    async fn hand_over(
+        &self,
+        c: &mut ChunkStoreClient<Channel>,
+        name: String,
+    ) -> Result<(), String> {
+        c.put_local(pb::PutLocalRequest { file: name })
+            .await
+            .map(drop)
+            .map_err(|s| s.message().to_string())
+    }
+
+    /// Makes the staged chunks on these nodes durable (after handing over
+    /// what this process batched for a node of this machine).
     pub async fn flush<'a>(&self, addrs: impl IntoIterator<Item = &'a String>) -> Result<()> {
         let calls = addrs.into_iter().map(|addr| {
             let mut c = self.node(addr);
+            let local = match self.local.lock().expect("local lock").get(addr) {
+                Some(LocalEntry::Known(Some(l))) => Some(l.clone()),
+                _ => None,
+            };
             async move {
+                let err = |reason: String| RepoError::Flush {
+                    node: addr.clone(),
+                    reason,
+                };
+                let mut guard = match &local {
+                    Some(l) => Some(l.handover.lock().await),
+                    None => None,
+                };
+                if let (Some(l), Some(g)) = (&local, guard.as_mut()) {
+                    if let Some(name) = l.take() {
+                        if let Err(e) = self.hand_over(&mut c, name).await {
+                            g.get_or_insert(e);
+                        }
+                    }
+                    if let Some(e) = g.take() {
+                        return Err(err(format!("it refused a batch of staged chunks: {e}")));
+                    }
+                }
                 c.flush(pb::FlushRequest {})
                     .await
-                    .map_err(|s| RepoError::Flush {
-                        node: addr.clone(),
-                        reason: s.message().to_string(),
-                    })
+                    .map_err(|s| err(s.message().to_string()))
             }
         });
         for r in futures::future::join_all(calls).await {
@@ -380,28 +367,8 @@ impl Repo {
         let mut corrupt = 0;
         let mut bad: Vec<String> = Vec::new();
         let order = p.read_order(&id);
-        let mut local = Vec::new();
-        for m in order.iter().filter(|m| m.alive) {
-            local.push(self.local_store(&m.addr).await);
-        }
-        // A replica on this machine is read from its file first: no gRPC,
-        // no TLS, one copy. Its bytes are hash-checked like any answer;
-        // absent (staged, deleted, not local after all), the next local
-        // replica is tried; corrupt, the replicas are asked over gRPC as
-        // usual, so its chunkd quarantines and reports it and it is repaired.
-        for l in local.into_iter().flatten() {
-            let read = tokio::task::spawn_blocking(move || {
-                if !l.runs() {
-                    return None;
-                }
-                let data = std::fs::read(crate::chunk::chunk_file(&l.chunks, &id)).ok()?;
-                Some(id.verifies(&data).then(|| Bytes::from(data)))
-            });
-            match read.await {
-                Ok(Some(Some(data))) => return Ok(data),
-                Ok(Some(None)) => break,
-                _ => {}
-            }
+        if let Some(data) = self.read_nearby(&id, &order).await {
+            return Ok(data);
         }
         for m in order {
             let req = pb::GetRequest {
@@ -451,44 +418,6 @@ impl Repo {
             tried: tried.join(", "),
             corrupt,
         })
-    }
-
-    /// The directories of the chunkd at `addr` when it shares this
-    /// process's view of the machine (asked once per node with Stats), and
-    /// local reads and writes are on.
-    async fn local_store(&self, addr: &str) -> Option<Arc<LocalStore>> {
-        if !self.local_reads {
-            return None;
-        }
-        match self.local.lock().expect("local lock").get(addr) {
-            Some(LocalEntry::Known(d)) => return d.clone(),
-            Some(LocalEntry::Failed(t)) if t.elapsed() < LOCAL_RETRY => return None,
-            _ => {}
-        }
-        let mut c = self.node(addr);
-        let st = tokio::time::timeout(Duration::from_secs(2), c.stats(pb::StatsRequest {})).await;
-        let Ok(Ok(st)) = st else {
-            self.local.lock().expect("local lock").insert(
-                addr.to_string(),
-                LocalEntry::Failed(std::time::Instant::now()),
-            );
-            return None;
-        };
-        let st = st.into_inner();
-        let me = crate::chunk::host_view();
-        let dir = (!me.is_empty() && st.host_view == me && !st.chunks_dir.is_empty())
-            .then(|| LocalStore {
-                chunks: PathBuf::from(st.chunks_dir),
-                tmp: PathBuf::from(st.tmp_dir),
-                proc_dir: (st.pid != 0).then(|| PathBuf::from(format!("/proc/{}", st.pid))),
-            })
-            .filter(|l| l.chunks.is_dir() && l.tmp.is_dir())
-            .map(Arc::new);
-        self.local
-            .lock()
-            .expect("local lock")
-            .insert(addr.to_string(), LocalEntry::Known(dir.clone()));
-        dir
     }
 
     pub async fn get_blob(&self, name: &str) -> Result<pb::BlobInfo> {

@@ -5,7 +5,6 @@
 //! the recovery with 2 GiB (`HEAL_MIB`).
 
 use std::collections::{BTreeSet, HashMap};
-use std::os::unix::fs::FileExt;
 use std::time::{Duration, Instant};
 
 use blobvirt_core::client::{channel, chunk_client};
@@ -14,7 +13,7 @@ use blobvirt_core::ChunkId;
 use bytes::Bytes;
 use testbed::harness::cli;
 use testbed::harness::daemons::Cluster;
-use testbed::harness::data::{random_bytes, MIB};
+use testbed::harness::data::{chunk_on_disk, random_bytes, ChunkOnDisk, MIB};
 use testbed::harness::wait_until;
 
 const CHUNK: u32 = 256 * 1024;
@@ -270,22 +269,9 @@ fn a_drained_node_ends_empty_and_remove_refuses_last_copies() {
     exports_exact(&c, &vols);
 }
 
-/// Flips one byte in the middle of a chunk file.
-fn flip(path: &std::path::Path) {
-    let f = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(path)
-        .unwrap();
-    let mut b = [0u8; 1];
-    let off = f.metadata().unwrap().len() / 2;
-    f.read_exact_at(&mut b, off).unwrap();
-    b[0] ^= 0x41;
-    f.write_all_at(&b, off).unwrap();
-}
-
-fn chunk_path(c: &Cluster, node: usize, id: &ChunkId) -> std::path::PathBuf {
-    blobvirt_core::chunk::chunk_file(&c.chunkds[node].dir.join("chunks"), id)
+/// Chunk `id` as node `node` holds it on disk.
+fn on_disk(c: &Cluster, node: usize, id: &ChunkId) -> Option<ChunkOnDisk> {
+    chunk_on_disk(&c.chunkds[node].dir, id)
 }
 
 #[test]
@@ -300,7 +286,7 @@ fn scrub_repairs_flipped_bytes_and_names_what_is_lost() {
         for n in 0..4 {
             let ids = c.chunks_of(n);
             if let Some(id) = ids.iter().skip(round).find(|id| !done.contains(*id)) {
-                flip(&chunk_path(&c, n, id));
+                on_disk(&c, n, id).unwrap().flip();
                 done.insert(*id);
                 flipped.push((n, *id));
                 if flipped.len() == 20 {
@@ -315,7 +301,7 @@ fn scrub_repairs_flipped_bytes_and_names_what_is_lost() {
     assert_eq!(r["copied_chunks"], 20, "{r}");
     assert_eq!(r["degraded_chunks_after"], 0, "{r}");
     for (n, id) in &flipped {
-        let b = std::fs::read(chunk_path(&c, *n, id)).unwrap();
+        let b = on_disk(&c, *n, id).expect("repaired copy").read();
         assert!(id.verifies(&b), "chunk {id} on node-{n} is repaired");
     }
     assert!(all_at(&c, 2));
@@ -324,8 +310,8 @@ fn scrub_repairs_flipped_bytes_and_names_what_is_lost() {
     let v1 = c.rt.block_on(c.repo.resolve("v1", 1)).unwrap();
     let id = v1.chunks[3].unwrap();
     for n in 0..4 {
-        if chunk_path(&c, n, &id).exists() {
-            flip(&chunk_path(&c, n, &id));
+        if let Some(o) = on_disk(&c, n, &id) {
+            o.flip();
         }
     }
     let o = cli::run(p, &["scrub", "--now"]);

@@ -139,10 +139,7 @@ fn status_up_restart_down() {
     for pid in &pids {
         assert!(!running_in(*pid, &c.dir));
     }
-    assert!(
-        c.chunkd_dir(1).join("chunks").is_dir(),
-        "data dirs are kept"
-    );
+    assert!(c.chunkd_dir(1).join("packs").is_dir(), "data dirs are kept");
     let e = fail(None, &["cluster", "down", "--dir", &d]);
     assert!(e.contains("no cluster"), "{e}");
 

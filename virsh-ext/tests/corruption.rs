@@ -1,31 +1,14 @@
-//! Corruption is caught: a byte flipped inside a stored chunk file is
+//! Corruption is caught: a byte flipped inside a stored chunk is
 //! detected (chunkd quarantines it and logs it, the CLI reports it), the
 //! chunk is served from a replica, and with no good copy left the export
 //! fails with an error naming the volume and the chunk and leaves no file.
 
 use std::fs;
-use std::os::unix::fs::FileExt;
-use std::path::{Path, PathBuf};
 
 use blobvirt_core::placement::{Member, Placement};
 use blobvirt_core::ChunkId;
 use testbed::harness::cli::*;
 use testbed::harness::data::*;
-
-/// Flips one byte in the middle of a chunk file.
-fn flip_byte(path: &Path) {
-    let f = fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(path)
-        .unwrap();
-    let off = f.metadata().unwrap().len() / 2;
-    let mut b = [0u8; 1];
-    f.read_exact_at(&mut b, off).unwrap();
-    b[0] ^= 0x5a;
-    f.write_all_at(&b, off).unwrap();
-    f.sync_all().unwrap();
-}
 
 /// The placement the clients compute, from `cluster status --json`.
 fn placement(c: &Cluster) -> Placement {
@@ -44,16 +27,15 @@ fn placement(c: &Cluster) -> Placement {
     Placement::new(members, s["replicas"].as_u64().unwrap() as usize)
 }
 
-/// The file of chunk `hex` on node `node-<i>`.
-fn chunk_path(c: &Cluster, node: &str, hex: &str) -> PathBuf {
+/// Chunk `hex` on node `node-<i>`, when that node holds it.
+fn on_node(c: &Cluster, node: &str, hex: &str) -> Option<ChunkOnDisk> {
     let i: usize = node.strip_prefix("node-").unwrap().parse().unwrap();
-    c.chunkd_dir(i).join("chunks").join(&hex[..2]).join(hex)
+    chunk_on_disk(&c.chunkd_dir(i), &ChunkId::from_hex(hex).unwrap())
 }
 
 fn some_chunk(c: &Cluster) -> String {
     let files = chunk_files(&c.chunkd_dir(1));
-    let (p, _) = files.first().expect("node-1 holds chunks");
-    p.file_name().unwrap().to_string_lossy().into_owned()
+    files.first().expect("node-1 holds chunks").hex.clone()
 }
 
 fn quarantined(c: &Cluster, node: &str, hex: &str) -> bool {
@@ -87,13 +69,12 @@ fn corrupt_replica_is_detected_and_served_from_the_other_copy() {
     let p = placement(&c);
     let order: Vec<String> = p.read_order(&id).iter().map(|m| m.id.clone()).collect();
     let (first, second) = (&order[0], &order[1]);
-    let path = chunk_path(&c, first, &hex);
-    assert!(path.is_file(), "{} should hold {hex}", first);
+    let copy = on_node(&c, first, &hex).unwrap_or_else(|| panic!("{first} should hold {hex}"));
     assert!(
-        chunk_path(&c, second, &hex).is_file(),
+        on_node(&c, second, &hex).is_some(),
         "{second} should hold {hex}"
     );
-    flip_byte(&path);
+    copy.flip();
 
     let out = c.tmp.path().join("out.raw");
     let o = run(c.p(), &["vol-export", "vol", out.to_str().unwrap()]);
@@ -112,23 +93,22 @@ fn corrupt_replica_is_detected_and_served_from_the_other_copy() {
         quarantined(&c, first, &hex),
         "{first} quarantined the corrupt chunk"
     );
-    assert!(!path.exists() || ChunkId::of(&fs::read(&path).unwrap()) == id);
+    assert!(on_node(&c, first, &hex).is_none_or(|o| ChunkId::of(&o.read()) == id));
     assert!(log_mentions(&c, first, &hex), "chunkd log names the chunk");
     assert_eq!(c.export_sha("vol"), want, "a second export is exact too");
 
     // Now corrupt every copy of another chunk: no good copy is left.
     let mut bad = None;
-    for (f, _) in chunk_files(&c.chunkd_dir(2)) {
-        let h = f.file_name().unwrap().to_string_lossy().into_owned();
-        if h != hex {
-            bad = Some(h);
+    for f in chunk_files(&c.chunkd_dir(2)) {
+        if f.hex != hex {
+            bad = Some(f.hex);
             break;
         }
     }
     let hex2 = bad.expect("another chunk");
     let id2 = ChunkId::from_hex(&hex2).unwrap();
     for m in p.homes(&id2) {
-        flip_byte(&chunk_path(&c, &m.id, &hex2));
+        on_node(&c, &m.id, &hex2).unwrap().flip();
     }
     let e = c.fail(&["vol-export", "vol", out.to_str().unwrap()]);
     assert!(e.contains("vol") && e.contains(&hex2), "{e}");
@@ -141,16 +121,15 @@ fn corrupt_only_copy_fails_the_export_naming_volume_and_chunk() {
     let img = c.tmp.path().join("img.raw");
     write_image(&img, 3 * MIB, &[], 12);
     c.ok(&["vol-import", img.to_str().unwrap(), "solo"]);
-    let files: Vec<PathBuf> = c
+    let files: Vec<ChunkOnDisk> = c
         .chunkd_dirs()
         .iter()
         .flat_map(|d| chunk_files(d))
-        .map(|(p, _)| p)
         .collect();
     assert_eq!(files.len(), 12, "3 MiB / 256K with one copy each");
     let victim = &files[5];
-    let hex = victim.file_name().unwrap().to_string_lossy().into_owned();
-    flip_byte(victim);
+    let hex = victim.hex.clone();
+    victim.flip();
 
     let out = c.tmp.path().join("out.raw");
     // Even a file that was there before is not left behind as if good.

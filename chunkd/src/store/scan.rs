@@ -2,7 +2,6 @@
 //! self-healing and fsck count replicas with, and the scrub that re-hashes
 //! every chunk at a bounded rate and quarantines the corrupt ones.
 
-use std::fs;
 use std::time::{Duration, Instant};
 
 use blobvirt_core::ChunkId;
@@ -21,19 +20,6 @@ pub struct ScrubReport {
 }
 
 impl Store {
-    /// The ids of one prefix directory, sorted.
-    fn ids_in(&self, prefix: u8) -> Result<Vec<ChunkId>, StoreError> {
-        let d = self.chunks_dir.join(format!("{prefix:02x}"));
-        let entries = fs::read_dir(&d).map_err(|e| self.io_err("list", &d, e))?;
-        let mut ids: Vec<ChunkId> = entries
-            .filter_map(|e| e.ok())
-            .filter_map(|e| e.file_name().to_str().and_then(ChunkId::from_hex))
-            .filter(|id| id.0[0] == prefix)
-            .collect();
-        ids.sort_unstable();
-        Ok(ids)
-    }
-
     /// Up to `limit` durable chunk ids greater than `after`, in id order;
     /// the flag is true when nothing follows them.
     pub fn list(
@@ -41,22 +27,18 @@ impl Store {
         after: Option<&ChunkId>,
         limit: usize,
     ) -> Result<(Vec<ChunkId>, bool), StoreError> {
+        use std::ops::Bound;
         let limit = if limit == 0 { PAGE } else { limit };
-        let first = after.map_or(0, |a| a.0[0] as usize);
-        let mut out = Vec::new();
-        for p in first..256 {
-            let ids = self.ids_in(p as u8)?;
-            for id in ids {
-                if after.is_some_and(|a| &id <= a) {
-                    continue;
-                }
-                if out.len() == limit {
-                    return Ok((out, false));
-                }
-                out.push(id);
-            }
-        }
-        Ok((out, true))
+        let from = after.map_or(Bound::Unbounded, |a| Bound::Excluded(*a));
+        let inner = self.inner();
+        let mut ids = inner
+            .index
+            .range((from, Bound::Unbounded))
+            .filter(|(_, l)| l.durable)
+            .map(|(id, _)| *id);
+        let out: Vec<ChunkId> = ids.by_ref().take(limit).collect();
+        let done = ids.next().is_none();
+        Ok((out, done))
     }
 
     /// Re-reads every durable chunk and checks its hash, reading at most
@@ -70,8 +52,11 @@ impl Store {
     ) -> Result<ScrubReport, StoreError> {
         let start = Instant::now();
         let mut r = ScrubReport::default();
-        for p in 0..=255u8 {
-            for id in self.ids_in(p)? {
+        let mut after = None;
+        loop {
+            let (page, done) = self.list(after.as_ref(), PAGE)?;
+            after = page.last().copied();
+            for id in page {
                 if !go_on() {
                     return Ok(r);
                 }
@@ -90,6 +75,9 @@ impl Store {
                     }
                 }
             }
+            if done {
+                break;
+            }
         }
         if !r.corrupt.is_empty() {
             tracing::error!(node = %self.node, corrupt = r.corrupt.len(), checked = r.checked,
@@ -102,8 +90,20 @@ impl Store {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+
+    pub(crate) fn flip(file: &std::path::Path, at: u64) {
+        use std::os::unix::fs::FileExt;
+        let f = std::fs::File::options()
+            .read(true)
+            .write(true)
+            .open(file)
+            .unwrap();
+        let mut b = [0u8];
+        f.read_exact_at(&mut b, at).unwrap();
+        f.write_all_at(&[b[0] ^ 0x20], at).unwrap();
+    }
 
     #[test]
     fn list_pages_in_id_order_and_scrub_quarantines() {
@@ -132,10 +132,8 @@ mod tests {
         assert_eq!(seen, ids);
         // Flip a byte of one chunk: scrub finds it, and it is listed no more.
         let bad = ids[13];
-        let p = s.chunk_path(&bad);
-        let mut b = fs::read(&p).unwrap();
-        b[5] ^= 0x20;
-        fs::write(&p, b).unwrap();
+        let at = s.locate(&bad).unwrap();
+        flip(&at.file, at.data_at + 5);
         let r = s.scrub(0, &|| true).unwrap();
         assert_eq!(r.corrupt, vec![bad]);
         assert_eq!(r.checked, 50);

@@ -1,6 +1,7 @@
 //! Unit tests of the on-disk store.
 
 use super::*;
+use blobvirt_core::pack;
 use std::sync::Arc;
 
 fn chunk(seed: u64, len: usize) -> (ChunkId, Vec<u8>) {
@@ -28,9 +29,21 @@ fn put_get_round_trip_in_every_mode() {
         let (id, data) = chunk(1, 256 * 1024);
         assert!(s.put(&id, &data).unwrap());
         assert_eq!(&s.get(&id).unwrap()[..], &data[..]);
-        let hex = id.to_hex();
-        let path = t.path().join("chunks").join(&hex[..2]).join(&hex);
-        assert_eq!(fs::read(&path).unwrap(), data, "layout chunks/<xx>/<hex>");
+        let at = s.locate(&id).unwrap();
+        assert!(at.file.starts_with(t.path().join("packs")), "{at:?}");
+        assert_eq!(at.file.extension().unwrap(), "open");
+        let f = fs::File::open(&at.file).unwrap();
+        assert_eq!(
+            pack::read_data(&f, at.data_at - pack::HEADER, at.len).unwrap(),
+            data
+        );
+        assert_eq!(
+            pack::find(&t.path().join("packs"), &id)
+                .unwrap()
+                .unwrap()
+                .data_at,
+            at.data_at
+        );
         assert_eq!(tmp_entries(t.path()), 0, "no temp file left behind");
     }
 }
@@ -89,10 +102,10 @@ fn corrupt_chunk_is_quarantined_and_never_returned() {
     let (other, odata) = chunk(6, 100);
     s.put(&id, &data).unwrap();
     s.put(&other, &odata).unwrap();
-    let path = s.chunk_path(&id);
+    let at = s.locate(&id).unwrap();
     let mut bad = data.clone();
-    bad[4000] ^= 0x40;
-    fs::write(&path, &bad).unwrap();
+    bad[4000] ^= 0x20;
+    crate::store::scan::tests::flip(&at.file, at.data_at + 4000);
 
     let err = s.get(&id).unwrap_err();
     assert!(matches!(&err, StoreError::Corrupt { chunk, .. } if *chunk == id));
@@ -103,13 +116,16 @@ fn corrupt_chunk_is_quarantined_and_never_returned() {
             id.to_hex()
         )
     );
-    assert!(!path.exists(), "corrupt file moved away");
+    assert!(matches!(s.locate(&id), Err(StoreError::NotFound { .. })));
     let quarantined: Vec<_> = fs::read_dir(t.path().join("corrupt"))
         .unwrap()
         .map(|e| e.unwrap().path())
         .collect();
     assert_eq!(quarantined.len(), 1);
-    assert_eq!(fs::read(&quarantined[0]).unwrap(), bad);
+    assert!(
+        fs::read(&quarantined[0]).unwrap() == bad,
+        "the copy holds the bad bytes"
+    );
     assert!(matches!(s.get(&id), Err(StoreError::NotFound { .. })));
     assert_eq!(s.has(&[id, other]), vec![false, true]);
     let st = s.stats().unwrap();
@@ -125,8 +141,104 @@ fn truncated_chunk_is_corrupt() {
     let s = Store::open(t.path(), "n1").unwrap();
     let (id, data) = chunk(7, 5000);
     s.put(&id, &data).unwrap();
-    fs::write(s.chunk_path(&id), &data[..10]).unwrap();
+    let at = s.locate(&id).unwrap();
+    let f = fs::File::options().write(true).open(&at.file).unwrap();
+    f.set_len(at.data_at + 10).unwrap();
     assert!(matches!(s.get(&id), Err(StoreError::Corrupt { .. })));
+    assert_eq!(s.has(&[id]), vec![false], "dropped from the store");
+    drop(s);
+    let s = Store::open(t.path(), "n1").unwrap();
+    assert_eq!(s.has(&[id]), vec![false]);
+    assert!(s.put(&id, &data).unwrap());
+    assert_eq!(&s.get(&id).unwrap()[..], &data[..]);
+}
+
+#[test]
+fn an_unsynced_record_of_an_open_segment_is_cut_at_start_and_later_ones_with_it() {
+    let t = tempfile::tempdir().unwrap();
+    let cs: Vec<_> = (30..34).map(|i| chunk(i, 2000)).collect();
+    let second = {
+        let s = Store::open(t.path(), "n1").unwrap();
+        for (id, d) in &cs {
+            s.put(id, d).unwrap();
+        }
+        s.locate(&cs[1].0).unwrap()
+    };
+    // The second record's data never reached the disk (zeros, as after a
+    // crash before its sync): it and everything after it are dropped.
+    {
+        use std::os::unix::fs::FileExt;
+        let f = fs::File::options().write(true).open(&second.file).unwrap();
+        f.write_all_at(&vec![0u8; 2000], second.data_at).unwrap();
+    }
+    let s = Store::open(t.path(), "n1").unwrap();
+    let ids: Vec<_> = cs.iter().map(|(i, _)| *i).collect();
+    assert_eq!(s.has(&ids), vec![true, false, false, false]);
+    assert_eq!(s.stats().unwrap().chunks, 1);
+    let packs: Vec<_> = fs::read_dir(t.path().join("packs"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert!(
+        packs.iter().all(|p| p.extension().unwrap() == "pack"),
+        "sealed at start: {packs:?}"
+    );
+}
+
+#[test]
+fn deleted_chunks_free_their_space_and_stay_deleted_after_a_restart() {
+    use std::os::unix::fs::MetadataExt;
+    let t = tempfile::tempdir().unwrap();
+    let cs: Vec<_> = (40..48).map(|i| chunk(i, 256 * 1024)).collect();
+    let ids: Vec<_> = cs.iter().map(|(i, _)| *i).collect();
+    {
+        let s = Store::open(t.path(), "n1").unwrap();
+        for (id, d) in &cs {
+            s.put_staged(id, d).unwrap();
+        }
+        s.flush().unwrap();
+        let seg = s.locate(&ids[0]).unwrap().file;
+        let before = fs::metadata(&seg).unwrap().blocks();
+        assert_eq!(s.delete(&ids[..4]).unwrap(), 4);
+        let after = fs::metadata(&seg).unwrap().blocks();
+        assert!(
+            after * 10 < before * 6,
+            "punched: {before} -> {after} blocks"
+        );
+        assert_eq!(s.has(&ids), [vec![false; 4], vec![true; 4]].concat());
+    }
+    let s = Store::open(t.path(), "n1").unwrap();
+    assert_eq!(s.has(&ids), [vec![false; 4], vec![true; 4]].concat());
+    assert_eq!(&s.get(&ids[5]).unwrap()[..], &cs[5].1[..]);
+    // A segment with nothing live left is removed.
+    assert_eq!(s.delete(&ids[4..]).unwrap(), 4);
+    assert_eq!(fs::read_dir(t.path().join("packs")).unwrap().count(), 0);
+    assert_eq!(s.stats().unwrap().chunks, 0);
+}
+
+#[test]
+fn the_one_file_per_chunk_layout_is_moved_into_segments_once() {
+    let t = tempfile::tempdir().unwrap();
+    let cs: Vec<_> = (50..53).map(|i| chunk(i, 5000)).collect();
+    for (id, d) in &cs {
+        let f = blobvirt_core::chunk::chunk_file(&t.path().join("chunks"), id);
+        fs::create_dir_all(f.parent().unwrap()).unwrap();
+        fs::write(&f, d).unwrap();
+    }
+    let (bad, _) = chunk(54, 10);
+    let f = blobvirt_core::chunk::chunk_file(&t.path().join("chunks"), &bad);
+    fs::create_dir_all(f.parent().unwrap()).unwrap();
+    fs::write(&f, b"not this chunk").unwrap();
+    let s = Store::open(t.path(), "n1").unwrap();
+    let ids: Vec<_> = cs.iter().map(|(i, _)| *i).collect();
+    assert_eq!(s.has(&ids), vec![true; 3]);
+    assert_eq!(s.has(&[bad]), vec![false]);
+    assert!(!t.path().join("chunks").exists());
+    assert_eq!(fs::read_dir(t.path().join("corrupt")).unwrap().count(), 1);
+    drop(s);
+    let s = Store::open(t.path(), "n1").unwrap();
+    assert_eq!(s.stats().unwrap().chunks, 3);
+    assert_eq!(&s.get(&ids[2]).unwrap()[..], &cs[2].1[..]);
 }
 
 #[test]
@@ -171,7 +283,7 @@ fn reopen_scans_chunks_and_clears_tmp() {
             .collect()
     };
     fs::write(t.path().join("tmp/leftover.1"), b"half a chunk").unwrap();
-    fs::write(t.path().join("chunks/ab/not-a-chunk"), b"x").unwrap();
+    fs::write(t.path().join("packs/not-a-segment"), b"x").unwrap();
     let s = Store::open(t.path(), "n1").unwrap();
     assert_eq!(tmp_entries(t.path()), 0, "tmp cleared at open");
     let st = s.stats().unwrap();
@@ -222,4 +334,40 @@ fn full_disk_is_resource_exhausted_and_leaves_no_temp_file() {
     assert_eq!(tmp_entries(t.path()), 0);
     assert_eq!(s.stats().unwrap().chunks, stored);
     assert!(stored >= 2);
+}
+
+#[test]
+fn locate_run_returns_the_live_records_after_a_chunk_in_file_order() {
+    let t = tempfile::tempdir().unwrap();
+    let s = Store::open(t.path(), "n1").unwrap();
+    let cs: Vec<_> = (0..6).map(|i| chunk(100 + i, 4096 + i as usize)).collect();
+    for (id, d) in &cs {
+        s.put(id, d).unwrap();
+    }
+    s.delete(&[cs[3].0]).unwrap();
+    let run = s.locate_run(&cs[1].0, 3).unwrap();
+    let ids: Vec<ChunkId> = run.iter().map(|(id, _)| *id).collect();
+    assert_eq!(
+        ids,
+        vec![cs[1].0, cs[2].0, cs[4].0, cs[5].0],
+        "deleted record 3 skipped"
+    );
+    for ((id, at), (_, d)) in run.iter().zip([&cs[1], &cs[2], &cs[4], &cs[5]]) {
+        assert_eq!(at, &s.locate(id).unwrap());
+        let f = fs::File::open(&at.file).unwrap();
+        assert_eq!(
+            &pack::read_data(&f, at.data_at - pack::HEADER, at.len).unwrap(),
+            d
+        );
+    }
+    assert_eq!(
+        s.locate_run(&cs[5].0, 10).unwrap().len(),
+        1,
+        "last record: nothing after it"
+    );
+    assert_eq!(
+        s.locate_run(&cs[0].0, 2).unwrap().len(),
+        3,
+        "capped at `more`"
+    );
 }

@@ -303,7 +303,7 @@ impl Cluster {
         self.chunkd_dirs()
             .iter()
             .flat_map(|d| chunk_files(d))
-            .map(|(_, len)| len)
+            .map(|c| c.len)
             .sum()
     }
 

@@ -341,11 +341,7 @@ impl Cluster {
     pub fn chunks_of(&self, i: usize) -> Vec<blobvirt_core::ChunkId> {
         chunk_files(&self.chunkds[i].dir)
             .into_iter()
-            .filter_map(|(p, _)| {
-                p.file_name()
-                    .and_then(|n| n.to_str())
-                    .and_then(blobvirt_core::ChunkId::from_hex)
-            })
+            .map(|c| c.id)
             .collect()
     }
 
@@ -354,7 +350,7 @@ impl Cluster {
         self.chunkds
             .iter()
             .flat_map(|c| chunk_files(&c.dir))
-            .map(|(_, len)| len)
+            .map(|c| c.len)
             .sum()
     }
 }

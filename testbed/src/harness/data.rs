@@ -141,37 +141,73 @@ pub fn nonzero_chunks(path: &Path, chunk_size: u64) -> u64 {
     }
 }
 
-/// Chunk files (`chunks/<2 hex>/<64 hex>`) under a chunkd dir, with sizes.
-pub fn chunk_files(chunkd_dir: &Path) -> Vec<(PathBuf, u64)> {
-    let mut out = Vec::new();
-    let Ok(prefixes) = fs::read_dir(chunkd_dir.join("chunks")) else {
-        return out;
-    };
-    for p in prefixes.flatten() {
-        let Ok(files) = fs::read_dir(p.path()) else {
-            continue;
-        };
-        for f in files.flatten() {
-            let name = f.file_name().to_string_lossy().to_string();
-            if name.len() == 64 && name.chars().all(|c| c.is_ascii_hexdigit()) {
-                let Ok(m) = f.metadata() else {
-                    continue;
-                };
-                if m.is_file() {
-                    out.push((f.path(), m.len()));
-                }
-            }
-        }
-    }
-    out
+/// A live chunk record in a chunkd's segments (`packs/`, the record format
+/// of `blobvirt_core::pack`), as found on disk.
+#[derive(Clone, Debug)]
+pub struct ChunkOnDisk {
+    pub id: blobvirt_core::ChunkId,
+    pub hex: String,
+    pub file: PathBuf,
+    /// Offset of the chunk's bytes in `file`.
+    pub data_at: u64,
+    pub len: u64,
 }
 
-/// Bytes allocated on disk (st_blocks × 512, as `du` counts) by the chunk
-/// files under a chunkd dir.
+impl ChunkOnDisk {
+    /// The chunk's bytes as they are on disk.
+    pub fn read(&self) -> Vec<u8> {
+        use std::os::unix::fs::FileExt;
+        let f = fs::File::open(&self.file).unwrap();
+        let mut b = vec![0u8; self.len as usize];
+        f.read_exact_at(&mut b, self.data_at).unwrap();
+        b
+    }
+
+    /// Flips a byte in the middle of the chunk's bytes (a bad disk).
+    pub fn flip(&self) {
+        use std::os::unix::fs::FileExt;
+        let f = fs::File::options()
+            .read(true)
+            .write(true)
+            .open(&self.file)
+            .unwrap();
+        let at = self.data_at + self.len / 2;
+        let mut b = [0u8; 1];
+        f.read_exact_at(&mut b, at).unwrap();
+        b[0] ^= 0x41;
+        f.write_all_at(&b, at).unwrap();
+    }
+}
+
+/// The live chunks stored under a chunkd dir.
+pub fn chunk_files(chunkd_dir: &Path) -> Vec<ChunkOnDisk> {
+    blobvirt_core::pack::live_records(&chunkd_dir.join("packs"))
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(id, f)| ChunkOnDisk {
+            id,
+            hex: id.to_hex(),
+            file: f.file,
+            data_at: f.data_at,
+            len: f.len,
+        })
+        .collect()
+}
+
+/// Chunk `id` under a chunkd dir, when it holds it.
+pub fn chunk_on_disk(chunkd_dir: &Path, id: &blobvirt_core::ChunkId) -> Option<ChunkOnDisk> {
+    chunk_files(chunkd_dir).into_iter().find(|c| c.id == *id)
+}
+
+/// Bytes allocated on disk (st_blocks × 512, as `du` counts) by the
+/// segments under a chunkd dir.
 pub fn chunk_alloc_bytes(chunkd_dir: &Path) -> u64 {
     use std::os::unix::fs::MetadataExt;
-    chunk_files(chunkd_dir)
-        .iter()
-        .map(|(p, _)| fs::metadata(p).map(|m| m.blocks() * 512).unwrap_or(0))
-        .sum()
+    fs::read_dir(chunkd_dir.join("packs"))
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.metadata().map(|m| m.blocks() * 512).unwrap_or(0))
+                .sum()
+        })
+        .unwrap_or(0)
 }

@@ -1,0 +1,240 @@
+//! Replicas on a chunkd of this machine, reached through its files instead
+//! of gRPC bodies: staged writes go into a batch file that the node adopts
+//! (PutLocal), and reads `pread` the record that Locate points at.
+//!
+//! A [`Repo`](crate::Repo) learns with Stats whether a chunkd shares this
+//! process's view of the machine (`chunk::host_view`). For such a node it
+//! appends every staged replica to one batch file in the node's `tmp/`, in
+//! the record format of [`crate::pack`], and hands it over with PutLocal
+//! once it holds [`BATCH_MAX`] bytes, and at Flush. The node checks every
+//! record's hash and adopts the file as a staged segment: the bytes are
+//! written once, and there is one RPC per batch instead of one per chunk.
+//! Hand-overs and the Flush after them are serialised per node
+//! ([`LocalStore::handover`]), so a Flush never overtakes a batch that holds
+//! chunks staged before it. A batch the node refused makes the next Flush
+//! of that node fail, naming the reason.
+//!
+//! Reads ask Locate for a chunk and up to [`LOCATE_MORE`] records after it
+//! in its segment, and keep those places (and the open segment files) for a
+//! while, so a sequential read costs one Locate per run of chunks instead of
+//! one per chunk. A place may go stale (a segment renamed at Flush, a record
+//! deleted and its bytes punched out): every read is hash-checked, and a
+//! read that fails there drops the place and asks Locate again.
+//!
+//! Files in a node's directory are protected by its permissions (root and
+//! the `blobvirt` user and group), not by mutual TLS.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+use crate::chunk::ChunkId;
+
+/// Bytes after which a batch is handed over without waiting for a Flush.
+pub const BATCH_MAX: u64 = 32 << 20;
+
+/// Records after the asked one that a Locate returns.
+pub const LOCATE_MORE: u32 = 512;
+/// Places kept per node; the cache is emptied when it grows past this.
+const PLACES_MAX: usize = 1 << 16;
+/// Open segment files kept per node, and for how long: a file held open
+/// keeps a removed segment's blocks allocated.
+const FILES_MAX: usize = 32;
+const FILE_TTL: Duration = Duration::from_secs(30);
+
+/// Where a chunk's bytes are in a node's segment file.
+#[derive(Clone, Debug)]
+pub(crate) struct Place {
+    file: Arc<str>,
+    offset: u64,
+    len: u64,
+}
+
+#[derive(Default)]
+struct Places {
+    at: HashMap<ChunkId, Place>,
+    files: HashMap<Arc<str>, (Arc<File>, Instant)>,
+}
+
+/// Names of the batch files this process writes.
+static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+struct Batch {
+    file: File,
+    name: String,
+    len: u64,
+}
+
+/// A chunkd of this machine.
+pub(crate) struct LocalStore {
+    tmp: PathBuf,
+    /// `/proc/<pid>` of the chunkd process (None: unknown).
+    proc_dir: Option<PathBuf>,
+    batch: Mutex<Option<Batch>>,
+    places: Mutex<Places>,
+    /// Held while a batch is handed over or the node flushed; holds the
+    /// first refusal of a batch since the last Flush.
+    pub handover: tokio::sync::Mutex<Option<String>>,
+}
+
+impl LocalStore {
+    pub fn new(tmp: PathBuf, pid: u32) -> Self {
+        LocalStore {
+            tmp,
+            proc_dir: (pid != 0).then(|| PathBuf::from(format!("/proc/{pid}"))),
+            batch: Mutex::new(None),
+            places: Mutex::default(),
+            handover: tokio::sync::Mutex::new(None),
+        }
+    }
+
+    pub fn usable(&self) -> bool {
+        self.tmp.is_dir()
+    }
+
+    /// Whether the chunkd still runs: a stopped node's files are not read,
+    /// so it is unreachable here as it is over gRPC. (A reused pid only
+    /// means reading files that are hash-checked anyway.)
+    pub fn runs(&self) -> bool {
+        self.proc_dir.as_ref().is_none_or(|p| p.exists())
+    }
+
+    /// Appends chunk `id` to this process's batch for the node (not synced:
+    /// the node's Flush makes it durable). Returns the name of a batch that
+    /// is now full and must be handed over. Blocks.
+    pub fn append(&self, id: &ChunkId, data: &[u8]) -> std::io::Result<Option<String>> {
+        let mut b = self.batch.lock().expect("batch lock");
+        if b.is_none() {
+            *b = Some(self.new_batch()?);
+        }
+        let batch = b.as_mut().expect("a batch");
+        match crate::pack::write_record(&batch.file, batch.len, id, data) {
+            Ok(end) => batch.len = end,
+            Err(e) => {
+                let _ = batch.file.set_len(batch.len);
+                return Err(e);
+            }
+        }
+        if batch.len >= BATCH_MAX {
+            return Ok(b.take().map(|b| b.name));
+        }
+        Ok(None)
+    }
+
+    /// Takes the batch being filled, for a hand-over before a Flush.
+    pub fn take(&self) -> Option<String> {
+        self.batch
+            .lock()
+            .expect("batch lock")
+            .take()
+            .map(|b| b.name)
+    }
+
+    /// A new batch file, writable by the node's group: the node marks
+    /// deleted records in it once it has adopted it.
+    fn new_batch(&self) -> std::io::Result<Batch> {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let name = format!("in.{}.{seq}", std::process::id());
+        let file = File::options()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(self.tmp.join(&name))?;
+        if let Ok(gid) = std::fs::metadata(&self.tmp).map(|m| m.gid()) {
+            // Not allowed for a user outside the node's group: the node
+            // then copies the batch instead.
+            let _ = std::os::unix::fs::fchown(&file, None, Some(gid));
+        }
+        let _ = file.set_permissions(std::fs::Permissions::from_mode(0o660));
+        Ok(Batch { file, name, len: 0 })
+    }
+}
+
+impl LocalStore {
+    /// The place of chunk `id` from an earlier Locate.
+    pub fn place(&self, id: &ChunkId) -> Option<Place> {
+        self.places.lock().expect("places lock").at.get(id).cloned()
+    }
+
+    /// Drops a place that did not read back.
+    pub fn forget(&self, id: &ChunkId, p: &Place) {
+        let mut g = self.places.lock().expect("places lock");
+        g.at.remove(id);
+        g.files.remove(&p.file);
+    }
+
+    /// Keeps the places of a Locate reply; returns the asked chunk's.
+    pub fn learn(&self, id: &ChunkId, r: crate::proto::LocateReply) -> Place {
+        let mut g = self.places.lock().expect("places lock");
+        if g.at.len() + r.more.len() > PLACES_MAX {
+            g.at.clear();
+        }
+        let file: Arc<str> = Arc::from(r.file);
+        for m in r.more {
+            let Ok(mid) = <[u8; 32]>::try_from(&m.id[..]) else {
+                continue;
+            };
+            let f = if *m.file == *file {
+                file.clone()
+            } else {
+                Arc::from(m.file)
+            };
+            g.at.insert(
+                ChunkId(mid),
+                Place {
+                    file: f,
+                    offset: m.offset,
+                    len: m.len,
+                },
+            );
+        }
+        let p = Place {
+            file,
+            offset: r.offset,
+            len: r.len,
+        };
+        g.at.insert(*id, p.clone());
+        p
+    }
+
+    /// Reads chunk `id` at `p` and checks it: `None` when it cannot be
+    /// read, `Some(None)` when the bytes do not verify. Blocks.
+    pub fn read(&self, p: &Place, id: &ChunkId) -> Option<Option<Bytes>> {
+        use std::os::unix::fs::FileExt;
+        let f = self.file(&p.file)?;
+        let mut buf = vec![0u8; p.len as usize];
+        if f.read_exact_at(&mut buf, p.offset).is_err() {
+            self.places
+                .lock()
+                .expect("places lock")
+                .files
+                .remove(&p.file);
+            return None;
+        }
+        Some(id.verifies(&buf).then(|| Bytes::from(buf)))
+    }
+
+    /// The segment file `name`, opened once and kept for [`FILE_TTL`].
+    fn file(&self, name: &Arc<str>) -> Option<Arc<File>> {
+        {
+            let g = self.places.lock().expect("places lock");
+            if let Some((f, t)) = g.files.get(name) {
+                if t.elapsed() < FILE_TTL {
+                    return Some(f.clone());
+                }
+            }
+        }
+        let f = Arc::new(File::open(&**name).ok()?);
+        let mut g = self.places.lock().expect("places lock");
+        if g.files.len() >= FILES_MAX {
+            g.files.clear();
+        }
+        g.files.insert(name.clone(), (f.clone(), Instant::now()));
+        Some(f)
+    }
+}
