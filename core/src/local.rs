@@ -238,3 +238,54 @@ impl LocalStore {
         Some(f)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::{LocateReply, Located};
+    use std::os::unix::fs::FileExt;
+
+    #[test]
+    fn kept_places_read_back_and_a_stale_one_does_not() {
+        let t = tempfile::tempdir().unwrap();
+        let seg = t.path().join("0.pack");
+        let f = File::create(&seg).unwrap();
+        let chunks: Vec<Vec<u8>> = (0..3u8).map(|i| vec![i; 1000 + i as usize]).collect();
+        let ids: Vec<ChunkId> = chunks.iter().map(|c| ChunkId::of(c)).collect();
+        let mut off = 0;
+        let mut at = Vec::new();
+        for (id, c) in ids.iter().zip(&chunks) {
+            at.push(off + crate::pack::HEADER);
+            off = crate::pack::write_record(&f, off, id, c).unwrap();
+        }
+        let file = seg.to_string_lossy().into_owned();
+        let l = LocalStore::new(t.path().to_path_buf(), 0);
+        let reply = LocateReply {
+            file: file.clone(),
+            offset: at[0],
+            len: 1000,
+            more: (1..3)
+                .map(|i| Located {
+                    id: Bytes::copy_from_slice(&ids[i].0),
+                    file: file.clone(),
+                    offset: at[i],
+                    len: chunks[i].len() as u64,
+                })
+                .collect(),
+        };
+        let p0 = l.learn(&ids[0], reply);
+        assert_eq!(l.read(&p0, &ids[0]).unwrap().unwrap(), chunks[0]);
+        let p2 = l.place(&ids[2]).expect("a neighbour's place is kept");
+        assert_eq!(l.read(&p2, &ids[2]).unwrap().unwrap(), chunks[2]);
+        // Bytes that changed under a kept place do not verify.
+        f.write_all_at(&[9u8; 10], at[2]).unwrap();
+        assert!(l.read(&p2, &ids[2]).unwrap().is_none());
+        l.forget(&ids[2], &p2);
+        assert!(l.place(&ids[2]).is_none());
+        // A segment that went away cannot be read at all (no fd kept for it
+        // after forget).
+        let p1 = l.place(&ids[1]).unwrap();
+        std::fs::remove_file(&seg).unwrap();
+        assert!(l.read(&p1, &ids[1]).is_none());
+    }
+}

@@ -17,6 +17,11 @@ use crate::client::{Repo, RepoError};
 use crate::proto as pb;
 use crate::publish::{PublishError, Publisher};
 
+/// Chunk writes of an export that run at once.
+const WRITES_IN_FLIGHT: usize = 8;
+/// Bytes an export writes between the starts of two background syncs.
+const EARLY_SYNC: u64 = 64 << 20;
+
 /// Called with the number of bytes just processed.
 pub type Progress = Arc<dyn Fn(u64) + Send + Sync>;
 
@@ -289,17 +294,43 @@ async fn write_export(
         Ok::<_, TransferError>((i, data))
     })
     .buffer_unordered(repo.concurrency);
-    while let Some(x) = s.next().await {
-        let (i, data) = x?;
-        let f = f.clone();
-        let len = data.len() as u64;
-        tokio::task::spawn_blocking(move || f.write_all_at(&data, i * cs))
-            .await
-            .expect("write task")
-            .map_err(io_err("write", path))?;
+    // Writes run beside the fetches (up to WRITES_IN_FLIGHT at once), and
+    // every EARLY_SYNC bytes a background `fdatasync` starts the disk on
+    // what is written so far, so the final sync waits only for the tail and
+    // the export's disk time overlaps its fetches instead of following them.
+    let mut writes = tokio::task::JoinSet::new();
+    let mut sync: Option<tokio::task::JoinHandle<io::Result<()>>> = None;
+    let mut unsynced = 0u64;
+    let done = |r: Result<io::Result<u64>, tokio::task::JoinError>| {
+        let len = r.expect("write task").map_err(io_err("write", path))?;
         if let Some(p) = &progress {
             p(len);
         }
+        Ok::<_, TransferError>(())
+    };
+    while let Some(x) = s.next().await {
+        let (i, data) = x?;
+        let w = f.clone();
+        let len = data.len() as u64;
+        writes.spawn_blocking(move || w.write_all_at(&data, i * cs).map(|_| len));
+        while writes.len() >= WRITES_IN_FLIGHT {
+            done(writes.join_next().await.expect("a write"))?;
+        }
+        unsynced += len;
+        if unsynced >= EARLY_SYNC && sync.as_ref().is_none_or(|h| h.is_finished()) {
+            if let Some(h) = sync.take() {
+                h.await.expect("sync task").map_err(io_err("sync", path))?;
+            }
+            let f = f.clone();
+            sync = Some(tokio::task::spawn_blocking(move || f.sync_data()));
+            unsynced = 0;
+        }
+    }
+    while let Some(r) = writes.join_next().await {
+        done(r)?;
+    }
+    if let Some(h) = sync {
+        h.await.expect("sync task").map_err(io_err("sync", path))?;
     }
     f.sync_all().map_err(io_err("sync", path))?;
     Ok(())
