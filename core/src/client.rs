@@ -16,7 +16,6 @@ use crate::proto::pool_client::PoolClient;
 use crate::proto::{self as pb};
 use crate::MAX_MESSAGE;
 
-
 mod nearby;
 use nearby::LocalEntry;
 

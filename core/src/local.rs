@@ -15,7 +15,7 @@
 //! of that node fail, naming the reason.
 //!
 //! Reads ask Locate for a chunk and up to [`LOCATE_MORE`] records after it
-//! in its segment, and keep those places (and the open segment files) for a
+//! in its segment, and keep those places for a
 //! while, so a sequential read costs one Locate per run of chunks instead of
 //! one per chunk. A place may go stale (a segment renamed at Flush, a record
 //! deleted and its bytes punched out): every read is hash-checked, and a
@@ -28,7 +28,6 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
@@ -41,10 +40,6 @@ pub const BATCH_MAX: u64 = 32 << 20;
 pub const LOCATE_MORE: u32 = 512;
 /// Places kept per node; the cache is emptied when it grows past this.
 const PLACES_MAX: usize = 1 << 16;
-/// Open segment files kept per node, and for how long: a file held open
-/// keeps a removed segment's blocks allocated.
-const FILES_MAX: usize = 32;
-const FILE_TTL: Duration = Duration::from_secs(30);
 
 /// Where a chunk's bytes are in a node's segment file.
 #[derive(Clone, Debug)]
@@ -57,7 +52,6 @@ pub(crate) struct Place {
 #[derive(Default)]
 struct Places {
     at: HashMap<ChunkId, Place>,
-    files: HashMap<Arc<str>, (Arc<File>, Instant)>,
 }
 
 /// Names of the batch files this process writes.
@@ -162,10 +156,9 @@ impl LocalStore {
     }
 
     /// Drops a place that did not read back.
-    pub fn forget(&self, id: &ChunkId, p: &Place) {
+    pub fn forget(&self, id: &ChunkId) {
         let mut g = self.places.lock().expect("places lock");
         g.at.remove(id);
-        g.files.remove(&p.file);
     }
 
     /// Keeps the places of a Locate reply; returns the asked chunk's.
@@ -204,38 +197,21 @@ impl LocalStore {
 
     /// Reads chunk `id` at `p` and checks it: `None` when it cannot be
     /// read, `Some(None)` when the bytes do not verify. Blocks.
+    ///
+    /// The file is opened for each read, as a file per chunk was: a kept
+    /// descriptor would keep a removed segment's blocks allocated, and a
+    /// shared one cannot be read without `pread` into a zeroed buffer,
+    /// which measured slower than open, seek and `read_to_end`.
     pub fn read(&self, p: &Place, id: &ChunkId) -> Option<Option<Bytes>> {
-        use std::os::unix::fs::FileExt;
-        let f = self.file(&p.file)?;
-        let mut buf = vec![0u8; p.len as usize];
-        if f.read_exact_at(&mut buf, p.offset).is_err() {
-            self.places
-                .lock()
-                .expect("places lock")
-                .files
-                .remove(&p.file);
+        use std::io::{Read, Seek, SeekFrom};
+        let mut f = File::open(&*p.file).ok()?;
+        f.seek(SeekFrom::Start(p.offset)).ok()?;
+        let mut buf = Vec::with_capacity(p.len as usize);
+        f.take(p.len).read_to_end(&mut buf).ok()?;
+        if buf.len() as u64 != p.len {
             return None;
         }
         Some(id.verifies(&buf).then(|| Bytes::from(buf)))
-    }
-
-    /// The segment file `name`, opened once and kept for [`FILE_TTL`].
-    fn file(&self, name: &Arc<str>) -> Option<Arc<File>> {
-        {
-            let g = self.places.lock().expect("places lock");
-            if let Some((f, t)) = g.files.get(name) {
-                if t.elapsed() < FILE_TTL {
-                    return Some(f.clone());
-                }
-            }
-        }
-        let f = Arc::new(File::open(&**name).ok()?);
-        let mut g = self.places.lock().expect("places lock");
-        if g.files.len() >= FILES_MAX {
-            g.files.clear();
-        }
-        g.files.insert(name.clone(), (f.clone(), Instant::now()));
-        Some(f)
     }
 }
 
@@ -280,10 +256,9 @@ mod tests {
         // Bytes that changed under a kept place do not verify.
         f.write_all_at(&[9u8; 10], at[2]).unwrap();
         assert!(l.read(&p2, &ids[2]).unwrap().is_none());
-        l.forget(&ids[2], &p2);
+        l.forget(&ids[2]);
         assert!(l.place(&ids[2]).is_none());
-        // A segment that went away cannot be read at all (no fd kept for it
-        // after forget).
+        // A segment that went away cannot be read at all.
         let p1 = l.place(&ids[1]).unwrap();
         std::fs::remove_file(&seg).unwrap();
         assert!(l.read(&p1, &ids[1]).is_none());

@@ -18,7 +18,7 @@ use crate::proto as pb;
 use crate::publish::{PublishError, Publisher};
 
 /// Chunk writes of an export that run at once.
-const WRITES_IN_FLIGHT: usize = 8;
+const WRITES_IN_FLIGHT: usize = 2;
 /// Bytes an export writes between the starts of two background syncs.
 const EARLY_SYNC: u64 = 64 << 20;
 

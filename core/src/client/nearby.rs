@@ -53,7 +53,7 @@ impl Repo {
                 if let Ok(Some(Some(data))) = read.await {
                     return Some(data);
                 }
-                l.forget(&id, &p);
+                l.forget(&id);
             }
             let req = pb::LocateRequest {
                 id: Bytes::copy_from_slice(&id.0),
