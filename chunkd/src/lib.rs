@@ -136,11 +136,27 @@ impl Opts {
     }
 }
 
+/// The store keeps every segment open (one descriptor per 32–64 MiB), so
+/// chunkd raises its soft limit on open files to the hard one: 1024, the
+/// usual soft limit outside systemd, would cap a node at about 32 GiB
+/// (the packaged unit sets `LimitNOFILE=65536`).
+fn raise_open_files() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
+        if soft < hard {
+            if let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+                tracing::warn!("cannot raise the open-file limit from {soft} to {hard} ({e}); a node with many segments may run out of descriptors");
+            }
+        }
+    }
+}
+
 /// Runs chunkd until SIGTERM or SIGINT, then shuts down gracefully.
 pub async fn run(opts: Opts) -> anyhow::Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate()).context("install the SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("install the SIGINT handler")?;
+    raise_open_files();
     run_until(opts, async move {
         tokio::select! {
             _ = term.recv() => tracing::info!("SIGTERM received; shutting down"),
