@@ -248,10 +248,12 @@ impl Repo {
                             .ok()
                         });
                     if let Some(full) = appended {
-                        if let Some(name) = full {
+                        if full {
                             let mut refused = l.handover.lock().await;
-                            if let Err(e) = self.hand_over(&mut c, name).await {
-                                refused.get_or_insert(e);
+                            if let Some(name) = l.take_full() {
+                                if let Err(e) = self.hand_over(&mut c, name).await {
+                                    refused.get_or_insert(e);
+                                }
                             }
                         }
                         return Ok(addr);

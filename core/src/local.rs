@@ -98,9 +98,10 @@ impl LocalStore {
     }
 
     /// Appends chunk `id` to this process's batch for the node (not synced:
-    /// the node's Flush makes it durable). Returns the name of a batch that
-    /// is now full and must be handed over. Blocks.
-    pub fn append(&self, id: &ChunkId, data: &[u8]) -> std::io::Result<Option<String>> {
+    /// the node's Flush makes it durable). Returns true when the batch is
+    /// now full: the caller then takes it with [`LocalStore::take_full`]
+    /// under [`LocalStore::handover`] and hands it over. Blocks.
+    pub fn append(&self, id: &ChunkId, data: &[u8]) -> std::io::Result<bool> {
         let mut b = self.batch.lock().expect("batch lock");
         if b.is_none() {
             *b = Some(self.new_batch()?);
@@ -113,13 +114,23 @@ impl LocalStore {
                 return Err(e);
             }
         }
-        if batch.len >= BATCH_MAX {
-            return Ok(b.take().map(|b| b.name));
-        }
-        Ok(None)
+        Ok(batch.len >= BATCH_MAX)
     }
 
-    /// Takes the batch being filled, for a hand-over before a Flush.
+    /// Takes the batch when it is full. Called only under `handover`, like
+    /// [`LocalStore::take`]: a batch is taken and handed over under that
+    /// lock, so a Flush (which takes it too) never runs while a batch that
+    /// holds chunks appended before it is on its way.
+    pub fn take_full(&self) -> Option<String> {
+        let mut b = self.batch.lock().expect("batch lock");
+        if b.as_ref().is_some_and(|b| b.len >= BATCH_MAX) {
+            return b.take().map(|b| b.name);
+        }
+        None
+    }
+
+    /// Takes the batch being filled, for a hand-over before a Flush (under
+    /// `handover`).
     pub fn take(&self) -> Option<String> {
         self.batch
             .lock()
