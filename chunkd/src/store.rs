@@ -260,7 +260,6 @@ impl Store {
 
     /// Where chunk `id`'s bytes are, for a reader on this machine; the
     /// reader checks the hash of what it reads like any answer.
-    /// Where chunk `id` is (Locate).
     pub fn locate(&self, id: &ChunkId) -> Result<Location, StoreError> {
         let mut run = self.locate_run(id, 0)?;
         Ok(run.swap_remove(0).1)
