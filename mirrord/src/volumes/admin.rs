@@ -101,6 +101,9 @@ impl Volumes {
                     format!("volume {name} is open on this node; close it before deleting it"),
                 ));
             }
+            // A close that just committed may still hold the writer lease,
+            // which poold would take for a writer elsewhere: give it back.
+            self.release_idle_lease(&m).await;
         }
         self.repo
             .delete(name, 0)
