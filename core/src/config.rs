@@ -147,6 +147,8 @@ pub struct MirrordSection {
     pub metrics: Option<SocketAddr>,
     /// Size of the host's in-memory chunk cache in MiB (0: off).
     pub chunk_cache_mib: Option<u64>,
+    /// Kernel read-ahead of the mount in KiB (buffered sequential reads).
+    pub read_ahead_kib: Option<u64>,
 }
 
 impl Config {

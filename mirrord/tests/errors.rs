@@ -269,3 +269,27 @@ fn second_mirrord_on_the_same_cache_is_refused() {
     assert!(std::fs::read(m.path("kept")).unwrap() == img);
     assert!(c.rt.block_on(m.client().status()).is_ok());
 }
+
+/// A read-ahead beyond what mirrord accepts is refused in one sentence
+/// that names the setting, before anything is mounted.
+#[test]
+fn too_large_read_ahead_is_refused() {
+    let c = Cluster::start(1, 1);
+    let mnt = c.dir.path().join("ra-mnt");
+    std::fs::create_dir_all(&mnt).unwrap();
+    let o = std::process::Command::new(bin("mirrord"))
+        .args(["--pool", &c.pool, "--read-ahead-kib", "1000000"])
+        .arg("--mount")
+        .arg(&mnt)
+        .arg("--cache")
+        .arg(c.dir.path().join("ra-cache"))
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("read-ahead of 1000000 KiB is too large") && err.contains("read_ahead_kib"),
+        "{err}"
+    );
+    assert!(!mirrord::daemon::is_mounted(&mnt));
+}

@@ -85,9 +85,10 @@ impl Fs {
 impl Filesystem for Fs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
         let _ = config.set_max_write(1 << 20);
-        // Readahead stays under one chunk (64 KiB-4 MiB), so a read never
-        // pulls in more than one extra chunk behind it.
-        let _ = config.set_max_readahead(64 * 1024);
+        // The kernel keeps the smaller of its offer (128 KiB) and this; the
+        // mount's real read-ahead is set in sysfs after mounting (see
+        // `daemon::set_read_ahead`).
+        let _ = config.set_max_readahead(128 * 1024);
         let _ = config.set_max_background(64);
         Ok(())
     }
