@@ -3,7 +3,9 @@
 # Idempotent: packages already present are skipped quickly.
 set -euo pipefail
 
-need_pkgs=(pkg-config fio fuse3 e2fsprogs util-linux procps psmisc libvirt-dev)
+# protobuf-compiler, libprotobuf-dev (its well-known .proto files): the
+# etcd-client crate compiles etcd's protos with protoc.
+need_pkgs=(pkg-config fio fuse3 e2fsprogs util-linux procps psmisc libvirt-dev protobuf-compiler libprotobuf-dev)
 missing=()
 for p in "${need_pkgs[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
@@ -13,6 +15,28 @@ if [ "${#missing[@]}" -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get -o DPkg::Lock::Timeout=120 update -qq
   apt-get -o DPkg::Lock::Timeout=120 install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# etcd-server: poold's etcd engine is tested against real etcd members the
+# tests start themselves (on loopback ports they pick). The package's own
+# service is not wanted: when this script installs the package, it keeps
+# the service from starting and disables it.
+if ! dpkg -s etcd-server >/dev/null 2>&1; then
+  echo "installing: etcd-server (its etcd.service stays disabled)"
+  export DEBIAN_FRONTEND=noninteractive
+  policy=/usr/sbin/policy-rc.d
+  had_policy=0
+  [ -e "$policy" ] && had_policy=1
+  if [ "$had_policy" = 0 ]; then
+    printf '#!/bin/sh\nexit 101\n' >"$policy"
+    chmod 755 "$policy"
+  fi
+  apt-get -o DPkg::Lock::Timeout=120 update -qq
+  apt-get -o DPkg::Lock::Timeout=120 install -y -qq --no-install-recommends etcd-server >/dev/null
+  [ "$had_policy" = 0 ] && rm -f "$policy"
+  if command -v systemctl >/dev/null 2>&1; then
+    systemctl disable --now etcd.service >/dev/null 2>&1 || true
+  fi
 fi
 
 if ! command -v cargo >/dev/null 2>&1; then

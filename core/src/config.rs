@@ -118,6 +118,14 @@ pub struct PooldSection {
     pub recovery_mbps: Option<u64>,
     /// Chunk copies of recovery running at once.
     pub recovery_concurrency: Option<usize>,
+    /// Client URLs of the etcd members (`engine = "etcd"`).
+    pub etcd_endpoints: Option<Vec<String>>,
+    /// Prefix of poold's keys in etcd.
+    pub etcd_prefix: Option<String>,
+    /// The etcd members' `--max-txn-ops`.
+    pub etcd_max_txn_ops: Option<usize>,
+    /// The etcd members' `--max-request-bytes`.
+    pub etcd_max_request_bytes: Option<usize>,
 }
 
 /// `[chunkd]`.

@@ -145,6 +145,12 @@ impl Tls {
     }
 
     /// Makes this the process's identity (the first call wins).
+    /// The PEM bytes of the CA, the certificate and the key (for clients
+    /// other than tonic's, such as etcd's).
+    pub fn pems(&self) -> (&[u8], &[u8], &[u8]) {
+        (&self.ca, &self.cert, &self.key)
+    }
+
     pub fn install(self) -> Arc<Tls> {
         INSTALLED.get_or_init(|| Arc::new(self)).clone()
     }

@@ -73,6 +73,51 @@ pub struct Opts {
     /// Serve Prometheus metrics at http://ADDR/metrics.
     #[arg(long, value_name = "ADDR")]
     pub metrics: Option<SocketAddr>,
+    /// Client URLs of the etcd members, comma-separated (`--engine etcd`);
+    /// `https://` ones use the configuration file's TLS identity.
+    #[arg(long, value_delimiter = ',', value_name = "URL")]
+    pub etcd_endpoints: Vec<String>,
+    /// Prefix of poold's keys in etcd (one blobvirt cluster per prefix).
+    #[arg(long, default_value = "/blobvirt/")]
+    pub etcd_prefix: String,
+    /// The etcd members' `--max-txn-ops` (what blobvirt asks them for).
+    #[arg(long, default_value_t = 8192)]
+    pub etcd_max_txn_ops: usize,
+    /// The etcd members' `--max-request-bytes`.
+    #[arg(long, default_value_t = 8 << 20)]
+    pub etcd_max_request_bytes: usize,
+}
+
+impl Opts {
+    /// How to reach etcd, for `--engine etcd`.
+    pub fn etcd(&self) -> anyhow::Result<Option<crate::kv::etcd_engine::EtcdOptions>> {
+        use crate::kv::etcd_engine::{EtcdOptions, EtcdTls};
+        if self.engine != Engine::Etcd {
+            return Ok(None);
+        }
+        if self.etcd_endpoints.is_empty() {
+            anyhow::bail!("poold --engine etcd needs the members' addresses; give --etcd-endpoints URL[,URL…] or etcd_endpoints in [poold]");
+        }
+        let mut o = EtcdOptions::new(self.etcd_endpoints.clone(), self.etcd_prefix.clone());
+        o.max_txn_ops = self.etcd_max_txn_ops;
+        o.max_request_bytes = self.etcd_max_request_bytes;
+        if self
+            .etcd_endpoints
+            .iter()
+            .any(|e| e.starts_with("https://"))
+        {
+            let Some(t) = blobvirt_core::tls::installed() else {
+                anyhow::bail!("the etcd endpoints use https but poold has no TLS identity; set [tls] in the configuration file");
+            };
+            let (ca, cert, key) = t.pems();
+            o.tls = Some(EtcdTls {
+                ca_pem: ca.to_vec(),
+                cert_pem: cert.to_vec(),
+                key_pem: key.to_vec(),
+            });
+        }
+        Ok(Some(o))
+    }
 }
 
 impl Opts {
@@ -90,7 +135,9 @@ impl Opts {
                 <Engine as clap::ValueEnum>::from_str(e, true).map_err(|_| ConfigError::Value {
                     path: cfg.path.clone().unwrap_or_default(),
                     key: "[poold] engine".into(),
-                    problem: format!("{e:?} is not an engine, expected \"redb\" or \"sled\""),
+                    problem: format!(
+                        "{e:?} is not an engine, expected \"redb\", \"sled\" or \"etcd\""
+                    ),
                 })?;
             pick(&m, "engine", &mut o.engine, Some(engine));
         }
@@ -139,6 +186,25 @@ impl Opts {
             }
         }
         pick(&m, "metrics", &mut o.metrics, p.metrics.map(Some));
+        pick(
+            &m,
+            "etcd_endpoints",
+            &mut o.etcd_endpoints,
+            p.etcd_endpoints,
+        );
+        pick(&m, "etcd_prefix", &mut o.etcd_prefix, p.etcd_prefix);
+        pick(
+            &m,
+            "etcd_max_txn_ops",
+            &mut o.etcd_max_txn_ops,
+            p.etcd_max_txn_ops,
+        );
+        pick(
+            &m,
+            "etcd_max_request_bytes",
+            &mut o.etcd_max_request_bytes,
+            p.etcd_max_request_bytes,
+        );
         blobvirt_core::tls::install_from(&cfg)?;
         Ok(o)
     }
@@ -168,10 +234,19 @@ pub async fn run(opts: Opts) -> anyhow::Result<()> {
     std::fs::create_dir_all(&opts.dir)
         .with_context(|| format!("create the directory {}", opts.dir.display()))?;
     let _lock = blobvirt_core::fsutil::lock_dir(&opts.dir, "poold", "--dir")?;
-    let (dir, engine) = (opts.dir.clone(), opts.engine);
-    let meta = tokio::task::spawn_blocking(move || Meta::open(engine, &dir))
-        .await?
-        .with_context(|| format!("open the metadata store in {}", opts.dir.display()))?;
+    let (dir, engine, etcd) = (opts.dir.clone(), opts.engine, opts.etcd()?);
+    let what = match &etcd {
+        Some(e) => format!(
+            "open the metadata store in etcd ({})",
+            e.endpoints.join(",")
+        ),
+        None => format!("open the metadata store in {}", opts.dir.display()),
+    };
+    let meta = tokio::task::spawn_blocking(move || {
+        Meta::new(crate::kv::open(engine, &dir, etcd.as_ref())?)
+    })
+    .await?
+    .context(what)?;
     let members = Arc::new(
         Membership::load(
             &meta,

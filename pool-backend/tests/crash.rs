@@ -94,9 +94,19 @@ async fn verify(p: &Poold, acked: &mut BTreeMap<u64, Map>, inflight: Option<Op>)
     }
 }
 
-async fn crash_run(engine: &str, seed: u64) {
+/// `etcd`: the members' endpoints, for `--engine etcd`.
+async fn crash_run(engine: &str, seed: u64, etcd: Option<String>) {
     let dir = tempfile::tempdir().unwrap();
-    let args = ["--gc-interval-secs", "3600"];
+    let mut args = vec!["--gc-interval-secs", "3600"];
+    if let Some(e) = &etcd {
+        args.extend(["--etcd-endpoints", e.as_str()]);
+    }
+    let etcd_opts = etcd.as_ref().map(|e| {
+        pool_backend::kv::etcd_engine::EtcdOptions::new(
+            e.split(',').map(str::to_string).collect(),
+            "/blobvirt/",
+        )
+    });
     let mut p = Poold::start(dir.path(), engine, &args).await;
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let mut acked: BTreeMap<u64, Map> = BTreeMap::new();
@@ -208,7 +218,8 @@ async fn crash_run(engine: &str, seed: u64) {
         {
             use clap::ValueEnum;
             let e = pool_backend::kv::Engine::from_str(engine, true).unwrap();
-            let meta = pool_backend::Meta::open(e, dir.path()).unwrap();
+            let kv = pool_backend::kv::open(e, dir.path(), etcd_opts.as_ref()).unwrap();
+            let meta = pool_backend::Meta::new(kv).unwrap();
             assert_eq!(meta.check().unwrap(), Vec::<String>::new(), "round {round}");
         }
         p = Poold::start(dir.path(), engine, &args).await;
@@ -252,10 +263,17 @@ async fn crash_run(engine: &str, seed: u64) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crash_redb() {
-    crash_run("redb", 1).await;
+    crash_run("redb", 1, None).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crash_sled() {
-    crash_run("sled", 2).await;
+    crash_run("sled", 2, None).await;
+}
+
+/// On a 3-member etcd cluster on loopback.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_etcd() {
+    let etcd = testbed::harness::etcd::EtcdCluster::start(3);
+    crash_run("etcd", 3, Some(etcd.endpoints_arg())).await;
 }

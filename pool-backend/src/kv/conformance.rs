@@ -8,10 +8,10 @@ use std::sync::Arc;
 
 use super::{Kv, KvError, KvExt, ReadTxExt};
 
-pub type Open = fn(&Path) -> Arc<dyn Kv>;
+pub type Open<'a> = &'a dyn Fn(&Path) -> Arc<dyn Kv>;
 
 /// One named check of the suite.
-pub type Check = (&'static str, fn(Open, &Path));
+pub type Check = (&'static str, for<'a> fn(Open<'a>, &Path));
 
 fn put_all(kv: &dyn Kv, pairs: &[(&[u8], &[u8])]) {
     kv.write(|tx| {
@@ -228,22 +228,33 @@ pub fn run_all(open: Open, dir: &Path) {
 mod tests {
     use super::*;
 
-    fn redb(dir: &Path) -> Arc<dyn Kv> {
-        super::super::open(super::super::Engine::Redb, dir).unwrap()
-    }
-    fn sled(dir: &Path) -> Arc<dyn Kv> {
-        super::super::open(super::super::Engine::Sled, dir).unwrap()
-    }
+    use super::super::{etcd_engine, open, Engine};
 
     #[test]
     fn redb_conforms() {
         let d = tempfile::tempdir().unwrap();
-        run_all(redb, d.path());
+        run_all(&|dir| open(Engine::Redb, dir, None).unwrap(), d.path());
     }
 
     #[test]
     fn sled_conforms() {
         let d = tempfile::tempdir().unwrap();
-        run_all(sled, d.path());
+        run_all(&|dir| open(Engine::Sled, dir, None).unwrap(), d.path());
+    }
+
+    /// On a real 3-member etcd cluster; each directory is a key prefix, so
+    /// a reopen is a new client on the same keys.
+    #[test]
+    fn etcd_conforms() {
+        let etcd = testbed::harness::etcd::EtcdCluster::start(3);
+        let d = tempfile::tempdir().unwrap();
+        let eps = etcd.endpoints();
+        run_all(
+            &|dir| {
+                let o = etcd_engine::EtcdOptions::new(eps.clone(), format!("{}/", dir.display()));
+                open(Engine::Etcd, dir, Some(&o)).unwrap()
+            },
+            d.path(),
+        );
     }
 }

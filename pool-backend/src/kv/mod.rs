@@ -10,12 +10,14 @@
 //! * A read transaction sees one committed state, never part of a write.
 //! * Tables are key prefixes in one keyspace.
 //!
-//! Engines: [`redb_engine`] (default; redb 2, `Durability::Immediate`) and
+//! Engines: [`redb_engine`] (default; redb 2, `Durability::Immediate`),
 //! [`sled_engine`] (sled 0.34, an overlay over the tree committed with
-//! `apply_batch` + `flush`). Both pass the same conformance suite
-//! ([`conformance`]).
+//! `apply_batch` + `flush`) and [`etcd_engine`] (an etcd v3 cluster; an
+//! overlay committed as one etcd `Txn`). All pass the same conformance
+//! suite ([`conformance`]).
 
 pub mod conformance;
+pub mod etcd_engine;
 pub mod redb_engine;
 pub mod sled_engine;
 
@@ -31,6 +33,10 @@ pub enum KvError {
     /// aside by [`KvExt`]).
     #[error("transaction aborted")]
     Aborted,
+    /// The engine's fence (the active poold's election key) no longer
+    /// holds: this instance was deposed and wrote nothing.
+    #[error("this poold is no longer the active one (its election key {0} changed); nothing was written")]
+    Fenced(String),
 }
 
 pub type KvResult<T> = Result<T, KvError>;
@@ -170,13 +176,27 @@ fn finish<R, E: From<KvError>>(r: KvResult<()>, out: Option<Result<R, E>>) -> Re
 pub enum Engine {
     Redb,
     Sled,
+    Etcd,
 }
 
-/// Opens the engine's store under `dir` (`meta.redb` or `meta.sled/`).
-pub fn open(engine: Engine, dir: &Path) -> KvResult<Arc<dyn Kv>> {
+/// Opens the engine's store: under `dir` (`meta.redb` or `meta.sled/`),
+/// or in the etcd cluster of `etcd`.
+pub fn open(
+    engine: Engine,
+    dir: &Path,
+    etcd: Option<&etcd_engine::EtcdOptions>,
+) -> KvResult<Arc<dyn Kv>> {
     Ok(match engine {
         Engine::Redb => Arc::new(redb_engine::RedbKv::open(&dir.join("meta.redb"))?),
         Engine::Sled => Arc::new(sled_engine::SledKv::open(&dir.join("meta.sled"))?),
+        Engine::Etcd => {
+            let o = etcd.ok_or_else(|| {
+                KvError::Engine(
+                    "the etcd engine needs the members' addresses; give poold --etcd-endpoints URL[,URL…] or etcd_endpoints in [poold]".into(),
+                )
+            })?;
+            Arc::new(etcd_engine::EtcdKv::connect(o.clone())?)
+        }
     })
 }
 

@@ -90,7 +90,7 @@ pub struct Meta {
 impl Meta {
     /// Opens the store of `engine` under `dir`.
     pub fn open(engine: kv::Engine, dir: &std::path::Path) -> Result<Self> {
-        Meta::new(kv::open(engine, dir)?)
+        Meta::new(kv::open(engine, dir, None)?)
     }
 
     /// Uses `kv`, initializing an empty store and checking the format of an

@@ -12,6 +12,8 @@
 //! * [`mounted`] — such a cluster with a mirrord mount (`--mount`).
 //! * [`libvirt`] — a [`libvirt::Lab`]: a cluster, its mount, a libvirt
 //!   pool on it and the domains of the test; `virsh` helpers.
+//! * [`etcd`] — an etcd cluster of N members on loopback ports, for
+//!   poold's etcd engine.
 //! * [`data`] — seeded test data, hashing, and chunk files on disk.
 //! * [`thrash`] — the fault thrasher: daemons SIGKILLed under load.
 //!
@@ -25,6 +27,7 @@ pub mod bins;
 pub mod cli;
 pub mod daemons;
 pub mod data;
+pub mod etcd;
 pub mod libvirt;
 pub mod mounted;
 pub mod thrash;

@@ -1,0 +1,506 @@
+//! The etcd engine (`--engine etcd`): poold's keys in an etcd v3 cluster,
+//! under one key prefix, through the etcd-client crate.
+//!
+//! * A read transaction reads at one etcd revision: its first request
+//!   fixes the revision (the store's at that moment), every later one asks
+//!   for it, so it sees one committed state however many round trips it
+//!   takes. Scans are paged ([`PAGE`] keys per request).
+//! * A write transaction reads the same way, keeps its puts and deletes in
+//!   an overlay (reads inside it see them), and commits them as one etcd
+//!   `Txn`: atomic, and durable on a majority of the members when etcd
+//!   answers. Writers in this process are serialized.
+//! * A commit is checked against etcd's limits before it is sent
+//!   ([`EtcdOptions::max_txn_ops`], [`EtcdOptions::max_request_bytes`],
+//!   which must match the members' `--max-txn-ops` and
+//!   `--max-request-bytes`); one that does not fit fails with a sentence
+//!   that says which setting to raise, and nothing of it is written.
+//! * A fence ([`EtcdKv::set_fence`]) makes every commit conditional on a
+//!   key's create revision (an election key): once the key is gone or
+//!   re-created, commits fail with [`KvError::Fenced`] and write nothing.
+//!
+//! The trait is synchronous; the engine owns a small tokio runtime and
+//! waits for its requests on a channel, so it works from any thread.
+
+use std::cell::Cell;
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::ops::Bound;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use etcd_client::{
+    Certificate, Client, Compare, CompareOp, ConnectOptions, GetOptions, Identity, KvClient,
+    TlsOptions, Txn, TxnOp,
+};
+
+use super::{prefix_end, Kv, KvError, KvResult, ReadTx, WriteTx};
+
+/// Keys per range request of a scan.
+pub const PAGE: i64 = 1000;
+/// Bytes a request may carry besides its keys and values (headers, the
+/// fence, per-operation framing is counted per operation).
+const REQUEST_SLACK: usize = 4096;
+/// Framing counted per operation of a commit.
+const OP_OVERHEAD: usize = 16;
+
+/// How to reach the etcd cluster.
+#[derive(Clone, Debug)]
+pub struct EtcdOptions {
+    /// Client URLs of the members (`http://HOST:PORT` or `https://…`).
+    pub endpoints: Vec<String>,
+    /// Prefix of every key poold writes (one cluster per prefix).
+    pub prefix: Vec<u8>,
+    /// The members' `--max-txn-ops`.
+    pub max_txn_ops: usize,
+    /// The members' `--max-request-bytes`.
+    pub max_request_bytes: usize,
+    /// PEM files of the CA, and this host's certificate and key, for
+    /// `https://` endpoints.
+    pub tls: Option<EtcdTls>,
+}
+
+/// Client TLS towards etcd: the cluster's CA and this host's identity.
+#[derive(Clone, Debug)]
+pub struct EtcdTls {
+    pub ca_pem: Vec<u8>,
+    pub cert_pem: Vec<u8>,
+    pub key_pem: Vec<u8>,
+}
+
+impl EtcdOptions {
+    /// `endpoints` with the limits blobvirt asks the members for
+    /// (`--max-txn-ops 8192 --max-request-bytes 8388608`).
+    pub fn new(endpoints: Vec<String>, prefix: impl Into<Vec<u8>>) -> Self {
+        EtcdOptions {
+            endpoints,
+            prefix: prefix.into(),
+            max_txn_ops: 8192,
+            max_request_bytes: 8 << 20,
+            tls: None,
+        }
+    }
+}
+
+fn engine<E: std::fmt::Display>(what: &str, e: E) -> KvError {
+    let s = e.to_string();
+    if s.contains("compacted") {
+        return KvError::Engine(format!(
+            "etcd: {what}: the revision being read was compacted ({s}); keep at least a few minutes of history (etcd --auto-compaction-mode periodic --auto-compaction-retention 10m)"
+        ));
+    }
+    KvError::Engine(format!("etcd: {what}: {s}"))
+}
+
+/// The engine's runtime; dropped with `shutdown_background`, so an engine
+/// may be dropped anywhere (also inside another runtime).
+struct Rt(Option<tokio::runtime::Runtime>);
+
+impl Rt {
+    fn get(&self) -> &tokio::runtime::Runtime {
+        self.0.as_ref().expect("runtime lives until drop")
+    }
+}
+
+impl Drop for Rt {
+    fn drop(&mut self) {
+        if let Some(rt) = self.0.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+/// An etcd cluster as a [`Kv`].
+pub struct EtcdKv {
+    rt: Rt,
+    kv: KvClient,
+    opts: EtcdOptions,
+    writer: Mutex<()>,
+    fence: Mutex<Option<(Vec<u8>, i64)>>,
+}
+
+impl EtcdKv {
+    /// Connects to the cluster (the first reachable endpoint; the client
+    /// moves to another when one fails).
+    pub fn connect(opts: EtcdOptions) -> KvResult<Self> {
+        if opts.endpoints.is_empty() {
+            return Err(KvError::Engine(
+                "etcd: no endpoints; give poold --etcd-endpoints URL[,URL…]".into(),
+            ));
+        }
+        let rt = Rt(Some(
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .thread_name("etcd-kv")
+                .enable_all()
+                .build()
+                .map_err(|e| engine("starting the client runtime", e))?,
+        ));
+        let mut co = ConnectOptions::new()
+            .with_connect_timeout(Duration::from_secs(5))
+            .with_timeout(Duration::from_secs(10))
+            .with_keep_alive(Duration::from_secs(5), Duration::from_secs(5));
+        if let Some(t) = &opts.tls {
+            co = co.with_tls(
+                TlsOptions::new()
+                    .ca_certificate(Certificate::from_pem(&t.ca_pem))
+                    .identity(Identity::from_pem(&t.cert_pem, &t.key_pem)),
+            );
+        }
+        let eps = opts.endpoints.clone();
+        let what = format!("connecting to {}", eps.join(","));
+        let client = block(
+            rt.get(),
+            async move { Client::connect(eps, Some(co)).await },
+        )?
+        .map_err(|e| engine(&what, e))?;
+        let kv = client.kv_client();
+        Ok(EtcdKv {
+            rt,
+            kv,
+            opts,
+            writer: Mutex::new(()),
+            fence: Mutex::new(None),
+        })
+    }
+
+    /// Makes every later commit conditional on `key` (unprefixed: a key
+    /// of etcd's own, such as an election key) still having `create_rev`
+    /// as its create revision; `None` lifts the fence.
+    pub fn set_fence(&self, fence: Option<(Vec<u8>, i64)>) {
+        *self.fence.lock().unwrap_or_else(|e| e.into_inner()) = fence;
+    }
+
+    fn full(&self, key: &[u8]) -> Vec<u8> {
+        let mut k = self.opts.prefix.clone();
+        k.extend_from_slice(key);
+        k
+    }
+
+    fn run<T: Send + 'static>(&self, f: impl Future<Output = T> + Send + 'static) -> KvResult<T> {
+        block(self.rt.get(), f)
+    }
+}
+
+/// Runs `f` on `rt` and waits for it on this thread (any thread: a
+/// channel, not `block_on`, so a caller inside another runtime is fine).
+fn block<T: Send + 'static>(
+    rt: &tokio::runtime::Runtime,
+    f: impl Future<Output = T> + Send + 'static,
+) -> KvResult<T> {
+    let (tx, rx) = std::sync::mpsc::sync_channel(1);
+    rt.spawn(async move {
+        let _ = tx.send(f.await);
+    });
+    rx.recv()
+        .map_err(|_| KvError::Engine("etcd: the client runtime stopped".into()))
+}
+
+/// Reads at one revision (0 until the first answer fixes it).
+struct EtcdRead<'a> {
+    kv: &'a EtcdKv,
+    rev: Cell<i64>,
+}
+
+impl EtcdRead<'_> {
+    fn fix(&self, header_rev: Option<i64>) {
+        if self.rev.get() == 0 {
+            if let Some(r) = header_rev {
+                self.rev.set(r);
+            }
+        }
+    }
+}
+
+impl ReadTx for EtcdRead<'_> {
+    fn get(&self, key: &[u8]) -> KvResult<Option<Vec<u8>>> {
+        let mut c = self.kv.kv.clone();
+        let k = self.kv.full(key);
+        let opts = GetOptions::new().with_revision(self.rev.get());
+        let r = self
+            .kv
+            .run(async move { c.get(k, Some(opts)).await })?
+            .map_err(|e| engine("reading a key", e))?;
+        self.fix(r.header().map(|h| h.revision()));
+        Ok(r.kvs().first().map(|kv| kv.value().to_vec()))
+    }
+
+    fn scan(
+        &self,
+        start: &[u8],
+        end: Option<&[u8]>,
+        f: &mut dyn FnMut(&[u8], &[u8]) -> bool,
+    ) -> KvResult<()> {
+        if end.is_some_and(|e| e <= start) {
+            return Ok(());
+        }
+        let plen = self.kv.opts.prefix.len();
+        let stop = match end {
+            Some(e) => self.kv.full(e),
+            None => prefix_end(&self.kv.opts.prefix).unwrap_or_else(|| vec![0]),
+        };
+        let mut from = self.kv.full(start);
+        loop {
+            let mut c = self.kv.kv.clone();
+            let opts = GetOptions::new()
+                .with_range(stop.clone())
+                .with_limit(PAGE)
+                .with_revision(self.rev.get());
+            let k = from.clone();
+            let r = self
+                .kv
+                .run(async move { c.get(k, Some(opts)).await })?
+                .map_err(|e| engine("scanning keys", e))?;
+            self.fix(r.header().map(|h| h.revision()));
+            for kv in r.kvs() {
+                if !f(&kv.key()[plen..], kv.value()) {
+                    return Ok(());
+                }
+            }
+            match r.kvs().last() {
+                Some(last) if r.more() => {
+                    from = last.key().to_vec();
+                    from.push(0);
+                }
+                _ => return Ok(()),
+            }
+        }
+    }
+}
+
+/// A write transaction: reads at one revision, writes in an overlay
+/// (`None` = deleted).
+struct EtcdWrite<'a> {
+    read: EtcdRead<'a>,
+    overlay: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+}
+
+impl ReadTx for EtcdWrite<'_> {
+    fn get(&self, key: &[u8]) -> KvResult<Option<Vec<u8>>> {
+        match self.overlay.get(key) {
+            Some(v) => Ok(v.clone()),
+            None => self.read.get(key),
+        }
+    }
+
+    fn scan(
+        &self,
+        start: &[u8],
+        end: Option<&[u8]>,
+        f: &mut dyn FnMut(&[u8], &[u8]) -> bool,
+    ) -> KvResult<()> {
+        if end.is_some_and(|e| e <= start) {
+            return Ok(());
+        }
+        let hi = end.map_or(Bound::Unbounded, Bound::Excluded);
+        let mut over = self
+            .overlay
+            .range::<[u8], _>((Bound::Included(start), hi))
+            .peekable();
+        let mut stopped = false;
+        self.read.scan(start, end, &mut |k, v| {
+            // Overlay keys before this one come first.
+            while let Some((ok, ov)) = over.next_if(|(ok, _)| ok.as_slice() < k) {
+                if let Some(ov) = ov {
+                    if !f(ok, ov) {
+                        stopped = true;
+                        return false;
+                    }
+                }
+            }
+            let keep = match over.next_if(|(ok, _)| ok.as_slice() == k) {
+                Some((_, Some(ov))) => f(k, ov),
+                Some((_, None)) => true,
+                None => f(k, v),
+            };
+            stopped = !keep;
+            keep
+        })?;
+        if stopped {
+            return Ok(());
+        }
+        for (ok, ov) in over {
+            if let Some(ov) = ov {
+                if !f(ok, ov) {
+                    break;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl WriteTx for EtcdWrite<'_> {
+    fn put(&mut self, key: &[u8], value: &[u8]) -> KvResult<()> {
+        self.overlay.insert(key.to_vec(), Some(value.to_vec()));
+        Ok(())
+    }
+    fn delete(&mut self, key: &[u8]) -> KvResult<()> {
+        self.overlay.insert(key.to_vec(), None);
+        Ok(())
+    }
+    fn as_read(&self) -> &dyn ReadTx {
+        self
+    }
+}
+
+impl Kv for EtcdKv {
+    fn read_dyn(&self, f: &mut dyn FnMut(&dyn ReadTx) -> KvResult<()>) -> KvResult<()> {
+        f(&EtcdRead {
+            kv: self,
+            rev: Cell::new(0),
+        })
+    }
+
+    fn write_dyn(&self, f: &mut dyn FnMut(&mut dyn WriteTx) -> KvResult<()>) -> KvResult<()> {
+        let _w = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        let mut tx = EtcdWrite {
+            read: EtcdRead {
+                kv: self,
+                rev: Cell::new(0),
+            },
+            overlay: BTreeMap::new(),
+        };
+        f(&mut tx)?;
+        if tx.overlay.is_empty() {
+            return Ok(());
+        }
+        let (ops, bytes) = (
+            tx.overlay.len(),
+            request_bytes(&self.opts.prefix, &tx.overlay),
+        );
+        if ops > self.opts.max_txn_ops || bytes > self.opts.max_request_bytes {
+            return Err(KvError::Engine(format!(
+                "etcd: a metadata change of {ops} keys ({bytes} bytes) is over the limit of {} keys and {} bytes per transaction; start the etcd members with larger --max-txn-ops and --max-request-bytes and give poold the same values",
+                self.opts.max_txn_ops, self.opts.max_request_bytes
+            )));
+        }
+        let txn_ops: Vec<TxnOp> = tx
+            .overlay
+            .into_iter()
+            .map(|(k, v)| match v {
+                Some(v) => TxnOp::put(self.full(&k), v, None),
+                None => TxnOp::delete(self.full(&k), None),
+            })
+            .collect();
+        let fence = self.fence.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let mut txn = Txn::new();
+        if let Some((key, rev)) = &fence {
+            txn = txn.when([Compare::create_revision(
+                key.clone(),
+                CompareOp::Equal,
+                *rev,
+            )]);
+        }
+        let txn = txn.and_then(txn_ops);
+        let mut c = self.kv.clone();
+        let r = self
+            .run(async move { c.txn(txn).await })?
+            .map_err(|e| engine("committing a metadata change", e))?;
+        if !r.succeeded() {
+            return Err(KvError::Fenced(
+                String::from_utf8_lossy(&fence.map(|f| f.0).unwrap_or_default()).into_owned(),
+            ));
+        }
+        Ok(())
+    }
+
+    fn name(&self) -> &'static str {
+        "etcd"
+    }
+}
+
+/// The bytes a commit of `overlay` sends, roughly: keys (with the
+/// prefix), values and per-operation framing, plus the request's own.
+fn request_bytes(prefix: &[u8], overlay: &BTreeMap<Vec<u8>, Option<Vec<u8>>>) -> usize {
+    REQUEST_SLACK
+        + overlay
+            .iter()
+            .map(|(k, v)| prefix.len() + k.len() + v.as_ref().map_or(0, Vec::len) + OP_OVERHEAD)
+            .sum::<usize>()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kv::{KvExt, ReadTxExt};
+
+    fn connect(etcd: &testbed::harness::etcd::EtcdCluster, prefix: &str) -> EtcdKv {
+        EtcdKv::connect(EtcdOptions::new(etcd.endpoints(), prefix)).unwrap()
+    }
+
+    fn put(kv: &EtcdKv, k: &[u8], v: &[u8]) -> KvResult<()> {
+        kv.write(|tx| tx.put(k, v))
+    }
+
+    /// A fenced commit succeeds while the fence key keeps its create
+    /// revision, and fails, writing nothing, once the key was re-created.
+    #[test]
+    fn a_deposed_writer_commits_nothing() {
+        let etcd = testbed::harness::etcd::EtcdCluster::start(1);
+        let kv = connect(&etcd, "/f/");
+        let other = connect(&etcd, "/other/");
+        // The "election key" is an etcd key outside the prefix.
+        let mut c = kv.kv.clone();
+        let r = kv
+            .run(async move { c.put("/election/poold", "a", None).await })
+            .unwrap()
+            .unwrap();
+        let rev = r.header().unwrap().revision();
+        kv.set_fence(Some((b"/election/poold".to_vec(), rev)));
+        put(&kv, b"k", b"1").unwrap();
+        // Another instance takes over: the key is deleted and re-created.
+        let mut c = other.kv.clone();
+        other
+            .run(async move {
+                c.delete("/election/poold", None).await.unwrap();
+                c.put("/election/poold", "b", None).await.unwrap();
+            })
+            .unwrap();
+        let e = put(&kv, b"k", b"2").unwrap_err();
+        assert!(matches!(e, KvError::Fenced(_)), "{e}");
+        assert!(e.to_string().contains("no longer the active one"), "{e}");
+        assert_eq!(kv.read(|tx| tx.get(b"k")).unwrap(), Some(b"1".to_vec()));
+        kv.set_fence(None);
+        put(&kv, b"k", b"3").unwrap();
+        assert_eq!(kv.read(|tx| tx.get(b"k")).unwrap(), Some(b"3".to_vec()));
+    }
+
+    /// A change over the limits is refused before it is sent, with the
+    /// settings to raise, and nothing of it is written; scans page through
+    /// more keys than one request returns.
+    #[test]
+    fn over_the_limits_is_refused_whole_and_scans_page() {
+        let etcd = testbed::harness::etcd::EtcdCluster::start(1);
+        let mut o = EtcdOptions::new(etcd.endpoints(), "/l/");
+        o.max_txn_ops = 3000;
+        let kv = EtcdKv::connect(o).unwrap();
+        let n = 2 * PAGE as usize + 17;
+        kv.write(|tx| {
+            for i in 0..n {
+                tx.put(format!("a{i:06}").as_bytes(), b"v")?;
+            }
+            Ok::<_, KvError>(())
+        })
+        .unwrap();
+        let all = kv.read(|tx| tx.prefix(b"a")).unwrap();
+        assert_eq!(all.len(), n);
+        assert!(all.windows(2).all(|w| w[0].0 < w[1].0));
+        let e = kv
+            .write(|tx| {
+                for i in 0..3001 {
+                    tx.put(format!("b{i:06}").as_bytes(), b"v")?;
+                }
+                Ok::<_, KvError>(())
+            })
+            .unwrap_err();
+        let msg = e.to_string();
+        assert!(
+            msg.contains("3001 keys") && msg.contains("--max-txn-ops"),
+            "{msg}"
+        );
+        assert!(kv.read(|tx| tx.prefix(b"b")).unwrap().is_empty());
+        // Unreachable endpoints: a clear error, not a hang.
+        let dead = EtcdKv::connect(EtcdOptions::new(vec!["http://127.0.0.1:1".into()], "/x/"));
+        assert!(dead.is_err() || put(&dead.unwrap(), b"k", b"v").is_err());
+    }
+}
