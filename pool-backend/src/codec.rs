@@ -52,6 +52,10 @@ pub mod key {
     pub const DRAINING: u8 = b'D';
     pub const DEFERRED: u8 = b'Q';
     pub const LEASE: u8 = b'L';
+    /// A publish being applied in slices: its staging root (`meta/bounded.rs`).
+    pub const STAGING: u8 = b'S';
+    /// A reference queued to be freed in bounded batches (`meta/bounded.rs`).
+    pub const FREE: u8 = b'F';
 
     pub fn counter(name: &str) -> Vec<u8> {
         tagged(COUNTER, name.as_bytes())
@@ -113,6 +117,12 @@ pub mod key {
     }
     pub fn lease(name: &str) -> Vec<u8> {
         tagged(LEASE, name.as_bytes())
+    }
+    pub fn staging(seq: u64) -> Vec<u8> {
+        tagged(STAGING, &seq.to_be_bytes())
+    }
+    pub fn free(seq: u64) -> Vec<u8> {
+        tagged(FREE, &seq.to_be_bytes())
     }
 
     fn tagged(tag: u8, rest: &[u8]) -> Vec<u8> {

@@ -247,6 +247,13 @@ pub async fn run(opts: Opts) -> anyhow::Result<()> {
     })
     .await?
     .context(what)?;
+    let m = meta.clone();
+    let dropped = tokio::task::spawn_blocking(move || m.recover())
+        .await?
+        .context("drop what interrupted publishes and deletes left in the metadata store")?;
+    if dropped > 0 {
+        tracing::info!("dropped the staging roots of {dropped} publishes a crash interrupted");
+    }
     let members = Arc::new(
         Membership::load(
             &meta,

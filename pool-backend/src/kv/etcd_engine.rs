@@ -407,6 +407,10 @@ impl Kv for EtcdKv {
     fn name(&self) -> &'static str {
         "etcd"
     }
+
+    fn txn_budget(&self) -> Option<usize> {
+        Some(self.opts.max_txn_ops)
+    }
 }
 
 /// The bytes a commit of `overlay` sends, roughly: keys (with the

@@ -106,6 +106,11 @@ pub trait Kv: Send + Sync {
     fn write_dyn(&self, f: &mut dyn FnMut(&mut dyn WriteTx) -> KvResult<()>) -> KvResult<()>;
     /// Engine name for logs.
     fn name(&self) -> &'static str;
+    /// Most keys one write transaction may change (`None`: no limit). The
+    /// metadata layer splits bigger changes (`meta/bounded.rs`).
+    fn txn_budget(&self) -> Option<usize> {
+        None
+    }
 }
 
 /// The closure API over any [`Kv`].

@@ -44,6 +44,8 @@ fn recount(tx: &dyn ReadTx) -> Result<Recount> {
         r.versions += 1;
         stack.push(VersionRec::decode(&v)?.root);
     }
+    // Staging roots and queued releases hold references too.
+    stack.extend(super::bounded::held_roots(tx)?);
     // Count references; descend into a node only on its first one.
     while let Some(c) = stack.pop() {
         match c {

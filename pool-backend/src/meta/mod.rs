@@ -8,6 +8,7 @@
 //! the engine's single writer. Operations block (they fsync); async callers
 //! run them with `spawn_blocking`.
 
+mod bounded;
 mod check;
 pub mod cluster;
 mod revert;

@@ -28,9 +28,11 @@ pub struct Counters {
     pub live_chunks: u64,
     pub gc_pending: u64,
     pub gc_epoch: u64,
+    /// Sequence of staging and release-queue keys (`S`, `F`).
+    pub next_hold: u64,
 }
 
-const NAMES: [&str; 8] = [
+const NAMES: [&str; 9] = [
     "next_blob",
     "next_node",
     "blobs",
@@ -39,10 +41,11 @@ const NAMES: [&str; 8] = [
     "live_chunks",
     "gc_pending",
     "gc_epoch",
+    "next_hold",
 ];
 
 impl Counters {
-    fn fields(&mut self) -> [&mut u64; 8] {
+    fn fields(&mut self) -> [&mut u64; 9] {
         [
             &mut self.next_blob,
             &mut self.next_node,
@@ -52,6 +55,7 @@ impl Counters {
             &mut self.live_chunks,
             &mut self.gc_pending,
             &mut self.gc_epoch,
+            &mut self.next_hold,
         ]
     }
 

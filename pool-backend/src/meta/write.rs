@@ -14,7 +14,8 @@ use super::{
 use crate::codec::{self, key, BlobRec, GcState, Origin, VersionRec};
 
 /// Longest boot profile kept per volume (entries past it are dropped).
-pub const MAX_PROFILE: usize = 1 << 20;
+/// 256 Ki entries (2 MiB), so that one fits an etcd request.
+pub const MAX_PROFILE: usize = 1 << 18;
 
 /// What a publish did.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -25,6 +26,106 @@ pub enum PublishOutcome {
     /// the client checked them; it must upload them again and retry with
     /// `gc_epoch`.
     Reupload { chunks: Vec<ChunkId>, gc_epoch: u64 },
+}
+
+/// A publish checked against the volume as it is now.
+pub(super) struct Prepared {
+    id: u64,
+    blob: BlobRec,
+    /// The base version's root (a hole for a new volume).
+    pub root: Child,
+    pub n_old: u64,
+    pub n_new: u64,
+}
+
+/// Checks `req` against the store (name, base version, chunk size, chunk
+/// indices) and finds what it builds on; changes nothing.
+pub(super) fn prepare(
+    m: &MetaTx,
+    req: &pb::PublishRequest,
+    changes: &[(u64, Option<ChunkId>)],
+) -> Result<Prepared> {
+    let name = req.name.as_str();
+    let (id, blob, base) = if req.create {
+        if m.r().get(&key::name(name))?.is_some() {
+            return Err(taken(name, "pick another name or add --new-version"));
+        }
+        let cs = check_chunk_size(req.chunk_size as u64)
+            .map_err(|e| MetaError::InvalidArgument(format!("volume {name}: {e}")))?;
+        let id = m.c.next_blob;
+        let b = BlobRec {
+            name: name.to_string(),
+            chunk_size: cs,
+            created: m.now,
+            next_version: 1,
+            origin: None,
+        };
+        (id, b, None)
+    } else {
+        let (id, b) = find_blob(m.r(), name)?;
+        if req.chunk_size != 0 && req.chunk_size != b.chunk_size {
+            return Err(MetaError::InvalidArgument(format!(
+                "volume {name} has chunk size {}, not {}; publish with its chunk size",
+                b.chunk_size, req.chunk_size
+            )));
+        }
+        let (latest, rec) = find_version(m.r(), name, id, 0)?;
+        if req.base_version != latest {
+            return Err(MetaError::FailedPrecondition(format!(
+                "volume {name} is at version {latest}, not {}; resolve the latest version and publish your changes on top of it",
+                req.base_version
+            )));
+        }
+        (id, b, Some(rec))
+    };
+    let n_new = chunk_count(req.size, blob.chunk_size);
+    if let Some((i, _)) = changes.iter().find(|(i, _)| *i >= n_new) {
+        return Err(MetaError::InvalidArgument(format!(
+            "chunk index {i} is past the end of volume {name} ({n_new} chunks of {} bytes for size {}); publish a larger size or fix the index",
+            blob.chunk_size, req.size
+        )));
+    }
+    let (root, n_old) = match &base {
+        Some(b) => (b.root, chunk_count(b.size, blob.chunk_size)),
+        None => (Child::Hole, 0),
+    };
+    Ok(Prepared {
+        id,
+        blob,
+        root,
+        n_old,
+        n_new,
+    })
+}
+
+/// Makes `root` (one reference on it held by the caller, which passes to
+/// the version) the next version of the prepared volume.
+pub(super) fn commit_version(
+    m: &mut MetaTx,
+    req: &pb::PublishRequest,
+    p: Prepared,
+    root: Child,
+    depth: u32,
+) -> Result<PublishOutcome> {
+    let Prepared { id, mut blob, .. } = p;
+    let v = blob.next_version;
+    blob.next_version += 1;
+    let rec = VersionRec {
+        size: req.size,
+        depth,
+        created: m.now,
+        root,
+        label: req.label.clone(),
+    };
+    m.tx.put(&key::version(id, v), &rec.encode())?;
+    m.tx.put(&key::blob(id), &blob.encode())?;
+    m.c.versions += 1;
+    if req.create {
+        m.tx.put(&key::name(&req.name), &codec::enc_u64(id))?;
+        m.c.next_blob += 1;
+        m.c.blobs += 1;
+    }
+    Ok(PublishOutcome::Published(v))
 }
 
 /// Checks a new volume name (it becomes a file name on the mirrord mount).
@@ -72,52 +173,15 @@ impl Meta {
     /// the proto): creates the volume, or shadows its latest version,
     /// resizing the tree when the size changes.
     pub fn publish(&self, req: &pb::PublishRequest) -> Result<PublishOutcome> {
-        let name = req.name.as_str();
         let changes = parse_changes(&req.changes)?;
         if req.create {
-            check_name(name)?;
+            check_name(&req.name)?;
+        }
+        if let Some(per) = self.slice_for(req, &changes)? {
+            return self.publish_sliced(req, &changes, per);
         }
         self.write(|m| {
-            let (id, mut blob, base) = if req.create {
-                if m.r().get(&key::name(name))?.is_some() {
-                    return Err(taken(name, "pick another name or add --new-version"));
-                }
-                let cs = check_chunk_size(req.chunk_size as u64).map_err(|e| {
-                    MetaError::InvalidArgument(format!("volume {name}: {e}"))
-                })?;
-                let id = m.c.next_blob;
-                let b = BlobRec {
-                    name: name.to_string(),
-                    chunk_size: cs,
-                    created: m.now,
-                    next_version: 1,
-                    origin: None,
-                };
-                (id, b, None)
-            } else {
-                let (id, b) = find_blob(m.r(), name)?;
-                if req.chunk_size != 0 && req.chunk_size != b.chunk_size {
-                    return Err(MetaError::InvalidArgument(format!(
-                        "volume {name} has chunk size {}, not {}; publish with its chunk size",
-                        b.chunk_size, req.chunk_size
-                    )));
-                }
-                let (latest, rec) = find_version(m.r(), name, id, 0)?;
-                if req.base_version != latest {
-                    return Err(MetaError::FailedPrecondition(format!(
-                        "volume {name} is at version {latest}, not {}; resolve the latest version and publish your changes on top of it",
-                        req.base_version
-                    )));
-                }
-                (id, b, Some(rec))
-            };
-            let n_new = chunk_count(req.size, blob.chunk_size);
-            if let Some((i, _)) = changes.iter().find(|(i, _)| *i >= n_new) {
-                return Err(MetaError::InvalidArgument(format!(
-                    "chunk index {i} is past the end of volume {name} ({n_new} chunks of {} bytes for size {}); publish a larger size or fix the index",
-                    blob.chunk_size, req.size
-                )));
-            }
+            let p = prepare(m, req, &changes)?;
             let reupload = must_reupload(m, &changes, req.gc_epoch)?;
             if !reupload.is_empty() {
                 return Ok(PublishOutcome::Reupload {
@@ -125,35 +189,14 @@ impl Meta {
                     gc_epoch: m.c.gc_epoch,
                 });
             }
-            let (root, n_old) = match &base {
-                Some(b) => (b.root, chunk_count(b.size, blob.chunk_size)),
-                None => (Child::Hole, 0),
-            };
             // Hold a temporary reference on the resized root so nodes that
             // resize created and apply then shadowed are freed by release.
-            let (sized, depth) = tree::resize(m, root, n_old, n_new)?;
+            let (sized, depth) = tree::resize(m, p.root, p.n_old, p.n_new)?;
             m.incref(sized)?;
             let new_root = tree::apply(m, sized, depth, &changes)?;
             m.incref(new_root)?;
             tree::release(m, sized)?;
-            let v = blob.next_version;
-            blob.next_version += 1;
-            let rec = VersionRec {
-                size: req.size,
-                depth,
-                created: m.now,
-                root: new_root,
-                label: req.label.clone(),
-            };
-            m.tx.put(&key::version(id, v), &rec.encode())?;
-            m.tx.put(&key::blob(id), &blob.encode())?;
-            m.c.versions += 1;
-            if req.create {
-                m.tx.put(&key::name(name), &codec::enc_u64(id))?;
-                m.c.next_blob += 1;
-                m.c.blobs += 1;
-            }
-            Ok(PublishOutcome::Published(v))
+            commit_version(m, req, p, new_root, depth)
         })
     }
 
@@ -197,6 +240,7 @@ impl Meta {
 
     /// Deletes version `version` of `name`, or the whole volume when it is 0.
     pub fn delete_volume(&self, name: &str, version: u64) -> Result<()> {
+        let bounded = self.kv.txn_budget().is_some();
         self.write(|m| {
             let (id, _) = find_blob(m.r(), name)?;
             let all = versions(m.r(), id)?;
@@ -214,7 +258,11 @@ impl Meta {
                 vec![v.clone()]
             };
             for (n, rec) in &doomed {
-                tree::release(m, rec.root)?;
+                if bounded {
+                    super::bounded::queue_release(m, rec.root)?;
+                } else {
+                    tree::release(m, rec.root)?;
+                }
                 m.tx.delete(&key::version(id, *n))?;
                 m.c.versions = m.c.versions.saturating_sub(1);
             }
@@ -225,7 +273,11 @@ impl Meta {
                 m.c.blobs = m.c.blobs.saturating_sub(1);
             }
             Ok(())
-        })
+        })?;
+        if bounded {
+            self.drain_releases()?;
+        }
+        Ok(())
     }
 
     /// Renames volume `name` to `new_name`; its versions, profile and
@@ -273,7 +325,7 @@ impl Meta {
 /// Chunks of `changes` that have no references and may be gone: being
 /// deleted now, or unreferenced while a GC finished since the client's
 /// `gc_epoch`.
-fn must_reupload(
+pub(super) fn must_reupload(
     m: &MetaTx,
     changes: &[(u64, Option<ChunkId>)],
     client_epoch: u64,
