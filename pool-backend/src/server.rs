@@ -86,6 +86,10 @@ pub struct Opts {
     /// The etcd members' `--max-request-bytes`.
     #[arg(long, default_value_t = 8 << 20)]
     pub etcd_max_request_bytes: usize,
+    /// Lifetime of the active poold's election lease (etcd engine): a
+    /// standby takes over about this long after the active one died.
+    #[arg(long, default_value_t = 5)]
+    pub election_ttl_secs: u64,
 }
 
 impl Opts {
@@ -229,24 +233,75 @@ async fn shutdown_signal() {
     tracing::info!("shutting down");
 }
 
+/// Waits until this instance is the active poold of its etcd cluster.
+async fn campaign(
+    ekv: &Arc<crate::kv::etcd_engine::EtcdKv>,
+    election: &str,
+    opts: &Opts,
+) -> anyhow::Result<crate::kv::etcd_leader::Leadership> {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    let me = format!(
+        "{} pid {} {}",
+        host.trim(),
+        std::process::id(),
+        opts.dir.display()
+    );
+    tracing::info!(%election, "standby: waiting to become the active poold");
+    let (e, name, ttl) = (
+        ekv.clone(),
+        election.to_string(),
+        Duration::from_secs(opts.election_ttl_secs),
+    );
+    let l = tokio::task::spawn_blocking(move || e.campaign(&name, &me, ttl))
+        .await?
+        .with_context(|| format!("campaign for the active poold ({election})"))?;
+    tracing::info!(
+        key = %String::from_utf8_lossy(&l.key),
+        waited_ms = l.waited.as_millis() as u64,
+        "active: elected; every metadata commit is fenced on the election key"
+    );
+    Ok(l)
+}
+
+/// Ends the process once the election lease is lost: another poold may
+/// be active by then, and this one's commits fail on the fence anyway.
+async fn exit_when_lost(mut l: crate::kv::etcd_leader::Leadership) {
+    l.lost().await;
+    tracing::error!("lost the election lease (etcd unreachable, or this poold was paused); exiting so that the active poold serves alone");
+    std::process::exit(3);
+}
+
 /// Runs poold until SIGTERM/SIGINT.
 pub async fn run(opts: Opts) -> anyhow::Result<()> {
     std::fs::create_dir_all(&opts.dir)
         .with_context(|| format!("create the directory {}", opts.dir.display()))?;
     let _lock = blobvirt_core::fsutil::lock_dir(&opts.dir, "poold", "--dir")?;
     let (dir, engine, etcd) = (opts.dir.clone(), opts.engine, opts.etcd()?);
-    let what = match &etcd {
-        Some(e) => format!(
-            "open the metadata store in etcd ({})",
-            e.endpoints.join(",")
-        ),
-        None => format!("open the metadata store in {}", opts.dir.display()),
+    let meta = match etcd {
+        Some(o) => {
+            let eps = o.endpoints.join(",");
+            let election = format!(
+                "{}.election",
+                String::from_utf8_lossy(&o.prefix).trim_end_matches('/')
+            );
+            let ekv = tokio::task::spawn_blocking(move || {
+                crate::kv::etcd_engine::EtcdKv::connect(o).map(Arc::new)
+            })
+            .await?
+            .with_context(|| format!("connect to etcd ({eps})"))?;
+            let leadership = campaign(&ekv, &election, &opts).await?;
+            tokio::spawn(exit_when_lost(leadership));
+            let kv: Arc<dyn crate::kv::Kv> = ekv;
+            tokio::task::spawn_blocking(move || Meta::new(kv))
+                .await?
+                .with_context(|| format!("open the metadata store in etcd ({eps})"))?
+        }
+        None => {
+            tokio::task::spawn_blocking(move || Meta::new(crate::kv::open(engine, &dir, None)?))
+                .await?
+                .with_context(|| format!("open the metadata store in {}", opts.dir.display()))?
+        }
     };
-    let meta = tokio::task::spawn_blocking(move || {
-        Meta::new(crate::kv::open(engine, &dir, etcd.as_ref())?)
-    })
-    .await?
-    .context(what)?;
     let m = meta.clone();
     let dropped = tokio::task::spawn_blocking(move || m.recover())
         .await?

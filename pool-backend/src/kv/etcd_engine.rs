@@ -81,7 +81,7 @@ impl EtcdOptions {
     }
 }
 
-fn engine<E: std::fmt::Display>(what: &str, e: E) -> KvError {
+pub(super) fn engine<E: std::fmt::Display>(what: &str, e: E) -> KvError {
     let s = e.to_string();
     if s.contains("compacted") {
         return KvError::Engine(format!(
@@ -112,6 +112,7 @@ impl Drop for Rt {
 /// An etcd cluster as a [`Kv`].
 pub struct EtcdKv {
     rt: Rt,
+    client: Client,
     kv: KvClient,
     opts: EtcdOptions,
     writer: Mutex<()>,
@@ -156,6 +157,7 @@ impl EtcdKv {
         let kv = client.kv_client();
         Ok(EtcdKv {
             rt,
+            client,
             kv,
             opts,
             writer: Mutex::new(()),
@@ -176,7 +178,15 @@ impl EtcdKv {
         k
     }
 
-    fn run<T: Send + 'static>(&self, f: impl Future<Output = T> + Send + 'static) -> KvResult<T> {
+    /// The etcd client (for the election, `kv/etcd_leader.rs`).
+    pub(super) fn client(&self) -> Client {
+        self.client.clone()
+    }
+
+    pub(super) fn run<T: Send + 'static>(
+        &self,
+        f: impl Future<Output = T> + Send + 'static,
+    ) -> KvResult<T> {
         block(self.rt.get(), f)
     }
 }

@@ -18,6 +18,7 @@
 
 pub mod conformance;
 pub mod etcd_engine;
+pub mod etcd_leader;
 pub mod redb_engine;
 pub mod sled_engine;
 

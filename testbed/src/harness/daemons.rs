@@ -101,6 +101,22 @@ impl Poold {
         Poold::spawn(dir, args, &[], Some(&dir.with_extension("log"))).ready()
     }
 
+    /// `poold --dir DIR --engine ENGINE EXTRA` logging to `DIR.log`,
+    /// without waiting for it to listen (a standby poold listens only once
+    /// it is active); see [`Poold::wait_ready`].
+    pub fn spawn_logged(dir: &Path, engine: &str, extra: &[&str]) -> Poold {
+        std::fs::create_dir_all(dir).unwrap();
+        let mut args = vec!["--engine", engine];
+        args.extend_from_slice(extra);
+        Poold::spawn(dir, &args, &[], Some(&dir.with_extension("log")))
+    }
+
+    /// Waits until it listens (wrote `DIR/poold.addr`); panics when it
+    /// exits or takes longer than 20 s.
+    pub fn wait_ready(self) -> Poold {
+        self.ready()
+    }
+
     fn spawn(dir: &Path, args: &[&str], env: &[(&str, &str)], log: Option<&Path>) -> Poold {
         let _ = std::fs::remove_file(dir.join("poold.addr"));
         let mut a: Vec<&OsStr> = vec!["--dir".as_ref(), dir.as_os_str()];
