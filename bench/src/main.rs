@@ -6,6 +6,7 @@
 mod cluster;
 mod dataplane;
 mod emu;
+mod meta;
 mod mirror;
 mod procstat;
 mod repo;
@@ -25,6 +26,9 @@ struct Args {
 enum Suite {
     /// Import/export throughput vs cp, publish latency vs volume size, daemon memory.
     Repo(repo::Opts),
+    /// poold on etcd (3 members) against redb: import's publish, Resolve,
+    /// publish of 16 chunks and delete of a 2 GiB volume.
+    Meta(meta::Opts),
     /// CPU-seconds per GiB (client + every daemon) and throughput vs cp of
     /// vol-import, vol-export and a cold read through the mirrord mount.
     Dataplane(dataplane::Opts),
@@ -58,6 +62,7 @@ enum Suite {
 async fn main() -> anyhow::Result<()> {
     match Args::parse().suite {
         Suite::Repo(o) => repo::run(o).await,
+        Suite::Meta(o) => meta::run(o).await,
         Suite::Mirror(o) => mirror::run(o).await,
         Suite::Dataplane(o) => dataplane::run(o).await,
         Suite::GenImage(o) => workload::image::run(o),

@@ -116,7 +116,7 @@ impl Opts {
         let cfg = Config::locate(o.config.as_deref(), &[])?;
         let c = cfg.chunkd.clone();
         pick(&m, "dir", &mut o.dir, c.data_dir);
-        pick(&m, "pool", &mut o.pool, cfg.pool().map(str::to_string));
+        pick(&m, "pool", &mut o.pool, cfg.pool());
         pick(&m, "listen", &mut o.listen, c.listen);
         pick(&m, "advertise", &mut o.advertise, c.advertise.map(Some));
         pick(&m, "id", &mut o.id, c.node_id.map(Some));
@@ -180,7 +180,7 @@ pub async fn run_until(opts: Opts, shutdown: impl Future<Output = ()>) -> anyhow
         Some(id) => check_id(id)?,
         None => node_id(&dir)?,
     };
-    let pool = blobvirt_core::client::channel(&opts.pool).map_err(|e| {
+    let pool = blobvirt_core::client::pool_channel(&opts.pool).map_err(|e| {
         anyhow!(
             "pool URL {} cannot be used ({e}); pass --pool https://HOST:PORT",
             opts.pool

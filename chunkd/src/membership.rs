@@ -7,7 +7,6 @@ use std::time::Duration;
 
 use blobvirt_core::client::pool_client;
 use blobvirt_core::proto::{HeartbeatRequest, RegisterRequest};
-use tonic::transport::Channel;
 
 /// Delay between Register attempts while poold is unreachable.
 pub const RETRY: Duration = Duration::from_millis(500);
@@ -18,7 +17,12 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Registers node `id` at `addr` with the poold behind `pool`, then
 /// heartbeats forever. Run it as a background task and abort it on shutdown.
-pub async fn maintain(pool: Channel, pool_url: String, id: String, addr: String) {
+pub async fn maintain(
+    pool: blobvirt_core::client::PoolChannel,
+    pool_url: String,
+    id: String,
+    addr: String,
+) {
     let mut client = pool_client(pool);
     loop {
         // Register, retrying while poold is unreachable.

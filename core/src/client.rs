@@ -10,6 +10,7 @@ use futures::stream::{self, StreamExt};
 use tonic::transport::{Channel, Endpoint};
 
 use crate::chunk::ChunkId;
+pub use crate::failover::PoolChannel;
 use crate::placement::{Member, Placement};
 use crate::proto::chunk_store_client::ChunkStoreClient;
 use crate::proto::pool_client::PoolClient;
@@ -89,9 +90,31 @@ pub fn chunk_client(ch: Channel) -> ChunkStoreClient<Channel> {
         .max_encoding_message_size(MAX_MESSAGE)
 }
 
+/// A channel to poold at `addrs`: one address, or several separated by
+/// commas (fail-over between an active poold and its standbys, see
+/// [`crate::failover`]).
+pub fn pool_channel(addrs: &str) -> Result<PoolChannel, String> {
+    let chans = addrs
+        .split(',')
+        .map(str::trim)
+        .filter(|a| !a.is_empty())
+        .map(channel)
+        .collect::<Result<Vec<_>, _>>()?;
+    if chans.is_empty() {
+        return Err("no poold address given".into());
+    }
+    Ok(PoolChannel::new(chans))
+}
+
+impl From<Channel> for PoolChannel {
+    fn from(ch: Channel) -> Self {
+        PoolChannel::new(vec![ch])
+    }
+}
+
 /// A pool client with raised message limits.
-pub fn pool_client(ch: Channel) -> PoolClient<Channel> {
-    PoolClient::new(ch)
+pub fn pool_client(ch: impl Into<PoolChannel>) -> PoolClient<PoolChannel> {
+    PoolClient::new(ch.into())
         .max_decoding_message_size(MAX_MESSAGE)
         .max_encoding_message_size(MAX_MESSAGE)
 }
@@ -105,7 +128,7 @@ struct View {
 #[derive(Clone)]
 pub struct Repo {
     url: String,
-    pool: PoolClient<Channel>,
+    pool: PoolClient<PoolChannel>,
     view: Arc<RwLock<View>>,
     chans: Arc<Mutex<HashMap<String, ChunkStoreClient<Channel>>>>,
     /// chunkd address → the node when it shares this process's view of the
@@ -123,7 +146,7 @@ pub struct Repo {
 impl Repo {
     /// Connects to poold at `url` and loads the membership.
     pub async fn connect(url: &str) -> Result<Self> {
-        let ch = channel(url).map_err(RepoError::Address)?;
+        let ch = pool_channel(url).map_err(RepoError::Address)?;
         let repo = Repo {
             url: url.to_string(),
             pool: pool_client(ch),
@@ -156,7 +179,7 @@ impl Repo {
     }
 
     /// The raw poold client, for calls without a wrapper here.
-    pub fn pool(&self) -> PoolClient<Channel> {
+    pub fn pool(&self) -> PoolClient<PoolChannel> {
         self.pool.clone()
     }
 

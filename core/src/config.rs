@@ -209,15 +209,22 @@ impl Config {
             }
         }
         if let Some(pools) = &cfg.cluster.pool {
-            if pools.len() != 1 {
+            let bad = if pools.is_empty() {
+                Some("no endpoint is given; list at least one poold".to_string())
+            } else {
+                pools
+                    .iter()
+                    .find(|p| p.trim().is_empty() || p.contains(','))
+                    .map(|p| {
+                        format!("{p:?} is not one endpoint; give each poold as its own list entry")
+                    })
+            };
+            if let Some(problem) = bad {
                 return Err(ConfigError::Invalid {
                     path: path.to_path_buf(),
                     line: line_of_key(text, "cluster", "pool"),
                     key: "[cluster] pool".into(),
-                    problem: format!(
-                        "{} endpoints are given, and this version talks to exactly one poold",
-                        pools.len()
-                    ),
+                    problem,
                 });
             }
         }
@@ -225,8 +232,12 @@ impl Config {
     }
 
     /// The first poold endpoint of `[cluster] pool`.
-    pub fn pool(&self) -> Option<&str> {
-        self.cluster.pool.as_ref()?.first().map(String::as_str)
+    /// Every poold endpoint of `[cluster] pool`, joined by commas (the form
+    /// `--pool` takes; clients fail over between them, see
+    /// [`crate::failover`]).
+    pub fn pool(&self) -> Option<String> {
+        let p = self.cluster.pool.as_ref()?;
+        (!p.is_empty()).then(|| p.join(","))
     }
 
     /// Where this configuration came from, for messages.
@@ -389,10 +400,16 @@ mod tests {
         let c =
             parse("[cluster]\npool = [\"https://h:7000\"]\nreplicas = 3\n[mirrord]\nthreads = 8\n")
                 .unwrap();
-        assert_eq!(c.pool(), Some("https://h:7000"));
+        assert_eq!(c.pool().as_deref(), Some("https://h:7000"));
+        let two = parse("[cluster]\npool = [\"https://a:7000\", \"https://b:7000\"]\n").unwrap();
+        assert_eq!(two.pool().as_deref(), Some("https://a:7000,https://b:7000"));
         assert_eq!(c.cluster.replicas, Some(3));
         assert_eq!(c.mirrord.threads, Some(8));
         assert!(c.tls.is_none());
-        assert!(parse("[cluster]\npool = [\"a\", \"b\"]\n").is_err());
+        assert!(parse("[cluster]\npool = []\n").is_err());
+        let e = parse("[cluster]\npool = [\"a:1,b:2\"]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("not one endpoint"), "{e}");
     }
 }

@@ -5,6 +5,7 @@ pub mod chunk;
 pub mod client;
 pub mod codec;
 pub mod config;
+pub mod failover;
 pub mod fsutil;
 pub mod local;
 pub mod metrics;

@@ -93,7 +93,7 @@ impl Options {
         let mut o = Options::from_arg_matches(&m).unwrap_or_else(|e| e.exit());
         let cfg = Config::locate(o.config.as_deref(), &[])?;
         let c = cfg.mirrord.clone();
-        pick(&m, "pool", &mut o.pool, cfg.pool().map(str::to_string));
+        pick(&m, "pool", &mut o.pool, cfg.pool());
         pick(&m, "mount", &mut o.mount, c.mount);
         pick(&m, "cache", &mut o.cache, c.cache_dir);
         pick(&m, "control", &mut o.control, c.control.map(Some));

@@ -452,17 +452,18 @@ fn leases_survive_a_poold_restart_and_expire() {
         ..Default::default()
     };
     rt.block_on(cl.publish(req)).unwrap();
-    let lease =
-        |cl: &mut blobvirt_core::proto::pool_client::PoolClient<tonic::transport::Channel>,
-         holder: &str| {
-            rt.block_on(cl.acquire_lease(pb::LeaseRequest {
-                name: "v".into(),
-                holder: holder.into(),
-                ttl_ms: 0,
-            }))
-            .unwrap()
-            .into_inner()
-        };
+    let lease = |cl: &mut blobvirt_core::proto::pool_client::PoolClient<
+        blobvirt_core::client::PoolChannel,
+    >,
+                 holder: &str| {
+        rt.block_on(cl.acquire_lease(pb::LeaseRequest {
+            name: "v".into(),
+            holder: holder.into(),
+            ttl_ms: 0,
+        }))
+        .unwrap()
+        .into_inner()
+    };
     assert!(lease(&mut cl, "mirrord@a").granted);
     p.kill();
     let p = testbed::harness::daemons::Poold::start_logged(&dir, &args);

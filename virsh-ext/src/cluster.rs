@@ -14,7 +14,7 @@ use std::process::Child;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
-use blobvirt_core::client::{channel, pool_client};
+use blobvirt_core::client::{pool_channel, pool_client};
 use blobvirt_core::proto as pb;
 use nix::sys::signal::Signal;
 
@@ -242,8 +242,9 @@ async fn start_all(
 
 /// Waits until poold reports every chunkd of `c` alive.
 async fn wait_registered(c: &ClusterFile, deadline: Instant) -> Result<()> {
-    let mut client =
-        pool_client(channel(&c.pool).map_err(|e| anyhow!("bad pool address {}: {e}", c.pool))?);
+    let mut client = pool_client(
+        pool_channel(&c.pool).map_err(|e| anyhow!("bad pool address {}: {e}", c.pool))?,
+    );
     let poold_log = c
         .processes
         .iter()

@@ -74,7 +74,13 @@ pub fn old_pool_addr(dir: &Path) -> Option<String> {
     let text = std::fs::read_to_string(path(dir)).ok()?;
     let cfg = Config::parse(&path(dir), &text).ok()?;
     let url = cfg.pool()?;
-    Some(url.split_once("://").map_or(url, |(_, a)| a).to_string())
+    let first = url.split(',').next()?;
+    Some(
+        first
+            .split_once("://")
+            .map_or(first, |(_, a)| a)
+            .to_string(),
+    )
 }
 
 /// Installs the TLS identity of the cluster in `dir` in this process (for

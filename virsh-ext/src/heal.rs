@@ -10,18 +10,17 @@
 //! `repaired`, `seconds`).
 
 use anyhow::{anyhow, bail, Result};
-use blobvirt_core::client::{channel, pool_client};
+use blobvirt_core::client::{pool_channel, pool_client};
 use blobvirt_core::proto as pb;
 use blobvirt_core::proto::pool_client::PoolClient;
 use serde::Serialize;
-use tonic::transport::Channel;
 
 use crate::cli::{Fsck, JsonFlag, NodeDrain, NodeRemove, Scrub};
 use crate::output::{human_size, print_json, Table};
 use crate::status::NodeStatus;
 
-fn pool(url: &str) -> Result<PoolClient<Channel>> {
-    Ok(pool_client(channel(url).map_err(|e| {
+fn pool(url: &str) -> Result<PoolClient<blobvirt_core::client::PoolChannel>> {
+    Ok(pool_client(pool_channel(url).map_err(|e| {
         anyhow!("pool URL {url} cannot be used ({e}); pass --pool https://HOST:PORT")
     })?))
 }

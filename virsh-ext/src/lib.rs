@@ -55,7 +55,7 @@ fn configure(cli: &Cli) -> Result<Option<String>> {
         .command
         .pool()
         .map(str::to_string)
-        .or_else(|| cfg.pool().map(str::to_string));
+        .or_else(|| cfg.pool());
     let _ = CONFIG.set(cfg);
     Ok(pool)
 }

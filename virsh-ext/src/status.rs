@@ -16,7 +16,7 @@
 use std::time::Duration;
 
 use anyhow::{anyhow, Result};
-use blobvirt_core::client::{channel, chunk_client, pool_client};
+use blobvirt_core::client::{channel, chunk_client, pool_channel, pool_client};
 use blobvirt_core::proto as pb;
 use serde::Serialize;
 
@@ -93,7 +93,7 @@ fn unreachable(url: &str, why: impl std::fmt::Display) -> anyhow::Error {
 
 /// Collects the status of the pool at `url`.
 pub async fn collect(url: &str) -> Result<Status> {
-    let mut pool = pool_client(channel(url).map_err(|e| unreachable(url, e))?);
+    let mut pool = pool_client(pool_channel(url).map_err(|e| unreachable(url, e))?);
     let nodes = tokio::time::timeout(RPC_TIMEOUT, pool.nodes(pb::NodesRequest {}))
         .await
         .map_err(|_| unreachable(url, "timed out"))?

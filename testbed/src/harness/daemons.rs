@@ -15,7 +15,6 @@ use blobvirt_core::proto::pool_client::PoolClient;
 use blobvirt_core::transfer::{export_file, import_file, ImportOpts};
 use blobvirt_core::Repo;
 use mirrord_client::{Client, VolumeStatus};
-use tonic::transport::Channel;
 
 use super::bins::bin;
 use super::data::chunk_files;
@@ -137,7 +136,7 @@ impl Poold {
         format!("http://{}", self.addr)
     }
 
-    pub fn client(&self) -> PoolClient<Channel> {
+    pub fn client(&self) -> PoolClient<blobvirt_core::client::PoolChannel> {
         pool_client(channel(&self.addr).expect("channel"))
     }
 

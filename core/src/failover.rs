@@ -1,0 +1,124 @@
+//! A channel to poold over a list of endpoints (`[cluster] pool =
+//! "https://a:7000,https://b:7000"`, or `--pool` with commas): only the
+//! active poold listens (a standby waits in etcd's election without a
+//! socket), so a request goes to the endpoint that answered last, and one
+//! that could not be sent there (the connection was refused) goes to the
+//! next, in turn, for up to [`FAILOVER_WAIT`]. A fail-over of the active
+//! poold is then a slower call for every client, chunkd and mirrord, not
+//! an error. A request that was sent and then lost its connection is not
+//! sent again (it may have been applied): its caller sees the error.
+//!
+//! With a single endpoint this is a plain channel with no waiting.
+
+use std::future::{poll_fn, Future};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use tonic::body::Body;
+use tonic::transport::Channel;
+use tower_service::Service;
+
+/// How long a request keeps looking for a listening poold.
+pub const FAILOVER_WAIT: Duration = Duration::from_secs(30);
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Channels to every poold endpoint; cheap to clone.
+#[derive(Clone)]
+pub struct PoolChannel {
+    chans: Arc<[Channel]>,
+    current: Arc<AtomicUsize>,
+}
+
+impl PoolChannel {
+    /// Over `chans` (at least one), starting with the first.
+    pub fn new(chans: Vec<Channel>) -> Self {
+        assert!(!chans.is_empty(), "a pool channel needs an endpoint");
+        PoolChannel {
+            chans: chans.into(),
+            current: Arc::default(),
+        }
+    }
+}
+
+/// True when `e` says the request never reached a server (nothing listens
+/// there), so sending it elsewhere cannot apply it twice.
+fn not_sent(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur = Some(e);
+    while let Some(e) = cur {
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            if matches!(
+                io.kind(),
+                std::io::ErrorKind::ConnectionRefused | std::io::ErrorKind::NotConnected
+            ) {
+                return true;
+            }
+        }
+        if e.to_string().contains("tcp connect error") {
+            return true;
+        }
+        cur = e.source();
+    }
+    false
+}
+
+impl Service<http::Request<Body>> for PoolChannel {
+    type Response = http::Response<Body>;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        // Each call waits for the channel it picks.
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: http::Request<Body>) -> Self::Future {
+        let (chans, current) = (self.chans.clone(), self.current.clone());
+        Box::pin(async move {
+            if chans.len() == 1 {
+                let mut ch = chans[0].clone();
+                poll_fn(|cx| ch.poll_ready(cx)).await?;
+                return Ok(ch.call(req).await?);
+            }
+            let (parts, body) = req.into_parts();
+            let bytes: Bytes = body.collect().await?.to_bytes();
+            let deadline = Instant::now() + FAILOVER_WAIT;
+            loop {
+                let first = current.load(Ordering::Relaxed);
+                let mut last = None;
+                for k in 0..chans.len() {
+                    let i = (first + k) % chans.len();
+                    let mut ch = chans[i].clone();
+                    let mut r = http::Request::new(Body::new(Full::new(bytes.clone())));
+                    *r.method_mut() = parts.method.clone();
+                    *r.uri_mut() = parts.uri.clone();
+                    *r.version_mut() = parts.version;
+                    *r.headers_mut() = parts.headers.clone();
+                    let sent = async {
+                        poll_fn(|cx| ch.poll_ready(cx)).await?;
+                        ch.call(r).await
+                    };
+                    match sent.await {
+                        Ok(resp) => {
+                            current.store(i, Ordering::Relaxed);
+                            return Ok(resp);
+                        }
+                        Err(e) if not_sent(&e) => last = Some(e),
+                        Err(e) => return Err(e.into()),
+                    }
+                }
+                if Instant::now() >= deadline {
+                    return Err(last
+                        .map(Into::into)
+                        .unwrap_or_else(|| "no poold endpoint".into()));
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        })
+    }
+}
