@@ -18,15 +18,27 @@
 //!   key's create revision (an election key): once the key is gone or
 //!   re-created, commits fail with [`KvError::Fenced`] and write nothing.
 //!
+//! * A read cache ([`CACHE_ENTRIES`] keys, least recently used out)
+//!   answers `get`s without a round trip. It is right because this poold
+//!   is the only writer of its prefix (the election and the fence make it
+//!   so): an entry is a key's latest value with the revision it holds
+//!   from, filled from reads and from this engine's own commits, and a
+//!   read pinned at revision `r` uses it only when that revision is `<= r`.
+//!   While the engine is fenced, the cache is used only as long as the
+//!   leader's lease was renewed lately (`kv/etcd_leader.rs`): a paused
+//!   poold that resumes reads etcd, not its memory.
+//!
 //! The trait is synchronous; the engine owns a small tokio runtime and
 //! waits for its requests on a channel, so it works from any thread.
 
 use std::cell::Cell;
 use std::collections::BTreeMap;
 use std::future::Future;
+use std::num::NonZeroUsize;
 use std::ops::Bound;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Mutex;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use etcd_client::{
     Certificate, Client, Compare, CompareOp, ConnectOptions, GetOptions, Identity, KvClient,
@@ -37,6 +49,14 @@ use super::{prefix_end, Kv, KvError, KvResult, ReadTx, WriteTx};
 
 /// Keys per range request of a scan.
 pub const PAGE: i64 = 1000;
+/// Keys the read cache holds.
+pub const CACHE_ENTRIES: usize = 1 << 19;
+/// A revision learnt this recently may pin a read that starts from the
+/// cache (etcd keeps history for minutes: `--auto-compaction-retention`).
+const FRESH_REV: Duration = Duration::from_secs(60);
+
+/// A key's latest value (`None`: absent) and the revision it holds from.
+type Cached = (Option<Vec<u8>>, i64);
 /// Bytes a request may carry besides its keys and values (headers, the
 /// fence, per-operation framing is counted per operation).
 const REQUEST_SLACK: usize = 4096;
@@ -81,6 +101,10 @@ impl EtcdOptions {
     }
 }
 
+pub(super) fn lock_pub<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    lock(m)
+}
+
 pub(super) fn engine<E: std::fmt::Display>(what: &str, e: E) -> KvError {
     let s = e.to_string();
     if s.contains("compacted") {
@@ -117,6 +141,13 @@ pub struct EtcdKv {
     opts: EtcdOptions,
     writer: Mutex<()>,
     fence: Mutex<Option<(Vec<u8>, i64)>>,
+    cache: Mutex<lru::LruCache<Vec<u8>, Cached>>,
+    /// The newest revision seen in an answer or a commit, and when.
+    known: Mutex<(i64, Option<Instant>)>,
+    /// While fenced: the cache may be used until then (the lease's last
+    /// renewal plus its life, minus a margin). `None`: always.
+    cache_until: std::sync::Arc<Mutex<Option<Instant>>>,
+    hits: AtomicI64,
 }
 
 impl EtcdKv {
@@ -162,14 +193,78 @@ impl EtcdKv {
             opts,
             writer: Mutex::new(()),
             fence: Mutex::new(None),
+            cache: Mutex::new(lru::LruCache::new(
+                NonZeroUsize::new(CACHE_ENTRIES).expect("non-zero"),
+            )),
+            known: Mutex::new((0, None)),
+            cache_until: std::sync::Arc::default(),
+            hits: AtomicI64::new(0),
         })
+    }
+
+    /// Where the leader's lease renewal records until when the read cache
+    /// may be used (`None`, the start: always, as without an election).
+    pub(super) fn cache_deadline(&self) -> std::sync::Arc<Mutex<Option<Instant>>> {
+        self.cache_until.clone()
+    }
+
+    /// Reads the cache answered so far.
+    pub fn cache_hits(&self) -> i64 {
+        self.hits.load(Ordering::Relaxed)
+    }
+
+    fn cache_ok(&self) -> bool {
+        lock(&self.cache_until).is_none_or(|t| Instant::now() < t)
+    }
+
+    fn learn(&self, rev: i64) {
+        let mut k = lock(&self.known);
+        if rev >= k.0 {
+            *k = (rev, Some(Instant::now()));
+        }
+    }
+
+    /// A recent revision to pin a read that starts from the cache (0,
+    /// the latest, when the cache may not be used).
+    fn fresh_rev(&self) -> i64 {
+        if !self.cache_ok() {
+            return 0;
+        }
+        match *lock(&self.known) {
+            (r, Some(t)) if t.elapsed() < FRESH_REV => r,
+            _ => 0,
+        }
+    }
+
+    /// Caches `v` for `key` from revision `from`, unless a newer entry is
+    /// there.
+    fn remember(&self, key: &[u8], v: Option<Vec<u8>>, from: i64) {
+        let mut c = lock(&self.cache);
+        if c.peek(key).is_some_and(|(_, f)| *f > from) {
+            return;
+        }
+        c.put(key.to_vec(), (v, from));
+    }
+
+    fn cached(&self, key: &[u8], rev: i64) -> Option<Option<Vec<u8>>> {
+        if rev <= 0 || !self.cache_ok() {
+            return None;
+        }
+        let mut c = lock(&self.cache);
+        match c.get(key) {
+            Some((v, from)) if *from <= rev => {
+                self.hits.fetch_add(1, Ordering::Relaxed);
+                Some(v.clone())
+            }
+            _ => None,
+        }
     }
 
     /// Makes every later commit conditional on `key` (unprefixed: a key
     /// of etcd's own, such as an election key) still having `create_rev`
     /// as its create revision; `None` lifts the fence.
     pub fn set_fence(&self, fence: Option<(Vec<u8>, i64)>) {
-        *self.fence.lock().unwrap_or_else(|e| e.into_inner()) = fence;
+        *lock(&self.fence) = fence;
     }
 
     fn full(&self, key: &[u8]) -> Vec<u8> {
@@ -189,6 +284,10 @@ impl EtcdKv {
     ) -> KvResult<T> {
         block(self.rt.get(), f)
     }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Runs `f` on `rt` and waits for it on this thread (any thread: a
@@ -213,8 +312,9 @@ struct EtcdRead<'a> {
 
 impl EtcdRead<'_> {
     fn fix(&self, header_rev: Option<i64>) {
-        if self.rev.get() == 0 {
-            if let Some(r) = header_rev {
+        if let Some(r) = header_rev {
+            self.kv.learn(r);
+            if self.rev.get() == 0 {
                 self.rev.set(r);
             }
         }
@@ -223,6 +323,12 @@ impl EtcdRead<'_> {
 
 impl ReadTx for EtcdRead<'_> {
     fn get(&self, key: &[u8]) -> KvResult<Option<Vec<u8>>> {
+        if self.rev.get() == 0 {
+            self.rev.set(self.kv.fresh_rev());
+        }
+        if let Some(v) = self.kv.cached(key, self.rev.get()) {
+            return Ok(v);
+        }
         let mut c = self.kv.kv.clone();
         let k = self.kv.full(key);
         let opts = GetOptions::new().with_revision(self.rev.get());
@@ -231,7 +337,12 @@ impl ReadTx for EtcdRead<'_> {
             .run(async move { c.get(k, Some(opts)).await })?
             .map_err(|e| engine("reading a key", e))?;
         self.fix(r.header().map(|h| h.revision()));
-        Ok(r.kvs().first().map(|kv| kv.value().to_vec()))
+        let (v, from) = match r.kvs().first() {
+            Some(kv) => (Some(kv.value().to_vec()), kv.mod_revision()),
+            None => (None, self.rev.get()),
+        };
+        self.kv.remember(key, v.clone(), from);
+        Ok(v)
     }
 
     fn scan(
@@ -384,6 +495,11 @@ impl Kv for EtcdKv {
                 self.opts.max_txn_ops, self.opts.max_request_bytes
             )));
         }
+        let written: Vec<(Vec<u8>, Option<Vec<u8>>)> = tx
+            .overlay
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
         let txn_ops: Vec<TxnOp> = tx
             .overlay
             .into_iter()
@@ -410,6 +526,19 @@ impl Kv for EtcdKv {
             return Err(KvError::Fenced(
                 String::from_utf8_lossy(&fence.map(|f| f.0).unwrap_or_default()).into_owned(),
             ));
+        }
+        if let Some(rev) = r.header().map(|h| h.revision()) {
+            self.learn(rev);
+            for (k, v) in written {
+                let mut c = lock(&self.cache);
+                c.put(k, (v, rev));
+            }
+        } else {
+            // No revision to file the writes under: forget them.
+            let mut c = lock(&self.cache);
+            for (k, _) in written {
+                c.pop(&k);
+            }
         }
         Ok(())
     }
@@ -476,6 +605,31 @@ mod tests {
         assert_eq!(kv.read(|tx| tx.get(b"k")).unwrap(), Some(b"1".to_vec()));
         kv.set_fence(None);
         put(&kv, b"k", b"3").unwrap();
+        assert_eq!(kv.read(|tx| tx.get(b"k")).unwrap(), Some(b"3".to_vec()));
+    }
+
+    /// Repeated reads come from the cache and see this engine's own
+    /// commits; once the lease deadline has passed the cache is not used,
+    /// so a write by another instance is seen.
+    #[test]
+    fn the_cache_answers_reads_and_steps_aside_without_a_lease() {
+        let etcd = testbed::harness::etcd::EtcdCluster::start(1);
+        let kv = connect(&etcd, "/c/");
+        let other = connect(&etcd, "/c/");
+        put(&kv, b"k", b"1").unwrap();
+        let before = kv.cache_hits();
+        for _ in 0..5 {
+            assert_eq!(kv.read(|tx| tx.get(b"k")).unwrap(), Some(b"1".to_vec()));
+        }
+        assert!(kv.cache_hits() >= before + 5, "the reads missed the cache");
+        put(&kv, b"k", b"2").unwrap();
+        assert_eq!(kv.read(|tx| tx.get(b"k")).unwrap(), Some(b"2".to_vec()));
+        assert_eq!(kv.read(|tx| tx.get(b"none")).unwrap(), None);
+        put(&kv, b"none", b"x").unwrap();
+        assert_eq!(kv.read(|tx| tx.get(b"none")).unwrap(), Some(b"x".to_vec()));
+        // Another writer (what the election prevents), and no lease.
+        put(&other, b"k", b"3").unwrap();
+        *lock(&kv.cache_deadline()) = Some(Instant::now());
         assert_eq!(kv.read(|tx| tx.get(b"k")).unwrap(), Some(b"3".to_vec()));
     }
 

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
-use super::etcd_engine::{engine, EtcdKv};
+use super::etcd_engine::{engine, lock_pub, EtcdKv};
 use super::KvResult;
 
 /// This instance leads: the election key and how to learn it ended.
@@ -57,6 +57,11 @@ impl EtcdKv {
             .map_err(|e| engine("keeping the election lease alive", e))?;
         let every = Duration::from_millis((ttl_s as u64 * 1000) / 3);
         let limit = Duration::from_secs(ttl_s as u64);
+        // The read cache stays usable for two thirds of the lease's life
+        // after each renewal (engine docs).
+        let deadline = self.cache_deadline();
+        let usable = limit * 2 / 3;
+        *lock_pub(&deadline) = Some(Instant::now() + usable);
         // The keep-alive loop runs on the engine's runtime until the lease
         // is gone or its last renewal is older than the lease's life.
         self.run(async move {
@@ -68,7 +73,10 @@ impl EtcdKv {
                         stream.message().await
                     };
                     match tokio::time::timeout(every, beat).await {
-                        Ok(Ok(Some(r))) if r.ttl() > 0 => renewed = Instant::now(),
+                        Ok(Ok(Some(r))) if r.ttl() > 0 => {
+                            renewed = Instant::now();
+                            *lock_pub(&deadline) = Some(renewed + usable);
+                        }
                         Ok(Ok(_)) => break,
                         Ok(Err(e)) => tracing::warn!("renewing the election lease: {e}"),
                         Err(_) => tracing::warn!("etcd did not answer a lease renewal"),
@@ -78,6 +86,7 @@ impl EtcdKv {
                     }
                     tokio::time::sleep(every.saturating_sub(renewed.elapsed().min(every))).await;
                 }
+                *lock_pub(&deadline) = Some(Instant::now());
                 let _ = tx.send(true);
             });
         })?;
