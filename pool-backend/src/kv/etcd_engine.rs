@@ -32,10 +32,8 @@
 //! waits for its requests on a channel, so it works from any thread.
 
 use std::cell::Cell;
-use std::collections::BTreeMap;
 use std::future::Future;
 use std::num::NonZeroUsize;
-use std::ops::Bound;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -45,6 +43,7 @@ use etcd_client::{
     TlsOptions, Txn, TxnOp,
 };
 
+use super::overlay::{Overlay, Pending};
 use super::{prefix_end, Kv, KvError, KvResult, ReadTx, WriteTx};
 
 /// Keys per range request of a scan.
@@ -388,82 +387,6 @@ impl ReadTx for EtcdRead<'_> {
     }
 }
 
-/// A write transaction: reads at one revision, writes in an overlay
-/// (`None` = deleted).
-struct EtcdWrite<'a> {
-    read: EtcdRead<'a>,
-    overlay: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
-}
-
-impl ReadTx for EtcdWrite<'_> {
-    fn get(&self, key: &[u8]) -> KvResult<Option<Vec<u8>>> {
-        match self.overlay.get(key) {
-            Some(v) => Ok(v.clone()),
-            None => self.read.get(key),
-        }
-    }
-
-    fn scan(
-        &self,
-        start: &[u8],
-        end: Option<&[u8]>,
-        f: &mut dyn FnMut(&[u8], &[u8]) -> bool,
-    ) -> KvResult<()> {
-        if end.is_some_and(|e| e <= start) {
-            return Ok(());
-        }
-        let hi = end.map_or(Bound::Unbounded, Bound::Excluded);
-        let mut over = self
-            .overlay
-            .range::<[u8], _>((Bound::Included(start), hi))
-            .peekable();
-        let mut stopped = false;
-        self.read.scan(start, end, &mut |k, v| {
-            // Overlay keys before this one come first.
-            while let Some((ok, ov)) = over.next_if(|(ok, _)| ok.as_slice() < k) {
-                if let Some(ov) = ov {
-                    if !f(ok, ov) {
-                        stopped = true;
-                        return false;
-                    }
-                }
-            }
-            let keep = match over.next_if(|(ok, _)| ok.as_slice() == k) {
-                Some((_, Some(ov))) => f(k, ov),
-                Some((_, None)) => true,
-                None => f(k, v),
-            };
-            stopped = !keep;
-            keep
-        })?;
-        if stopped {
-            return Ok(());
-        }
-        for (ok, ov) in over {
-            if let Some(ov) = ov {
-                if !f(ok, ov) {
-                    break;
-                }
-            }
-        }
-        Ok(())
-    }
-}
-
-impl WriteTx for EtcdWrite<'_> {
-    fn put(&mut self, key: &[u8], value: &[u8]) -> KvResult<()> {
-        self.overlay.insert(key.to_vec(), Some(value.to_vec()));
-        Ok(())
-    }
-    fn delete(&mut self, key: &[u8]) -> KvResult<()> {
-        self.overlay.insert(key.to_vec(), None);
-        Ok(())
-    }
-    fn as_read(&self) -> &dyn ReadTx {
-        self
-    }
-}
-
 impl Kv for EtcdKv {
     fn read_dyn(&self, f: &mut dyn FnMut(&dyn ReadTx) -> KvResult<()>) -> KvResult<()> {
         f(&EtcdRead {
@@ -473,42 +396,32 @@ impl Kv for EtcdKv {
     }
 
     fn write_dyn(&self, f: &mut dyn FnMut(&mut dyn WriteTx) -> KvResult<()>) -> KvResult<()> {
-        let _w = self.writer.lock().unwrap_or_else(|e| e.into_inner());
-        let mut tx = EtcdWrite {
-            read: EtcdRead {
-                kv: self,
-                rev: Cell::new(0),
-            },
-            overlay: BTreeMap::new(),
+        let _w = lock(&self.writer);
+        let read = EtcdRead {
+            kv: self,
+            rev: Cell::new(0),
         };
+        let mut tx = Overlay::new(&read);
         f(&mut tx)?;
-        if tx.overlay.is_empty() {
+        let overlay = tx.into_pending();
+        if overlay.is_empty() {
             return Ok(());
         }
-        let (ops, bytes) = (
-            tx.overlay.len(),
-            request_bytes(&self.opts.prefix, &tx.overlay),
-        );
+        let (ops, bytes) = (overlay.len(), request_bytes(&self.opts.prefix, &overlay));
         if ops > self.opts.max_txn_ops || bytes > self.opts.max_request_bytes {
             return Err(KvError::Engine(format!(
                 "etcd: a metadata change of {ops} keys ({bytes} bytes) is over the limit of {} keys and {} bytes per transaction; start the etcd members with larger --max-txn-ops and --max-request-bytes and give poold the same values",
                 self.opts.max_txn_ops, self.opts.max_request_bytes
             )));
         }
-        let written: Vec<(Vec<u8>, Option<Vec<u8>>)> = tx
-            .overlay
+        let txn_ops: Vec<TxnOp> = overlay
             .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
-        let txn_ops: Vec<TxnOp> = tx
-            .overlay
-            .into_iter()
             .map(|(k, v)| match v {
-                Some(v) => TxnOp::put(self.full(&k), v, None),
-                None => TxnOp::delete(self.full(&k), None),
+                Some(v) => TxnOp::put(self.full(k), v.clone(), None),
+                None => TxnOp::delete(self.full(k), None),
             })
             .collect();
-        let fence = self.fence.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let fence = lock(&self.fence).clone();
         let mut txn = Txn::new();
         if let Some((key, rev)) = &fence {
             txn = txn.when([Compare::create_revision(
@@ -529,14 +442,14 @@ impl Kv for EtcdKv {
         }
         if let Some(rev) = r.header().map(|h| h.revision()) {
             self.learn(rev);
-            for (k, v) in written {
+            for (k, v) in overlay {
                 let mut c = lock(&self.cache);
                 c.put(k, (v, rev));
             }
         } else {
             // No revision to file the writes under: forget them.
             let mut c = lock(&self.cache);
-            for (k, _) in written {
+            for (k, _) in overlay {
                 c.pop(&k);
             }
         }
@@ -554,7 +467,7 @@ impl Kv for EtcdKv {
 
 /// The bytes a commit of `overlay` sends, roughly: keys (with the
 /// prefix), values and per-operation framing, plus the request's own.
-fn request_bytes(prefix: &[u8], overlay: &BTreeMap<Vec<u8>, Option<Vec<u8>>>) -> usize {
+fn request_bytes(prefix: &[u8], overlay: &Pending) -> usize {
     REQUEST_SLACK
         + overlay
             .iter()

@@ -1,16 +1,16 @@
 //! The sled engine (`--engine sled`). sled's multi-tree transactions cannot
-//! iterate, so a write transaction here is an overlay map of pending puts and
-//! deletes over the default tree: reads (and ranges) inside the transaction
-//! merge the overlay, and commit applies it with `Tree::apply_batch` (atomic)
-//! followed by `flush()` (durable). A mutex serializes writers; a read/write
+//! iterate, so a write transaction here is an [`Overlay`] of pending puts
+//! and deletes over the default tree: reads (and ranges) inside the
+//! transaction merge the overlay, and commit applies it with
+//! `Tree::apply_batch` (atomic) followed by `flush()` (durable). A mutex serializes writers; a read/write
 //! lock keeps readers from observing a batch half applied, so every read
 //! transaction sees one committed state.
 
-use std::collections::BTreeMap;
 use std::ops::Bound;
 use std::path::Path;
 use std::sync::{Mutex, RwLock};
 
+use super::overlay::Overlay;
 use super::{Kv, KvError, KvResult, ReadTx, WriteTx};
 
 fn engine<E: std::fmt::Display>(e: E) -> KvError {
@@ -102,82 +102,6 @@ impl ReadTx for SledRead<'_> {
     }
 }
 
-/// Pending writes over the tree: `None` = deleted.
-struct SledWrite<'a> {
-    tree: &'a sled::Tree,
-    overlay: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
-}
-
-impl ReadTx for SledWrite<'_> {
-    fn get(&self, key: &[u8]) -> KvResult<Option<Vec<u8>>> {
-        match self.overlay.get(key) {
-            Some(v) => Ok(v.clone()),
-            None => Ok(self.tree.get(key).map_err(engine)?.map(|v| v.to_vec())),
-        }
-    }
-
-    fn scan(
-        &self,
-        start: &[u8],
-        end: Option<&[u8]>,
-        f: &mut dyn FnMut(&[u8], &[u8]) -> bool,
-    ) -> KvResult<()> {
-        if end.is_some_and(|e| e <= start) {
-            return Ok(());
-        }
-        let mut base = self.tree.range::<&[u8], _>(bounds(start, end)).peekable();
-        let mut over = self.overlay.range::<[u8], _>(bounds(start, end)).peekable();
-        loop {
-            let next_base = match base.peek() {
-                Some(Ok((k, _))) => Some(k.clone()),
-                Some(Err(_)) => {
-                    let e = base.next().and_then(|r| r.err());
-                    return Err(engine(e.map_or("scan failed".into(), |e| e.to_string())));
-                }
-                None => None,
-            };
-            let next_over = over.peek().map(|(k, _)| k.as_slice());
-            let use_over = match (&next_base, next_over) {
-                (None, None) => return Ok(()),
-                (Some(_), None) => false,
-                (None, Some(_)) => true,
-                (Some(b), Some(o)) => o <= b.as_ref(),
-            };
-            if use_over {
-                let (k, v) = over.next().expect("peeked");
-                // The overlay shadows the same key in the tree.
-                if next_base.as_deref() == Some(k.as_slice()) {
-                    base.next();
-                }
-                if let Some(v) = v {
-                    if !f(k, v) {
-                        return Ok(());
-                    }
-                }
-            } else {
-                let (k, v) = base.next().expect("peeked").map_err(engine)?;
-                if !f(&k, &v) {
-                    return Ok(());
-                }
-            }
-        }
-    }
-}
-
-impl WriteTx for SledWrite<'_> {
-    fn put(&mut self, key: &[u8], value: &[u8]) -> KvResult<()> {
-        self.overlay.insert(key.to_vec(), Some(value.to_vec()));
-        Ok(())
-    }
-    fn delete(&mut self, key: &[u8]) -> KvResult<()> {
-        self.overlay.insert(key.to_vec(), None);
-        Ok(())
-    }
-    fn as_read(&self) -> &dyn ReadTx {
-        self
-    }
-}
-
 impl Kv for SledKv {
     fn read_dyn(&self, f: &mut dyn FnMut(&dyn ReadTx) -> KvResult<()>) -> KvResult<()> {
         let _g = self.commit.read().unwrap_or_else(|e| e.into_inner());
@@ -186,16 +110,15 @@ impl Kv for SledKv {
 
     fn write_dyn(&self, f: &mut dyn FnMut(&mut dyn WriteTx) -> KvResult<()>) -> KvResult<()> {
         let _w = self.writer.lock().unwrap_or_else(|e| e.into_inner());
-        let mut tx = SledWrite {
-            tree: &self.db,
-            overlay: BTreeMap::new(),
-        };
+        let read = SledRead(&self.db);
+        let mut tx = Overlay::new(&read);
         f(&mut tx)?;
-        if tx.overlay.is_empty() {
+        let pending = tx.into_pending();
+        if pending.is_empty() {
             return Ok(());
         }
         let mut batch = sled::Batch::default();
-        for (k, v) in tx.overlay {
+        for (k, v) in pending {
             match v {
                 Some(v) => batch.insert(k, v),
                 None => batch.remove(k),
