@@ -3,7 +3,8 @@
 //! active poold listens (a standby waits in etcd's election without a
 //! socket), so a request goes to the endpoint that answered last, and one
 //! that could not be sent there (the connection was refused) goes to the
-//! next, in turn, for up to [`FAILOVER_WAIT`]. A fail-over of the active
+//! next, in turn, for up to [`FAILOVER_WAIT`] (so does one that was still
+//! queued on a connection that closed before writing it). A fail-over of the active
 //! poold is then a slower call for every client, chunkd and mirrord, not
 //! an error. A request that was sent and then lost its connection is not
 //! sent again (it may have been applied): its caller sees the error.
@@ -47,10 +48,18 @@ impl PoolChannel {
 }
 
 /// True when `e` says the request never reached a server (nothing listens
-/// there), so sending it elsewhere cannot apply it twice.
+/// there, or the connection it was queued on closed before it was
+/// written), so sending it elsewhere cannot apply it twice.
 fn not_sent(e: &(dyn std::error::Error + 'static)) -> bool {
     let mut cur = Some(e);
     while let Some(e) = cur {
+        // hyper cancels the requests still queued on a connection that
+        // closed (the active poold just died); they were not written.
+        if e.downcast_ref::<hyper::Error>()
+            .is_some_and(hyper::Error::is_canceled)
+        {
+            return true;
+        }
         if let Some(io) = e.downcast_ref::<std::io::Error>() {
             if matches!(
                 io.kind(),
