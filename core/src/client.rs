@@ -489,9 +489,20 @@ impl Repo {
     }
 
     /// Publishes a version. The reply may ask for chunks to be uploaded
-    /// again (see [`Publish::Reupload`]).
-    pub async fn publish(&self, req: pb::PublishRequest) -> Result<Publish> {
-        let r = self.pool.clone().publish(req).await?.into_inner();
+    /// again (see [`Publish::Reupload`]). The publish gets a request id
+    /// (unless it has one), so over several poold endpoints it is resent
+    /// after a lost connection too: poold answers a resent one with the
+    /// version the first try made.
+    pub async fn publish(&self, mut req: pb::PublishRequest) -> Result<Publish> {
+        if req.request_id.is_empty() {
+            req.request_id = crate::failover::request_id();
+        }
+        let r = self
+            .pool
+            .clone()
+            .publish(crate::failover::idempotent(req))
+            .await?
+            .into_inner();
         if r.reupload.is_empty() {
             Ok(Publish::Done(r.version))
         } else {

@@ -7,7 +7,10 @@
 //! queued on a connection that closed before writing it). A fail-over of the active
 //! poold is then a slower call for every client, chunkd and mirrord, not
 //! an error. A request that was sent and then lost its connection is not
-//! sent again (it may have been applied): its caller sees the error.
+//! sent again (it may have been applied): its caller sees the error;
+//! unless it is marked [`idempotent`] (a publish with a request id, which
+//! poold answers with the version its first try made), which is resent
+//! after any transport failure.
 //!
 //! With a single endpoint this is a plain channel with no waiting.
 
@@ -23,6 +26,22 @@ use http_body_util::{BodyExt, Full};
 use tonic::body::Body;
 use tonic::transport::Channel;
 use tower_service::Service;
+
+/// The header that marks a request as safe to resend after it was sent.
+pub const IDEMPOTENT: &str = "x-blobvirt-idempotent";
+
+/// `msg` as a request marked safe to resend (see the module docs).
+pub fn idempotent<T>(msg: T) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(msg);
+    r.metadata_mut()
+        .insert(IDEMPOTENT, tonic::metadata::MetadataValue::from_static("1"));
+    r
+}
+
+/// A fresh 16-byte request id (random).
+pub fn request_id() -> Bytes {
+    Bytes::copy_from_slice(&rand::random::<[u8; 16]>())
+}
 
 /// How long a request keeps looking for a listening poold.
 pub const FAILOVER_WAIT: Duration = Duration::from_secs(30);
@@ -95,6 +114,7 @@ impl Service<http::Request<Body>> for PoolChannel {
                 return Ok(ch.call(req).await?);
             }
             let (parts, body) = req.into_parts();
+            let resend = parts.headers.contains_key(IDEMPOTENT);
             let bytes: Bytes = body.collect().await?.to_bytes();
             let deadline = Instant::now() + FAILOVER_WAIT;
             loop {
@@ -117,7 +137,7 @@ impl Service<http::Request<Body>> for PoolChannel {
                             current.store(i, Ordering::Relaxed);
                             return Ok(resp);
                         }
-                        Err(e) if not_sent(&e) => last = Some(e),
+                        Err(e) if resend || not_sent(&e) => last = Some(e),
                         Err(e) => return Err(e.into()),
                     }
                 }

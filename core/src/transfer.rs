@@ -200,6 +200,7 @@ pub async fn import_file(
         changes,
         label: opts.label.clone(),
         gc_epoch: 0,
+        request_id: Default::default(),
     };
     let f = File::open(path).map_err(io_err("open", path))?;
     // A chunk GC may have reclaimed meanwhile: read it from the file again.

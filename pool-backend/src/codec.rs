@@ -220,6 +220,10 @@ impl<'a> Reader<'a> {
             _ => Err(self.err()),
         }
     }
+    /// True when every byte was read (optional trailing fields are absent).
+    pub fn at_end(&self) -> bool {
+        self.buf.is_empty()
+    }
     /// Checks the record's format byte.
     pub fn version(&mut self) -> Result<(), DecodeError> {
         if self.u8()? == RECORD_V1 {
@@ -303,6 +307,9 @@ pub struct VersionRec {
     /// The root; the version holds one reference on it.
     pub root: Child,
     pub label: String,
+    /// The request id of the publish that made it (empty: none); an
+    /// optional trailing field, absent in records of older poolds.
+    pub request: Vec<u8>,
 }
 
 impl VersionRec {
@@ -314,6 +321,10 @@ impl VersionRec {
             .i64(self.created)
             .child(self.root)
             .str(&self.label);
+        if !self.request.is_empty() {
+            w.u32(self.request.len() as u32);
+            w.0.extend_from_slice(&self.request);
+        }
         w.0
     }
     pub fn decode(b: &[u8]) -> Result<Self, DecodeError> {
@@ -325,6 +336,12 @@ impl VersionRec {
             created: r.i64()?,
             root: r.child()?,
             label: r.str()?,
+            request: if r.at_end() {
+                Vec::new()
+            } else {
+                let n = r.u32()? as usize;
+                r.bytes(n)?.to_vec()
+            },
         })
     }
 }
@@ -431,8 +448,19 @@ mod tests {
             created: -1,
             root: Child::Chunk(ChunkId::of(b"x")),
             label: "snap".into(),
+            request: Vec::new(),
         };
         assert_eq!(VersionRec::decode(&v.encode()).unwrap(), v);
+        // The request id is a trailing field: records without one are
+        // byte for byte what older poolds wrote, and both decode.
+        let with = VersionRec {
+            request: vec![7; 16],
+            ..v.clone()
+        };
+        let (old, new) = (v.encode(), with.encode());
+        assert_eq!(&new[..old.len()], &old[..]);
+        assert_eq!(VersionRec::decode(&new).unwrap(), with);
+        assert!(VersionRec::decode(&new[..new.len() - 1]).is_err());
         let n = NodeRec {
             node: Node {
                 left: Child::Node(u64::MAX),
@@ -458,6 +486,7 @@ mod tests {
             created: 0,
             root: Child::Node(7),
             label: "l".into(),
+            request: Vec::new(),
         }
         .encode();
         for n in 0..v.len() {

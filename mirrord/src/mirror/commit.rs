@@ -230,6 +230,7 @@ impl Mirror {
                 changes,
                 label: fz.label.clone(),
                 gc_epoch: 0,
+                request_id: Default::default(),
             };
             let again = |id: ChunkId| {
                 data_of.get(&id).cloned().ok_or_else(|| {

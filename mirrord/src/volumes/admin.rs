@@ -71,6 +71,7 @@ impl Volumes {
             changes: vec![],
             label: String::new(),
             gc_epoch: self.repo.gc_epoch(),
+            request_id: Default::default(),
         };
         self.repo
             .publish(req)

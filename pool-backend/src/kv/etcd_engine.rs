@@ -283,6 +283,46 @@ impl EtcdKv {
     ) -> KvResult<T> {
         block(self.rt.get(), f)
     }
+
+    /// Runs the request `mk` makes, again while it fails the way a lost
+    /// member or a leader election does, for up to [`RETRY_FOR`]. A retry
+    /// is safe: reads are pinned at a revision, and a commit sets the same
+    /// values again under the writer lock (this poold is the only writer).
+    fn retrying<T: Send + 'static, F>(&self, what: &str, mut mk: impl FnMut() -> F) -> KvResult<T>
+    where
+        F: Future<Output = Result<T, etcd_client::Error>> + Send + 'static,
+    {
+        let deadline = Instant::now() + RETRY_FOR;
+        loop {
+            match self.run(mk())? {
+                Ok(v) => return Ok(v),
+                Err(e) if transient(&e) && Instant::now() < deadline => {
+                    tracing::debug!("etcd: {what}: {e}; trying again");
+                    std::thread::sleep(RETRY_PAUSE);
+                }
+                Err(e) => return Err(engine(what, e)),
+            }
+        }
+    }
+}
+
+/// How long a request is tried again after a member was lost (longer than
+/// an etcd leader election, which takes about a second by default).
+pub const RETRY_FOR: Duration = Duration::from_secs(8);
+const RETRY_PAUSE: Duration = Duration::from_millis(100);
+
+/// True for the failures of a lost member, a lost connection or an
+/// election under way, after which the same request can be sent again.
+pub(super) fn transient(e: &etcd_client::Error) -> bool {
+    use tonic::Code;
+    match e {
+        etcd_client::Error::TransportError(_) | etcd_client::Error::IoError(_) => true,
+        etcd_client::Error::GRpcStatus(s) => matches!(
+            s.code(),
+            Code::Unavailable | Code::Unknown | Code::Cancelled | Code::DeadlineExceeded
+        ),
+        _ => false,
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -328,13 +368,12 @@ impl ReadTx for EtcdRead<'_> {
         if let Some(v) = self.kv.cached(key, self.rev.get()) {
             return Ok(v);
         }
-        let mut c = self.kv.kv.clone();
         let k = self.kv.full(key);
         let opts = GetOptions::new().with_revision(self.rev.get());
-        let r = self
-            .kv
-            .run(async move { c.get(k, Some(opts)).await })?
-            .map_err(|e| engine("reading a key", e))?;
+        let r = self.kv.retrying("reading a key", || {
+            let (mut c, k, opts) = (self.kv.kv.clone(), k.clone(), opts.clone());
+            async move { c.get(k, Some(opts)).await }
+        })?;
         self.fix(r.header().map(|h| h.revision()));
         let (v, from) = match r.kvs().first() {
             Some(kv) => (Some(kv.value().to_vec()), kv.mod_revision()),
@@ -360,16 +399,14 @@ impl ReadTx for EtcdRead<'_> {
         };
         let mut from = self.kv.full(start);
         loop {
-            let mut c = self.kv.kv.clone();
             let opts = GetOptions::new()
                 .with_range(stop.clone())
                 .with_limit(PAGE)
                 .with_revision(self.rev.get());
-            let k = from.clone();
-            let r = self
-                .kv
-                .run(async move { c.get(k, Some(opts)).await })?
-                .map_err(|e| engine("scanning keys", e))?;
+            let r = self.kv.retrying("scanning keys", || {
+                let (mut c, k, opts) = (self.kv.kv.clone(), from.clone(), opts.clone());
+                async move { c.get(k, Some(opts)).await }
+            })?;
             self.fix(r.header().map(|h| h.revision()));
             for kv in r.kvs() {
                 if !f(&kv.key()[plen..], kv.value()) {
@@ -431,10 +468,10 @@ impl Kv for EtcdKv {
             )]);
         }
         let txn = txn.and_then(txn_ops);
-        let mut c = self.kv.clone();
-        let r = self
-            .run(async move { c.txn(txn).await })?
-            .map_err(|e| engine("committing a metadata change", e))?;
+        let r = self.retrying("committing a metadata change", || {
+            let (mut c, txn) = (self.kv.clone(), txn.clone());
+            async move { c.txn(txn).await }
+        })?;
         if !r.succeeded() {
             return Err(KvError::Fenced(
                 String::from_utf8_lossy(&fence.map(|f| f.0).unwrap_or_default()).into_owned(),

@@ -9,6 +9,9 @@
 //!   paused or cut-off poold) etcd deletes the key, another instance wins,
 //!   and every later commit of this one fails with `KvError::Fenced` and
 //!   writes nothing.
+//! * A renewal that fails (its member died, the connection broke) opens
+//!   a new keep-alive stream, which goes to a live member, so losing one
+//!   etcd member does not cost the active poold its lease.
 //! * [`Leadership::lost`] resolves when the lease could not be kept alive
 //!   (etcd said it is gone, or no answer for a whole `ttl`); poold then
 //!   exits rather than serve from a store it no longer owns.
@@ -64,6 +67,7 @@ impl EtcdKv {
         *lock_pub(&deadline) = Some(Instant::now() + usable);
         // The keep-alive loop runs on the engine's runtime until the lease
         // is gone or its last renewal is older than the lease's life.
+        let mut c = self.client();
         self.run(async move {
             tokio::spawn(async move {
                 let mut renewed = Instant::now();
@@ -72,17 +76,34 @@ impl EtcdKv {
                         keeper.keep_alive().await?;
                         stream.message().await
                     };
-                    match tokio::time::timeout(every, beat).await {
+                    let failed = match tokio::time::timeout(every, beat).await {
                         Ok(Ok(Some(r))) if r.ttl() > 0 => {
                             renewed = Instant::now();
                             *lock_pub(&deadline) = Some(renewed + usable);
+                            false
                         }
                         Ok(Ok(_)) => break,
-                        Ok(Err(e)) => tracing::warn!("renewing the election lease: {e}"),
-                        Err(_) => tracing::warn!("etcd did not answer a lease renewal"),
-                    }
+                        Ok(Err(e)) => {
+                            tracing::warn!("renewing the election lease: {e}");
+                            true
+                        }
+                        Err(_) => {
+                            tracing::warn!("etcd did not answer a lease renewal");
+                            true
+                        }
+                    };
                     if renewed.elapsed() >= limit {
                         break;
+                    }
+                    if failed {
+                        // The stream's member may be gone: open a new
+                        // stream, which the client sends to a live one.
+                        let again = tokio::time::timeout(every, c.lease_keep_alive(lease)).await;
+                        if let Ok(Ok((k, s))) = again {
+                            (keeper, stream) = (k, s);
+                        }
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
                     }
                     tokio::time::sleep(every.saturating_sub(renewed.elapsed().min(every))).await;
                 }

@@ -27,6 +27,7 @@ impl Meta {
             let new = VersionRec {
                 created: m.now,
                 label: label.to_string(),
+                request: Vec::new(),
                 ..rec
             };
             m.tx.put(&key::version(id, v), &new.encode())?;

@@ -37,6 +37,7 @@ fn req(
         changes: ch.iter().map(|(i, c)| change(*i, *c)).collect(),
         label: String::new(),
         gc_epoch: 0,
+        request_id: Default::default(),
     }
 }
 
@@ -561,6 +562,40 @@ fn revert_and_label(m: Meta) {
     assert_eq!(m.stats().unwrap().live_chunks, 0);
 }
 
+fn with_id(mut r: pb::PublishRequest, id: u8) -> pb::PublishRequest {
+    r.request_id = Bytes::from(vec![id; 16]);
+    r
+}
+
+/// A publish resent with its request id (its answer was lost) answers the
+/// version the first try made and publishes nothing; without an id, or
+/// with another, a stale base is still refused.
+fn idempotent_publish(m: Meta) {
+    let create = with_id(req("i", None, 4, &[(0, Some(1))]), 1);
+    assert_eq!(publish(&m, &create), 1);
+    assert_eq!(publish(&m, &create), 1, "a resent create");
+    let next = with_id(req("i", Some(1), 4, &[(1, Some(2))]), 2);
+    assert_eq!(publish(&m, &next), 2);
+    let after = with_id(req("i", Some(2), 4, &[(2, Some(3))]), 3);
+    assert_eq!(publish(&m, &after), 3);
+    // The answer of version 2's publish was lost, and the volume moved on.
+    assert_eq!(publish(&m, &next), 2, "a resent publish");
+    assert_eq!(m.get_blob("i").unwrap().latest_version, 3);
+    assert_eq!(m.stats().unwrap().versions, 3);
+    let other = with_id(req("i", Some(2), 4, &[(1, Some(9))]), 4);
+    assert_eq!(code(m.publish(&other).unwrap_err()).0, "precondition");
+    let plain = req("i", Some(2), 4, &[(1, Some(9))]);
+    assert_eq!(code(m.publish(&plain).unwrap_err()).0, "precondition");
+    // A revert does not carry the id of the version it copies: id 3 on
+    // base 4 matches no version after 4.
+    assert_eq!(m.revert_volume("i", 2, "").unwrap(), 4);
+    assert_eq!(m.revert_volume("i", 3, "").unwrap(), 5);
+    let again = with_id(req("i", Some(4), 4, &[(2, Some(3))]), 3);
+    assert_eq!(code(m.publish(&again).unwrap_err()).0, "precondition");
+    assert_eq!(m.get_blob("i").unwrap().latest_version, 5);
+    assert_eq!(resolve_all(&m, "i", 4), expect(4, &[(0, 1), (1, 2)]));
+}
+
 macro_rules! on_engines {
     ($($t:ident),*) => {
         mod redb {
@@ -604,7 +639,8 @@ on_engines!(
     reupload_protocol,
     profiles,
     matches_model,
-    revert_and_label
+    revert_and_label,
+    idempotent_publish
 );
 
 #[test]
@@ -650,7 +686,9 @@ fn etcd_bounded_publish_recover_and_delete() {
         .step_by(3)
         .map(|i| (i, Some(10_000 + i as u32)))
         .collect();
-    assert_eq!(publish(&m, &req("big", Some(1), n, &changed)), 2);
+    let second = with_id(req("big", Some(1), n, &changed), 7);
+    assert_eq!(publish(&m, &second), 2);
+    assert_eq!(publish(&m, &second), 2, "a resent sliced publish");
     assert_eq!(m.check().unwrap(), Vec::<String>::new());
     let v2 = resolve_all(&m, "big", 2);
     assert_eq!(v2[3], Some(cid(10_003)));

@@ -12,6 +12,7 @@ use super::{
     blob_info, find_blob, find_version, no_version, versions, Meta, MetaError, MetaTx, Result,
 };
 use crate::codec::{self, key, BlobRec, GcState, Origin, VersionRec};
+use crate::kv::ReadTx;
 
 /// Longest boot profile kept per volume (entries past it are dropped).
 /// 256 Ki entries (2 MiB), so that one fits an etcd request.
@@ -116,6 +117,7 @@ pub(super) fn commit_version(
         created: m.now,
         root,
         label: req.label.clone(),
+        request: req.request_id.to_vec(),
     };
     m.tx.put(&key::version(id, v), &rec.encode())?;
     m.tx.put(&key::blob(id), &blob.encode())?;
@@ -126,6 +128,43 @@ pub(super) fn commit_version(
         m.c.blobs += 1;
     }
     Ok(PublishOutcome::Published(v))
+}
+
+/// The version an earlier try of `req` (same request id) published, if
+/// any: a version of the volume newer than `req`'s base that carries the
+/// request id. Resending a publish is then safe.
+pub(super) fn already_published(tx: &dyn ReadTx, req: &pb::PublishRequest) -> Result<Option<u64>> {
+    if req.request_id.is_empty() {
+        return Ok(None);
+    }
+    let Some(id) = tx.get(&key::name(&req.name))? else {
+        return Ok(None);
+    };
+    let id = codec::dec_u64(&id, "volume id")?;
+    let base = if req.create { 0 } else { req.base_version };
+    // Only the versions after the base (a retry comes soon after its try).
+    let end = crate::kv::prefix_end(&key::versions_of(id));
+    let mut found = None;
+    let mut bad = None;
+    tx.scan(
+        &key::version(id, base.saturating_add(1)),
+        end.as_deref(),
+        &mut |k, v| match VersionRec::decode(v) {
+            Ok(rec) if rec.request == req.request_id => {
+                found = key::version_of_key(k);
+                false
+            }
+            Ok(_) => true,
+            Err(e) => {
+                bad = Some(e);
+                false
+            }
+        },
+    )?;
+    if let Some(e) = bad {
+        return Err(e.into());
+    }
+    Ok(found)
 }
 
 /// Checks a new volume name (it becomes a file name on the mirrord mount).
@@ -178,9 +217,15 @@ impl Meta {
             check_name(&req.name)?;
         }
         if let Some(per) = self.slice_for(req, &changes)? {
+            if let Some(v) = self.read(|tx| already_published(tx, req))? {
+                return Ok(PublishOutcome::Published(v));
+            }
             return self.publish_sliced(req, &changes, per);
         }
         self.write(|m| {
+            if let Some(v) = already_published(m.r(), req)? {
+                return Ok(PublishOutcome::Published(v));
+            }
             let p = prepare(m, req, &changes)?;
             let reupload = must_reupload(m, &changes, req.gc_epoch)?;
             if !reupload.is_empty() {
@@ -227,6 +272,7 @@ impl Meta {
             let rec = VersionRec {
                 created: m.now,
                 label: String::new(),
+                request: Vec::new(),
                 ..srec
             };
             m.tx.put(&key::blob(id), &b.encode())?;
