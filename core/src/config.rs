@@ -126,6 +126,8 @@ pub struct PooldSection {
     pub etcd_max_txn_ops: Option<usize>,
     /// The etcd members' `--max-request-bytes`.
     pub etcd_max_request_bytes: Option<usize>,
+    /// Life of the active poold's election lease in etcd (seconds).
+    pub election_ttl_secs: Option<u64>,
 }
 
 /// `[chunkd]`.

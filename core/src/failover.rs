@@ -8,9 +8,13 @@
 //! poold is then a slower call for every client, chunkd and mirrord, not
 //! an error. A request that was sent and then lost its connection is not
 //! sent again (it may have been applied): its caller sees the error;
-//! unless it is marked [`idempotent`] (a publish with a request id, which
-//! poold answers with the version its first try made), which is resent
-//! after any transport failure.
+//! unless applying it twice is applying it once: reads, heartbeats, leases
+//! (per holder), labels, profiles ([`RESENDABLE`]), and requests marked
+//! [`idempotent`] (a publish with a request id, which poold answers with
+//! the version its first try made). Those are resent after any transport
+//! failure, also one that broke off their answer (their answers are read
+//! whole before they are handed on). Clone, delete, rename and revert are
+//! not.
 //!
 //! With a single endpoint this is a plain channel with no waiting.
 
@@ -26,6 +30,36 @@ use http_body_util::{BodyExt, Full};
 use tonic::body::Body;
 use tonic::transport::Channel;
 use tower_service::Service;
+
+/// Pool methods whose second application changes nothing more than the
+/// first, so a request that was sent and lost its answer is sent again.
+pub const RESENDABLE: &[&str] = &[
+    "Register",
+    "Heartbeat",
+    "Nodes",
+    "DrainNode",
+    "Repair",
+    "GetBlob",
+    "ListBlobs",
+    "Resolve",
+    "LabelVersion",
+    "AcquireLease",
+    "RenewLease",
+    "ReleaseLease",
+    "PutProfile",
+    "GetProfile",
+    "Stats",
+    "Gc",
+];
+
+/// True when the request for `path` (`/blobvirt.v1.Pool/Method`) with
+/// `headers` may be sent again after it was sent.
+fn resendable(path: &str, headers: &http::HeaderMap) -> bool {
+    headers.contains_key(IDEMPOTENT)
+        || path
+            .rsplit_once('/')
+            .is_some_and(|(_, m)| RESENDABLE.contains(&m))
+}
 
 /// The header that marks a request as safe to resend after it was sent.
 pub const IDEMPOTENT: &str = "x-blobvirt-idempotent";
@@ -95,6 +129,20 @@ fn not_sent(e: &(dyn std::error::Error + 'static)) -> bool {
     false
 }
 
+/// `resp` with its whole body read (Pool answers are single messages), so
+/// a connection that breaks in the middle of it is an error here, where
+/// the request can still be sent again.
+async fn buffered(resp: http::Response<Body>) -> Result<http::Response<Body>, BoxError> {
+    use http_body::Frame;
+    let (parts, body) = resp.into_parts();
+    let got = body.collect().await?;
+    let trailers = got.trailers().cloned();
+    let mut frames = vec![Ok::<_, BoxError>(Frame::data(got.to_bytes()))];
+    frames.extend(trailers.map(|t| Ok(Frame::trailers(t))));
+    let body = http_body_util::StreamBody::new(futures::stream::iter(frames));
+    Ok(http::Response::from_parts(parts, Body::new(body)))
+}
+
 impl Service<http::Request<Body>> for PoolChannel {
     type Response = http::Response<Body>;
     type Error = BoxError;
@@ -114,7 +162,7 @@ impl Service<http::Request<Body>> for PoolChannel {
                 return Ok(ch.call(req).await?);
             }
             let (parts, body) = req.into_parts();
-            let resend = parts.headers.contains_key(IDEMPOTENT);
+            let resend = resendable(parts.uri.path(), &parts.headers);
             let bytes: Bytes = body.collect().await?.to_bytes();
             let deadline = Instant::now() + FAILOVER_WAIT;
             loop {
@@ -133,21 +181,52 @@ impl Service<http::Request<Body>> for PoolChannel {
                         ch.call(r).await
                     };
                     match sent.await {
+                        Ok(resp) if resend => match buffered(resp).await {
+                            Ok(resp) => {
+                                current.store(i, Ordering::Relaxed);
+                                return Ok(resp);
+                            }
+                            // The answer broke off (poold died while it
+                            // was sending it): send the request again.
+                            Err(e) => last = Some(e),
+                        },
                         Ok(resp) => {
                             current.store(i, Ordering::Relaxed);
                             return Ok(resp);
                         }
-                        Err(e) if resend || not_sent(&e) => last = Some(e),
+                        Err(e) if resend || not_sent(&e) => last = Some(e.into()),
                         Err(e) => return Err(e.into()),
                     }
                 }
                 if Instant::now() >= deadline {
-                    return Err(last
-                        .map(Into::into)
-                        .unwrap_or_else(|| "no poold endpoint".into()));
+                    return Err(last.unwrap_or_else(|| "no poold endpoint".into()));
                 }
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn what_is_resent() {
+        let none = http::HeaderMap::new();
+        assert!(resendable("/blobvirt.v1.Pool/Resolve", &none));
+        assert!(resendable("/blobvirt.v1.Pool/RenewLease", &none));
+        for m in [
+            "Publish",
+            "CloneVolume",
+            "DeleteVolume",
+            "RevertVolume",
+            "RenameVolume",
+        ] {
+            assert!(!resendable(&format!("/blobvirt.v1.Pool/{m}"), &none), "{m}");
+        }
+        let r = idempotent(());
+        let marked = r.metadata().clone().into_headers();
+        assert!(resendable("/blobvirt.v1.Pool/Publish", &marked));
     }
 }

@@ -209,6 +209,12 @@ impl Opts {
             &mut o.etcd_max_request_bytes,
             p.etcd_max_request_bytes,
         );
+        pick(
+            &m,
+            "election_ttl_secs",
+            &mut o.election_ttl_secs,
+            p.election_ttl_secs,
+        );
         blobvirt_core::tls::install_from(&cfg)?;
         Ok(o)
     }

@@ -103,6 +103,13 @@ impl Daemon {
             terminate(&mut c, Duration::from_secs(20));
         }
     }
+
+    /// SIGKILLs it (the fault a test injects) and reaps it.
+    pub fn sigkill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            kill(&mut c);
+        }
+    }
 }
 
 impl Drop for Daemon {

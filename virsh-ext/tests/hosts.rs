@@ -10,68 +10,14 @@
 //! to hosts 1 and 2 node to node (chunkd `Pull` over mutual TLS), the
 //! export stays exact and `fsck` is clean.
 
-use std::path::{Path, PathBuf};
-use std::time::Duration;
-
+use testbed::harness::blobvirt;
 use testbed::harness::data::*;
-use testbed::harness::*;
-use testbed::proc::Daemon;
+use testbed::harness::install::{self, cli, start, wait};
 use testbed::{Host, Hosts, Link};
 
 const IMAGE: u64 = 8 * MIB;
 const PATCH: u64 = MIB;
 const PATCH_AT: u64 = 2 * MIB;
-
-/// The unit's `ExecStart` command line, with the binary taken from the
-/// build instead of /usr/bin.
-fn exec_start(unit: &str) -> (PathBuf, Vec<String>) {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../packaging/systemd")
-        .join(unit);
-    let text = std::fs::read_to_string(&path)
-        .unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
-    let line = text
-        .lines()
-        .find_map(|l| l.strip_prefix("ExecStart="))
-        .unwrap_or_else(|| panic!("{} has no ExecStart", path.display()));
-    let mut words = line.split_whitespace().map(str::to_string);
-    let exe = PathBuf::from(words.next().unwrap());
-    let built = bins::bin_dir().join(exe.file_name().unwrap());
-    assert!(built.is_file(), "{} is not built", built.display());
-    (built, words.collect())
-}
-
-fn start(h: &Host, unit: &str, log_dir: &Path) -> Daemon {
-    let (exe, args) = exec_start(unit);
-    let mut c = h.cmd(&exe);
-    c.args(&args)
-        .env_remove("BLOBVIRT_POOL")
-        .env_remove("BLOBVIRT_CONFIG");
-    let name = format!("{unit} on {}", h.name);
-    Daemon::spawn(&name, c, &log_dir.join(format!("{}-{unit}.log", h.name))).unwrap()
-}
-
-/// `blobvirt ARGS` on host `h`, which reads the host's own config file.
-fn cli(h: &Host, args: &[&str]) -> String {
-    let mut c = h.cmd(blobvirt());
-    for v in [
-        "BLOBVIRT_POOL",
-        "BLOBVIRT_CONFIG",
-        "BLOBVIRT_CLUSTER_DIR",
-        "BLOBVIRT_CONTROL",
-    ] {
-        c.env_remove(v);
-    }
-    c.args(args);
-    testbed::proc::run_ok(c, &format!("blobvirt {} on {}", args.join(" "), h.name)).unwrap()
-}
-
-fn wait(what: &str, f: impl FnMut() -> bool) {
-    assert!(
-        wait_until(Duration::from_secs(30), f),
-        "{what} did not happen within 30 s"
-    );
-}
 
 /// The host's configuration, as the README's template has it.
 fn config(h: &Host, poold: &Host) -> String {
@@ -116,29 +62,10 @@ fn three_hosts_import_read_write_export() {
     let (h1, h2, h3) = (hosts.host(0), hosts.host(1), hosts.host(2));
 
     // The CA on host 1; a certificate per host, copied to it as scp would.
-    cli(h1, &["ca", "init"]);
-    cli(h1, &["ca", "issue", &h1.name, "--ip", &h1.addr]);
-    for h in &hosts.hosts[1..] {
-        let out = format!("/var/lib/blobvirt/certs/{}", h.name);
-        cli(
-            h1,
-            &["ca", "issue", &h.name, "--ip", &h.addr, "--out", &out],
-        );
-        let tls = h.path("/etc/blobvirt/tls");
-        std::fs::create_dir_all(&tls).unwrap();
-        std::fs::copy(h1.path("/etc/blobvirt/tls/ca.pem"), tls.join("ca.pem")).unwrap();
-        for ext in ["pem", "key"] {
-            let f = format!("{}.{ext}", h.name);
-            std::fs::copy(h1.path(&out).join(&f), tls.join(&f)).unwrap();
-        }
-    }
+    install::issue_certs(&hosts);
     for h in &hosts.hosts {
         std::fs::write(h.path("/etc/blobvirt/blobvirt.toml"), config(h, h1)).unwrap();
     }
-    assert!(
-        !h2.path("/etc/blobvirt/tls/ca.key").exists(),
-        "the CA key stays on host 1"
-    );
 
     let logs = tmp.path().join("logs");
     std::fs::create_dir_all(&logs).unwrap();

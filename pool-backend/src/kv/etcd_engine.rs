@@ -14,6 +14,11 @@
 //!   which must match the members' `--max-txn-ops` and
 //!   `--max-request-bytes`); one that does not fit fails with a sentence
 //!   that says which setting to raise, and nothing of it is written.
+//! * Every commit is also conditional on a commit token (a key beside the
+//!   prefix) holding the previous commit's value, and writes a new one:
+//!   a commit sent again after its answer was lost applies once, and a
+//!   second writer on the prefix is refused. Requests survive a lost
+//!   member and a leader election (`kv/etcd_retry.rs`).
 //! * A fence ([`EtcdKv::set_fence`]) makes every commit conditional on a
 //!   key's create revision (an election key): once the key is gone or
 //!   re-created, commits fail with [`KvError::Fenced`] and write nothing.
@@ -43,6 +48,7 @@ use etcd_client::{
     TlsOptions, Txn, TxnOp,
 };
 
+use super::etcd_retry::attempt;
 use super::overlay::{Overlay, Pending};
 use super::{prefix_end, Kv, KvError, KvResult, ReadTx, WriteTx};
 
@@ -116,10 +122,10 @@ pub(super) fn engine<E: std::fmt::Display>(what: &str, e: E) -> KvError {
 
 /// The engine's runtime; dropped with `shutdown_background`, so an engine
 /// may be dropped anywhere (also inside another runtime).
-struct Rt(Option<tokio::runtime::Runtime>);
+pub(super) struct Rt(Option<tokio::runtime::Runtime>);
 
 impl Rt {
-    fn get(&self) -> &tokio::runtime::Runtime {
+    pub(super) fn get(&self) -> &tokio::runtime::Runtime {
         self.0.as_ref().expect("runtime lives until drop")
     }
 }
@@ -134,12 +140,14 @@ impl Drop for Rt {
 
 /// An etcd cluster as a [`Kv`].
 pub struct EtcdKv {
-    rt: Rt,
-    client: Client,
-    kv: KvClient,
-    opts: EtcdOptions,
-    writer: Mutex<()>,
-    fence: Mutex<Option<(Vec<u8>, i64)>>,
+    pub(super) rt: Rt,
+    pub(super) client: Client,
+    pub(super) kv: KvClient,
+    pub(super) opts: EtcdOptions,
+    /// Serializes writers; holds the commit token this engine last wrote
+    /// (`None`: not known yet; `Some(None)`: the key is absent).
+    writer: Mutex<Option<Option<Vec<u8>>>>,
+    pub(super) fence: Mutex<Option<(Vec<u8>, i64)>>,
     cache: Mutex<lru::LruCache<Vec<u8>, Cached>>,
     /// The newest revision seen in an answer or a commit, and when.
     known: Mutex<(i64, Option<Instant>)>,
@@ -147,6 +155,8 @@ pub struct EtcdKv {
     /// renewal plus its life, minus a margin). `None`: always.
     cache_until: std::sync::Arc<Mutex<Option<Instant>>>,
     hits: AtomicI64,
+    /// Endpoints taken out of the client's balancer for a while.
+    pub(super) shunned: std::sync::Arc<Mutex<std::collections::HashSet<String>>>,
 }
 
 impl EtcdKv {
@@ -190,7 +200,7 @@ impl EtcdKv {
             client,
             kv,
             opts,
-            writer: Mutex::new(()),
+            writer: Mutex::new(None),
             fence: Mutex::new(None),
             cache: Mutex::new(lru::LruCache::new(
                 NonZeroUsize::new(CACHE_ENTRIES).expect("non-zero"),
@@ -198,6 +208,7 @@ impl EtcdKv {
             known: Mutex::new((0, None)),
             cache_until: std::sync::Arc::default(),
             hits: AtomicI64::new(0),
+            shunned: std::sync::Arc::default(),
         })
     }
 
@@ -283,46 +294,6 @@ impl EtcdKv {
     ) -> KvResult<T> {
         block(self.rt.get(), f)
     }
-
-    /// Runs the request `mk` makes, again while it fails the way a lost
-    /// member or a leader election does, for up to [`RETRY_FOR`]. A retry
-    /// is safe: reads are pinned at a revision, and a commit sets the same
-    /// values again under the writer lock (this poold is the only writer).
-    fn retrying<T: Send + 'static, F>(&self, what: &str, mut mk: impl FnMut() -> F) -> KvResult<T>
-    where
-        F: Future<Output = Result<T, etcd_client::Error>> + Send + 'static,
-    {
-        let deadline = Instant::now() + RETRY_FOR;
-        loop {
-            match self.run(mk())? {
-                Ok(v) => return Ok(v),
-                Err(e) if transient(&e) && Instant::now() < deadline => {
-                    tracing::debug!("etcd: {what}: {e}; trying again");
-                    std::thread::sleep(RETRY_PAUSE);
-                }
-                Err(e) => return Err(engine(what, e)),
-            }
-        }
-    }
-}
-
-/// How long a request is tried again after a member was lost (longer than
-/// an etcd leader election, which takes about a second by default).
-pub const RETRY_FOR: Duration = Duration::from_secs(8);
-const RETRY_PAUSE: Duration = Duration::from_millis(100);
-
-/// True for the failures of a lost member, a lost connection or an
-/// election under way, after which the same request can be sent again.
-pub(super) fn transient(e: &etcd_client::Error) -> bool {
-    use tonic::Code;
-    match e {
-        etcd_client::Error::TransportError(_) | etcd_client::Error::IoError(_) => true,
-        etcd_client::Error::GRpcStatus(s) => matches!(
-            s.code(),
-            Code::Unavailable | Code::Unknown | Code::Cancelled | Code::DeadlineExceeded
-        ),
-        _ => false,
-    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -372,7 +343,7 @@ impl ReadTx for EtcdRead<'_> {
         let opts = GetOptions::new().with_revision(self.rev.get());
         let r = self.kv.retrying("reading a key", || {
             let (mut c, k, opts) = (self.kv.kv.clone(), k.clone(), opts.clone());
-            async move { c.get(k, Some(opts)).await }
+            async move { attempt(c.get(k, Some(opts))).await }
         })?;
         self.fix(r.header().map(|h| h.revision()));
         let (v, from) = match r.kvs().first() {
@@ -405,7 +376,7 @@ impl ReadTx for EtcdRead<'_> {
                 .with_revision(self.rev.get());
             let r = self.kv.retrying("scanning keys", || {
                 let (mut c, k, opts) = (self.kv.kv.clone(), from.clone(), opts.clone());
-                async move { c.get(k, Some(opts)).await }
+                async move { attempt(c.get(k, Some(opts))).await }
             })?;
             self.fix(r.header().map(|h| h.revision()));
             for kv in r.kvs() {
@@ -433,7 +404,7 @@ impl Kv for EtcdKv {
     }
 
     fn write_dyn(&self, f: &mut dyn FnMut(&mut dyn WriteTx) -> KvResult<()>) -> KvResult<()> {
-        let _w = lock(&self.writer);
+        let mut last = lock(&self.writer);
         let read = EtcdRead {
             kv: self,
             rev: Cell::new(0),
@@ -444,40 +415,69 @@ impl Kv for EtcdKv {
         if overlay.is_empty() {
             return Ok(());
         }
-        let (ops, bytes) = (overlay.len(), request_bytes(&self.opts.prefix, &overlay));
-        if ops > self.opts.max_txn_ops || bytes > self.opts.max_request_bytes {
+        // The commit token is one more operation.
+        let ops = overlay.len();
+        let bytes = request_bytes(&self.opts.prefix, &overlay) + 64;
+        if ops + 1 > self.opts.max_txn_ops || bytes > self.opts.max_request_bytes {
             return Err(KvError::Engine(format!(
                 "etcd: a metadata change of {ops} keys ({bytes} bytes) is over the limit of {} keys and {} bytes per transaction; start the etcd members with larger --max-txn-ops and --max-request-bytes and give poold the same values",
                 self.opts.max_txn_ops, self.opts.max_request_bytes
             )));
         }
-        let txn_ops: Vec<TxnOp> = overlay
+        let token_key = self.commit_key();
+        let before = match last.clone() {
+            Some(t) => t,
+            None => self.token_now()?,
+        };
+        let token = rand::random::<[u8; 16]>().to_vec();
+        let mut txn_ops: Vec<TxnOp> = overlay
             .iter()
             .map(|(k, v)| match v {
                 Some(v) => TxnOp::put(self.full(k), v.clone(), None),
                 None => TxnOp::delete(self.full(k), None),
             })
             .collect();
+        txn_ops.push(TxnOp::put(token_key.clone(), token.clone(), None));
         let fence = lock(&self.fence).clone();
-        let mut txn = Txn::new();
+        let mut when = vec![match &before {
+            Some(t) => Compare::value(token_key.clone(), CompareOp::Equal, t.clone()),
+            None => Compare::version(token_key.clone(), CompareOp::Equal, 0),
+        }];
         if let Some((key, rev)) = &fence {
-            txn = txn.when([Compare::create_revision(
+            when.push(Compare::create_revision(
                 key.clone(),
                 CompareOp::Equal,
                 *rev,
-            )]);
-        }
-        let txn = txn.and_then(txn_ops);
-        let r = self.retrying("committing a metadata change", || {
-            let (mut c, txn) = (self.kv.clone(), txn.clone());
-            async move { c.txn(txn).await }
-        })?;
-        if !r.succeeded() {
-            return Err(KvError::Fenced(
-                String::from_utf8_lossy(&fence.map(|f| f.0).unwrap_or_default()).into_owned(),
             ));
         }
-        if let Some(rev) = r.header().map(|h| h.revision()) {
+        let txn = Txn::new().when(when).and_then(txn_ops);
+        let r = self.retrying("committing a metadata change", || {
+            let (mut c, txn) = (self.kv.clone(), txn.clone());
+            async move { attempt(c.txn(txn)).await }
+        })?;
+        let rev = if r.succeeded() {
+            r.header().map(|h| h.revision())
+        } else {
+            // An earlier try of this same commit (its answer was lost) may
+            // have applied it: then the token is this commit's.
+            match self.token_now()? {
+                Some(t) if t == token => None,
+                now => {
+                    *last = Some(now);
+                    return Err(match fence {
+                        Some((key, _)) if !self.fence_holds()? => {
+                            KvError::Fenced(String::from_utf8_lossy(&key).into_owned())
+                        }
+                        _ => KvError::Engine(format!(
+                            "etcd: the metadata under {} was changed by another writer; is a second poold running on this prefix without --etcd-endpoints election? Stop it and restart this one",
+                            String::from_utf8_lossy(&self.opts.prefix)
+                        )),
+                    });
+                }
+            }
+        };
+        *last = Some(Some(token));
+        if let Some(rev) = rev {
             self.learn(rev);
             for (k, v) in overlay {
                 let mut c = lock(&self.cache);

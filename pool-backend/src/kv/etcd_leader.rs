@@ -48,16 +48,17 @@ impl EtcdKv {
     pub fn campaign(&self, name: &str, value: &str, ttl: Duration) -> KvResult<Leadership> {
         let started = Instant::now();
         let ttl_s = ttl.as_secs().max(2) as i64;
-        let mut c = self.client();
         let lease = self
-            .run(async move { c.lease_grant(ttl_s, None).await })?
-            .map_err(|e| engine("granting the election lease", e))?
+            .retrying("granting the election lease", || {
+                let mut c = self.client();
+                async move { c.lease_grant(ttl_s, None).await }
+            })?
             .id();
         let (tx, rx) = watch::channel(false);
-        let mut c = self.client();
-        let (mut keeper, mut stream) = self
-            .run(async move { c.lease_keep_alive(lease).await })?
-            .map_err(|e| engine("keeping the election lease alive", e))?;
+        let (mut keeper, mut stream) = self.retrying("keeping the election lease alive", || {
+            let mut c = self.client();
+            async move { c.lease_keep_alive(lease).await }
+        })?;
         let every = Duration::from_millis((ttl_s as u64 * 1000) / 3);
         let limit = Duration::from_secs(ttl_s as u64);
         // The read cache stays usable for two thirds of the lease's life

@@ -19,6 +19,7 @@
 pub mod conformance;
 pub mod etcd_engine;
 pub mod etcd_leader;
+pub mod etcd_retry;
 pub mod overlay;
 pub mod redb_engine;
 pub mod sled_engine;

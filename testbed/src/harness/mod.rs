@@ -14,6 +14,8 @@
 //!   pool on it and the domains of the test; `virsh` helpers.
 //! * [`etcd`] — an etcd cluster of N members on loopback ports, for
 //!   poold's etcd engine.
+//! * [`install`] — emulated hosts installed as README.md says: a CA and
+//!   certificates, the units' command lines, etcd members, the CLI per host.
 //! * [`data`] — seeded test data, hashing, and chunk files on disk.
 //! * [`thrash`] — the fault thrasher: daemons SIGKILLed under load.
 //!
@@ -28,6 +30,7 @@ pub mod cli;
 pub mod daemons;
 pub mod data;
 pub mod etcd;
+pub mod install;
 pub mod libvirt;
 pub mod mounted;
 pub mod thrash;

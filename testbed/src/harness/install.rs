@@ -1,0 +1,171 @@
+//! Emulated hosts ([`crate::Hosts`]) set up the way README.md "Install on
+//! a cluster" says: a CA on host 1 and a certificate per host copied to
+//! it, the daemons started with the exact command line of their systemd
+//! unit's `ExecStart` (there is no systemd here; only the binaries'
+//! directory differs), etcd members from `packaging/etcd/etcd.env`, and
+//! the `blobvirt` CLI run on a host with that host's configuration.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use super::{bins, blobvirt, wait_until};
+use crate::proc::Daemon;
+use crate::{Host, Hosts};
+
+fn packaging(rel: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../packaging")
+        .join(rel)
+}
+
+/// The unit's `ExecStart` command line, with the binary taken from the
+/// build instead of /usr/bin.
+pub fn exec_start(unit: &str) -> (PathBuf, Vec<String>) {
+    let path = packaging("systemd").join(unit);
+    let text = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+    let line = text
+        .lines()
+        .find_map(|l| l.strip_prefix("ExecStart="))
+        .unwrap_or_else(|| panic!("{} has no ExecStart", path.display()));
+    let mut words = line.split_whitespace().map(str::to_string);
+    let exe = PathBuf::from(words.next().unwrap());
+    let built = bins::bin_dir().join(exe.file_name().unwrap());
+    assert!(built.is_file(), "{} is not built", built.display());
+    (built, words.collect())
+}
+
+/// Starts `unit`'s daemon on `h`, logging to `log_dir/<host>-<unit>.log`.
+pub fn start(h: &Host, unit: &str, log_dir: &Path) -> Daemon {
+    let (exe, args) = exec_start(unit);
+    let mut c = h.cmd(&exe);
+    c.args(&args)
+        .env_remove("BLOBVIRT_POOL")
+        .env_remove("BLOBVIRT_CONFIG");
+    let name = format!("{unit} on {}", h.name);
+    Daemon::spawn(&name, c, &log_dir.join(format!("{}-{unit}.log", h.name))).unwrap()
+}
+
+/// `blobvirt ARGS` on host `h` (which reads the host's own config file):
+/// its stdout, or its stderr as the error.
+pub fn try_cli(h: &Host, args: &[&str]) -> anyhow::Result<String> {
+    let mut c = h.cmd(blobvirt());
+    for v in [
+        "BLOBVIRT_POOL",
+        "BLOBVIRT_CONFIG",
+        "BLOBVIRT_CLUSTER_DIR",
+        "BLOBVIRT_CONTROL",
+    ] {
+        c.env_remove(v);
+    }
+    c.args(args);
+    crate::proc::run_ok(c, &format!("blobvirt {} on {}", args.join(" "), h.name))
+}
+
+/// [`try_cli`] that must succeed.
+pub fn cli(h: &Host, args: &[&str]) -> String {
+    try_cli(h, args).unwrap()
+}
+
+/// Waits up to 30 s for `f`; panics naming `what`.
+pub fn wait(what: &str, f: impl FnMut() -> bool) {
+    assert!(
+        wait_until(Duration::from_secs(30), f),
+        "{what} did not happen within 30 s"
+    );
+}
+
+/// The CA on host 1 (`blobvirt ca init`), a certificate per host for its
+/// address, copied to that host as scp would: `/etc/blobvirt/tls/ca.pem`,
+/// `<host>.pem` and `<host>.key`. The CA key stays on host 1.
+pub fn issue_certs(hosts: &Hosts) {
+    let h1 = hosts.host(0);
+    cli(h1, &["ca", "init"]);
+    cli(h1, &["ca", "issue", &h1.name, "--ip", &h1.addr]);
+    for h in &hosts.hosts[1..] {
+        let out = format!("/var/lib/blobvirt/certs/{}", h.name);
+        cli(
+            h1,
+            &["ca", "issue", &h.name, "--ip", &h.addr, "--out", &out],
+        );
+        let tls = h.path("/etc/blobvirt/tls");
+        std::fs::create_dir_all(&tls).unwrap();
+        std::fs::copy(h1.path("/etc/blobvirt/tls/ca.pem"), tls.join("ca.pem")).unwrap();
+        for ext in ["pem", "key"] {
+            let f = format!("{}.{ext}", h.name);
+            std::fs::copy(h1.path(&out).join(&f), tls.join(&f)).unwrap();
+        }
+    }
+    assert!(
+        !hosts.host(1).path("/etc/blobvirt/tls/ca.key").exists(),
+        "the CA key stays on host 1"
+    );
+}
+
+/// `packaging/etcd/etcd.env` for host `h` of a cluster of `members`:
+/// the `ETCD_*` variables with `@NAME@`, `@ADDR@` and `@CLUSTER@` filled.
+pub fn etcd_env(h: &Host, members: &[&Host]) -> Vec<(String, String)> {
+    let path = packaging("etcd/etcd.env");
+    let text = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+    let cluster = members
+        .iter()
+        .map(|m| format!("{}=https://{}:2380", m.name, m.addr))
+        .collect::<Vec<_>>()
+        .join(",");
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(|l| {
+            let (k, v) = l
+                .split_once('=')
+                .unwrap_or_else(|| panic!("{}: {l:?} is not KEY=VALUE", path.display()));
+            let v = v
+                .replace("@NAME@", &h.name)
+                .replace("@ADDR@", &h.addr)
+                .replace("@CLUSTER@", &cluster);
+            (k.to_string(), v)
+        })
+        .collect()
+}
+
+/// Starts the etcd member of host `h` (`/usr/bin/etcd` with the
+/// environment of [`etcd_env`], as Debian's unit runs it from
+/// `/etc/default/etcd`).
+pub fn start_etcd(h: &Host, members: &[&Host], log_dir: &Path) -> Daemon {
+    let mut c = h.cmd(super::etcd::ETCD);
+    c.envs(etcd_env(h, members));
+    let name = format!("etcd on {}", h.name);
+    Daemon::spawn(&name, c, &log_dir.join(format!("{}-etcd.log", h.name))).unwrap()
+}
+
+/// Prints the last lines of every log in its directory when the test
+/// fails, or always with `BLOBVIRT_SHOW_LOGS=1` (drop it after the
+/// daemons and before the directory goes).
+pub struct LogsOnPanic(pub PathBuf);
+
+impl Drop for LogsOnPanic {
+    fn drop(&mut self) {
+        let asked = std::env::var("BLOBVIRT_SHOW_LOGS").is_ok_and(|v| v == "1");
+        if !std::thread::panicking() && !asked {
+            return;
+        }
+        let Ok(rd) = std::fs::read_dir(&self.0) else {
+            return;
+        };
+        let mut files: Vec<PathBuf> = rd.flatten().map(|e| e.path()).collect();
+        files.sort();
+        for f in files {
+            let text = std::fs::read_to_string(&f).unwrap_or_default();
+            let lines: Vec<&str> = text.lines().collect();
+            let keep = if asked { 400 } else { 25 };
+            let tail = &lines[lines.len().saturating_sub(keep)..];
+            eprintln!(
+                "==== {} (last {} lines)\n{}",
+                f.display(),
+                tail.len(),
+                tail.join("\n")
+            );
+        }
+    }
+}
