@@ -464,6 +464,10 @@ impl Kv for EtcdKv {
                 Some(t) if t == token => None,
                 now => {
                     *last = Some(now);
+                    // Another writer: what this engine cached, and the
+                    // revision it reads at, may be old.
+                    lock(&self.cache).clear();
+                    *lock(&self.known) = (0, None);
                     return Err(match fence {
                         Some((key, _)) if !self.fence_holds()? => {
                             KvError::Fenced(String::from_utf8_lossy(&key).into_owned())
