@@ -294,6 +294,8 @@ for u in blobvirt-poold blobvirt-chunkd blobvirt-mirrord; do
     bash -c '! ls /etc/systemd/system/*.wants/"$1" >/dev/null 2>&1' _ "$u.service"
 done
 check "/etc/blobvirt/blobvirt.toml is the example" cmp -s /etc/blobvirt/blobvirt.toml packaging/blobvirt.toml
+check "the etcd member template ships as /usr/share/doc/blobvirt/etcd.env" \
+  cmp -s /usr/share/doc/blobvirt/etcd.env packaging/etcd/etcd.env
 check "group blobvirt is a system group" \
   bash -c 'gid=$(getent group blobvirt | cut -d: -f3) && [ "$gid" -lt 1000 ]'
 check "user blobvirt is a system user in group blobvirt without a shell" \
