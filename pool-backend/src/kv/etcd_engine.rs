@@ -54,6 +54,8 @@ use super::{prefix_end, Kv, KvError, KvResult, ReadTx, WriteTx};
 
 /// Keys per range request of a scan.
 pub const PAGE: i64 = 1000;
+/// Keys one batched read ([`Kv::prefetch`]) asks for.
+pub const PREFETCH_BATCH: usize = 4096;
 /// Keys the read cache holds.
 pub const CACHE_ENTRIES: usize = 1 << 19;
 /// A revision learnt this recently may pin a read that starts from the
@@ -503,6 +505,44 @@ impl Kv for EtcdKv {
 
     fn txn_budget(&self) -> Option<usize> {
         Some(self.opts.max_txn_ops)
+    }
+
+    /// Reads the keys the cache does not hold with one `Txn` of range
+    /// requests per [`PREFETCH_BATCH`] keys, and caches what it finds
+    /// (absent keys as absent) from that `Txn`'s revision.
+    fn prefetch(&self, keys: &[Vec<u8>]) -> KvResult<()> {
+        if !self.cache_ok() {
+            return Ok(());
+        }
+        let missing: Vec<&Vec<u8>> = {
+            let c = lock(&self.cache);
+            keys.iter().filter(|k| !c.contains(*k)).collect()
+        };
+        let per = PREFETCH_BATCH.min(self.opts.max_txn_ops).max(1);
+        for batch in missing.chunks(per) {
+            let ops: Vec<TxnOp> = batch
+                .iter()
+                .map(|k| TxnOp::get(self.full(k), None))
+                .collect();
+            let txn = Txn::new().and_then(ops);
+            let r = self.retrying("reading keys in a batch", || {
+                let (mut c, txn) = (self.kv.clone(), txn.clone());
+                async move { attempt(c.txn(txn)).await }
+            })?;
+            let Some(rev) = r.header().map(|h| h.revision()) else {
+                continue;
+            };
+            self.learn(rev);
+            for (k, got) in batch.iter().zip(r.op_responses()) {
+                if let etcd_client::TxnOpResponse::Get(g) = got {
+                    match g.kvs().first() {
+                        Some(kv) => self.remember(k, Some(kv.value().to_vec()), kv.mod_revision()),
+                        None => self.remember(k, None, rev),
+                    }
+                }
+            }
+        }
+        Ok(())
     }
 }
 

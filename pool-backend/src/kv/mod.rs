@@ -114,6 +114,12 @@ pub trait Kv: Send + Sync {
     fn txn_budget(&self) -> Option<usize> {
         None
     }
+    /// A hint that `keys` are about to be read: an engine with a round
+    /// trip per read may fetch them in batches now (etcd). Nothing else
+    /// changes; the default does nothing.
+    fn prefetch(&self, _keys: &[Vec<u8>]) -> KvResult<()> {
+        Ok(())
+    }
 }
 
 /// The closure API over any [`Kv`].

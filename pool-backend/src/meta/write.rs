@@ -216,6 +216,14 @@ impl Meta {
         if req.create {
             check_name(&req.name)?;
         }
+        // Every new chunk's count and GC state is read: in batches, where
+        // the engine has a round trip per read.
+        let ids: BTreeSet<ChunkId> = changes.iter().filter_map(|(_, c)| *c).collect();
+        let keys: Vec<Vec<u8>> = ids
+            .iter()
+            .flat_map(|id| [key::chunk(id), key::gc(id)])
+            .collect();
+        self.kv.prefetch(&keys)?;
         if let Some(per) = self.slice_for(req, &changes)? {
             if let Some(v) = self.read(|tx| already_published(tx, req))? {
                 return Ok(PublishOutcome::Published(v));
