@@ -193,6 +193,8 @@ pub enum ClusterCmd {
 pub enum Engine {
     Redb,
     Sled,
+    /// In an etcd cluster (--etcd-endpoints).
+    Etcd,
 }
 
 impl Engine {
@@ -200,6 +202,7 @@ impl Engine {
         match self {
             Engine::Redb => "redb",
             Engine::Sled => "sled",
+            Engine::Etcd => "etcd",
         }
     }
 }
@@ -219,6 +222,13 @@ pub struct ClusterUp {
     /// Metadata engine of poold.
     #[arg(long, value_enum, default_value_t = Engine::Redb)]
     pub engine: Engine,
+    /// Client URLs of the etcd members, with --engine etcd.
+    #[arg(long, value_name = "URL[,URL…]")]
+    pub etcd_endpoints: Option<String>,
+    /// Prefix of this cluster's keys in etcd (one cluster per prefix; cluster
+    /// down --purge does not delete them).
+    #[arg(long, default_value = "/blobvirt/")]
+    pub etcd_prefix: String,
     /// Seconds an unreferenced chunk survives before GC deletes it.
     #[arg(long)]
     pub gc_grace_secs: Option<u64>,

@@ -167,6 +167,21 @@ async fn start_all(
     if let Some(g) = a.gc_grace_secs {
         args.extend(["--gc-grace-secs".to_string(), g.to_string()]);
     }
+    match (a.engine, &a.etcd_endpoints) {
+        (crate::cli::Engine::Etcd, Some(eps)) => args.extend([
+            "--etcd-endpoints".to_string(),
+            eps.clone(),
+            "--etcd-prefix".into(),
+            a.etcd_prefix.clone(),
+        ]),
+        (crate::cli::Engine::Etcd, None) => bail!(
+            "cluster up --engine etcd needs the members' addresses; give --etcd-endpoints URL[,URL…]"
+        ),
+        (_, Some(_)) => bail!(
+            "--etcd-endpoints is for --engine etcd; add --engine etcd or drop --etcd-endpoints"
+        ),
+        _ => {}
+    }
     let mut poold = Proc {
         name: "poold".into(),
         binary: "poold".into(),
