@@ -2,7 +2,8 @@
 //! Debian's etcd-server) against poold on redb, in the same run and
 //! alternately: the metadata of an import (one publish of every chunk of a
 //! 2 GiB volume), a Resolve of the whole volume, a publish of 16 changed
-//! chunks into it, and the delete of the volume. Only poold runs: a
+//! chunks into it, a publish rewriting every chunk, and the delete of the
+//! volume (its three versions). Only poold runs: a
 //! publish names chunks, it does not move their bytes.
 
 use std::path::PathBuf;
@@ -50,6 +51,7 @@ struct Run {
     import: f64,
     resolve: f64,
     publish16: f64,
+    rewrite: f64,
     delete: f64,
 }
 
@@ -112,9 +114,21 @@ async fn one_run(
     req.base_version = 1;
     req.changes = changes;
     let t = Instant::now();
-    let v = p.publish(req).await?.into_inner().version;
+    let v = p.publish(req.clone()).await?.into_inner().version;
     r.publish16 = t.elapsed().as_secs_f64() * 1e3;
     anyhow::ensure!(v == 2, "the publish made version {v}");
+    // Every chunk rewritten (a second tree, the first one's nodes shadowed).
+    req.base_version = 2;
+    req.changes = (0..n)
+        .map(|i| pb::ChunkChange {
+            index: i,
+            id: id(1 << 62 | seed << 32 | i),
+        })
+        .collect();
+    let t = Instant::now();
+    let v = p.publish(req).await?.into_inner().version;
+    r.rewrite = t.elapsed().as_secs_f64() * 1e3;
+    anyhow::ensure!(v == 3, "the rewrite made version {v}");
     let t = Instant::now();
     p.delete_volume(pb::DeleteVolumeRequest {
         name,
@@ -123,6 +137,13 @@ async fn one_run(
     })
     .await?;
     r.delete = t.elapsed().as_secs_f64() * 1e3;
+    let left = p.stats(pb::PoolStatsRequest::default()).await?.into_inner();
+    anyhow::ensure!(
+        left.meta_nodes == 0 && left.versions == 0,
+        "the delete left {} metadata nodes and {} versions",
+        left.meta_nodes,
+        left.versions
+    );
     Ok(r)
 }
 
@@ -161,11 +182,12 @@ pub async fn run(o: Opts) -> Result<()> {
         for (k, c) in clients.iter_mut().enumerate() {
             let run = one_run(c, size, (r * 2 + k) as u64 + 1).await?;
             eprintln!(
-                "run {r} {}: import {:.0} ms, resolve {:.0} ms, publish 16 {:.1} ms, delete {:.0} ms",
+                "run {r} {}: import {:.0} ms, resolve {:.0} ms, publish 16 {:.1} ms, rewrite {:.0} ms, delete {:.0} ms",
                 ["redb", "etcd"][k],
                 run.import,
                 run.resolve,
                 run.publish16,
+                run.rewrite,
                 run.delete
             );
             runs[k].push(run);
@@ -179,10 +201,11 @@ pub async fn run(o: Opts) -> Result<()> {
     );
     println!("| measurement, ms | redb | etcd | etcd ÷ redb |\n|---|---|---|---|");
     type Row = (&'static str, fn(&Run) -> f64);
-    let rows: [Row; 4] = [
+    let rows: [Row; 5] = [
         ("import's publish (every chunk)", |r| r.import),
         ("Resolve of the whole volume", |r| r.resolve),
         ("publish of 16 changed chunks", |r| r.publish16),
+        ("publish rewriting every chunk", |r| r.rewrite),
         ("delete of the volume", |r| r.delete),
     ];
     for (label, f) in rows {

@@ -32,6 +32,8 @@ use crate::kv::ReadTx;
 /// Keys a transaction may use besides its per-item work (counters, the
 /// version and blob records, the staging record).
 const FIXED_KEYS: usize = 32;
+/// Changes whose chunk keys a sliced publish reads ahead in one batch.
+const PREFETCH_CHANGES: usize = 2048;
 /// Keys one popped release-queue entry may change (its own delete, the
 /// node or chunk count, a GC-queue entry, two children queued).
 const KEYS_PER_RELEASE: usize = 6;
@@ -154,7 +156,15 @@ impl Meta {
         seq: u64,
         depth: u32,
     ) -> Result<PublishOutcome> {
-        for slice in changes.chunks(per) {
+        let mut fetched = 0;
+        for (k, slice) in changes.chunks(per).enumerate() {
+            // Read ahead the chunk keys of the next slices in one batch.
+            let end = (k * per + slice.len()).min(changes.len());
+            while fetched < end {
+                let to = (fetched + PREFETCH_CHANGES).min(changes.len());
+                self.prefetch_chunks(&changes[fetched..to])?;
+                fetched = to;
+            }
             let reupload = self.write(|m| {
                 let reupload = must_reupload(m, slice, req.gc_epoch)?;
                 if !reupload.is_empty() {

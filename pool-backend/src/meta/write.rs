@@ -216,15 +216,11 @@ impl Meta {
         if req.create {
             check_name(&req.name)?;
         }
-        // Every new chunk's count and GC state is read: in batches, where
-        // the engine has a round trip per read.
-        let ids: BTreeSet<ChunkId> = changes.iter().filter_map(|(_, c)| *c).collect();
-        let keys: Vec<Vec<u8>> = ids
-            .iter()
-            .flat_map(|id| [key::chunk(id), key::gc(id)])
-            .collect();
-        self.kv.prefetch(&keys)?;
-        if let Some(per) = self.slice_for(req, &changes)? {
+        let sliced = self.slice_for(req, &changes)?;
+        if sliced.is_none() {
+            self.prefetch_chunks(&changes)?;
+        }
+        if let Some(per) = sliced {
             if let Some(v) = self.read(|tx| already_published(tx, req))? {
                 return Ok(PublishOutcome::Published(v));
             }
@@ -251,6 +247,18 @@ impl Meta {
             tree::release(m, sized)?;
             commit_version(m, req, p, new_root, depth)
         })
+    }
+
+    /// Reads the reference count and GC state of every chunk `changes`
+    /// names in batches (where the engine has a round trip per read), so
+    /// the publish finds them in the engine's cache.
+    pub(super) fn prefetch_chunks(&self, changes: &[(u64, Option<ChunkId>)]) -> Result<()> {
+        let ids: BTreeSet<ChunkId> = changes.iter().filter_map(|(_, c)| *c).collect();
+        let keys: Vec<Vec<u8>> = ids
+            .iter()
+            .flat_map(|id| [key::chunk(id), key::gc(id)])
+            .collect();
+        Ok(self.kv.prefetch(&keys)?)
     }
 
     /// Makes `dst` a new volume whose version 1 is `src@version` (0 =
