@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use testbed::harness::data::*;
 use testbed::harness::install::{self, cli, start, try_cli, wait};
 use testbed::harness::wait_until;
-use testbed::{Host, Hosts, Link};
+use testbed::{Host, Hosts};
 
 const IMAGE: usize = 2 * MIB as usize;
 const PIECE: usize = 64 * 1024;
@@ -239,44 +239,33 @@ fn check_volume(h: &Host, name: &str, first: u64, log: &Shared) {
 
 #[test]
 fn failover_under_load_on_three_hosts() {
-    let tmp = tempfile::Builder::new()
-        .prefix("blobvirt-ha-hosts-")
-        .tempdir()
-        .unwrap();
-    let link = Link {
-        rate_bps: 1_000_000_000,
-        latency_ms: 0.2,
-    };
-    let hosts = Hosts::create(&format!("bvh{}", std::process::id()), 3, link, tmp.path()).unwrap();
+    let bed = install::Bed::new("ha-hosts", "bvh", 3);
+    let (hosts, logs) = (&bed.hosts, &bed.logs);
     let (h1, h2, h3) = (hosts.host(0), hosts.host(1), hosts.host(2));
-    install::issue_certs(&hosts);
     for h in &hosts.hosts {
-        std::fs::write(h.path("/etc/blobvirt/blobvirt.toml"), config(h, &hosts)).unwrap();
+        std::fs::write(h.path("/etc/blobvirt/blobvirt.toml"), config(h, hosts)).unwrap();
     }
-    let logs = tmp.path().join("logs");
-    std::fs::create_dir_all(&logs).unwrap();
-    let _show = install::LogsOnPanic(logs.clone());
 
     let members: Vec<&Host> = hosts.hosts.iter().collect();
     let mut etcd: Vec<_> = members
         .iter()
-        .map(|h| install::start_etcd(h, &members, &logs))
+        .map(|h| install::start_etcd(h, &members, logs))
         .collect();
-    let mut poold1 = start(h1, "blobvirt-poold.service", &logs);
+    let mut poold1 = start(h1, "blobvirt-poold.service", logs);
     wait("poold on host 1 active", || {
         try_cli(h1, &["vol-list"]).is_ok()
     });
-    let _poold2 = start(h2, "blobvirt-poold.service", &logs);
+    let _poold2 = start(h2, "blobvirt-poold.service", logs);
     let mut daemons = Vec::new();
     for h in [h1, h2, h3] {
-        daemons.push(start(h, "blobvirt-chunkd.service", &logs));
+        daemons.push(start(h, "blobvirt-chunkd.service", logs));
     }
     wait("three chunkd nodes registered", || {
         try_cli(h1, &["cluster", "status", "--json"]).is_ok_and(|o| {
             serde_json::from_str::<serde_json::Value>(&o).is_ok_and(|v| v["nodes_alive"] == 3)
         })
     });
-    daemons.push(start(h3, "blobvirt-mirrord.service", &logs));
+    daemons.push(start(h3, "blobvirt-mirrord.service", logs));
     wait("mirrord's control socket", || {
         h3.path("/run/blobvirt/mirrord.sock").exists()
     });

@@ -13,7 +13,7 @@
 use testbed::harness::blobvirt;
 use testbed::harness::data::*;
 use testbed::harness::install::{self, cli, start, wait};
-use testbed::{Host, Hosts, Link};
+use testbed::Host;
 
 const IMAGE: u64 = 8 * MIB;
 const PATCH: u64 = MIB;
@@ -50,28 +50,15 @@ control = "/run/blobvirt/mirrord.sock"
 
 #[test]
 fn three_hosts_import_read_write_export() {
-    let tmp = tempfile::Builder::new()
-        .prefix("blobvirt-hosts-")
-        .tempdir()
-        .unwrap();
-    let link = Link {
-        rate_bps: 1_000_000_000,
-        latency_ms: 0.2,
-    };
-    let hosts = Hosts::create(&format!("bvt{}", std::process::id()), 3, link, tmp.path()).unwrap();
+    let bed = install::Bed::new("hosts", "bvt", 3);
+    let (hosts, logs) = (&bed.hosts, &bed.logs);
     let (h1, h2, h3) = (hosts.host(0), hosts.host(1), hosts.host(2));
-
-    // The CA on host 1; a certificate per host, copied to it as scp would.
-    install::issue_certs(&hosts);
     for h in &hosts.hosts {
         std::fs::write(h.path("/etc/blobvirt/blobvirt.toml"), config(h, h1)).unwrap();
     }
-
-    let logs = tmp.path().join("logs");
-    std::fs::create_dir_all(&logs).unwrap();
-    let mut daemons = vec![start(h1, "blobvirt-poold.service", &logs)];
+    let mut daemons = vec![start(h1, "blobvirt-poold.service", logs)];
     for h in [h1, h2, h3] {
-        daemons.push(start(h, "blobvirt-chunkd.service", &logs));
+        daemons.push(start(h, "blobvirt-chunkd.service", logs));
     }
     wait("three chunkd nodes registered", || {
         let mut c = h1.cmd(blobvirt());
@@ -82,7 +69,7 @@ fn three_hosts_import_read_write_export() {
         })
     });
     for h in [h2, h3] {
-        daemons.push(start(h, "blobvirt-mirrord.service", &logs));
+        daemons.push(start(h, "blobvirt-mirrord.service", logs));
         wait("mirrord's control socket", || {
             h.path("/run/blobvirt/mirrord.sock").exists()
         });

@@ -102,6 +102,39 @@ pub fn issue_certs(hosts: &Hosts) {
     );
 }
 
+/// `n` emulated hosts with certificates (see [`issue_certs`]), 1 Gbit/s
+/// links of 0.2 ms, and a log directory; on drop the hosts go first (their
+/// processes and mounts), then the logs are shown if the test failed, then
+/// the directory.
+pub struct Bed {
+    pub hosts: Hosts,
+    pub logs: PathBuf,
+    _show: LogsOnPanic,
+    _tmp: tempfile::TempDir,
+}
+
+impl Bed {
+    /// `tag` names the temporary directory, `ns` (short) the namespaces.
+    pub fn new(tag: &str, ns: &str, n: usize) -> Bed {
+        let tmp = super::tempdir(tag);
+        let link = crate::Link {
+            rate_bps: 1_000_000_000,
+            latency_ms: 0.2,
+        };
+        let hosts = Hosts::create(&format!("{ns}{}", std::process::id()), n, link, tmp.path())
+            .expect("creating the emulated hosts");
+        issue_certs(&hosts);
+        let logs = tmp.path().join("logs");
+        std::fs::create_dir_all(&logs).expect("log directory");
+        Bed {
+            hosts,
+            _show: LogsOnPanic(logs.clone()),
+            logs,
+            _tmp: tmp,
+        }
+    }
+}
+
 /// `packaging/etcd/etcd.env` for host `h` of a cluster of `members`:
 /// the `ETCD_*` variables with `@NAME@`, `@ADDR@` and `@CLUSTER@` filled.
 pub fn etcd_env(h: &Host, members: &[&Host]) -> Vec<(String, String)> {
