@@ -311,7 +311,7 @@ fn failover_under_load_on_three_hosts() {
 
     // SIGKILL the etcd leader under the same load: the two others elect
     // a new one.
-    let leader = etcd_leader(&hosts);
+    let leader = etcd_leader(hosts);
     eprintln!(
         "SIGKILL etcd's leader, the member on {}",
         hosts.host(leader).name
