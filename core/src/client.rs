@@ -521,8 +521,14 @@ impl Repo {
             src: src.into(),
             version,
             dst: dst.into(),
+            request_id: crate::failover::request_id(),
         };
-        Ok(self.pool.clone().clone_volume(req).await?.into_inner())
+        Ok(self
+            .pool
+            .clone()
+            .clone_volume(crate::failover::idempotent(req))
+            .await?
+            .into_inner())
     }
 
     /// Publishes a new latest version of `name` with the content of
@@ -532,11 +538,12 @@ impl Repo {
             name: name.into(),
             version,
             label: label.into(),
+            request_id: crate::failover::request_id(),
         };
         Ok(self
             .pool
             .clone()
-            .revert_volume(req)
+            .revert_volume(crate::failover::idempotent(req))
             .await?
             .into_inner()
             .version)

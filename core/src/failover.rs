@@ -10,11 +10,10 @@
 //! sent again (it may have been applied): its caller sees the error;
 //! unless applying it twice is applying it once: reads, heartbeats, leases
 //! (per holder), labels, profiles ([`RESENDABLE`]), and requests marked
-//! [`idempotent`] (a publish with a request id, which poold answers with
-//! the version its first try made). Those are resent after any transport
-//! failure, also one that broke off their answer (their answers are read
-//! whole before they are handed on). Clone, delete, rename and revert are
-//! not.
+//! [`idempotent`] (a publish, revert or clone with a request id, which
+//! poold answers with what its first try made). Those are resent after any
+//! transport failure, also one that broke off their answer (their answers
+//! are read whole before they are handed on). Delete and rename are not.
 //!
 //! With a single endpoint this is a plain channel with no waiting.
 

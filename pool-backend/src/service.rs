@@ -306,7 +306,9 @@ impl Pool for PoolService {
         let meta = self.meta.clone();
         let by = crate::peer::who(&req);
         let r = req.into_inner();
-        let info = blocking(move || meta.clone_volume(&r.src, r.version, &r.dst)).await?;
+        let info =
+            blocking(move || meta.clone_volume_once(&r.src, r.version, &r.dst, &r.request_id))
+                .await?;
         tracing::info!(volume = %info.name, origin = %info.origin, %by, "cloned");
         ok(info)
     }
@@ -371,7 +373,9 @@ impl Pool for PoolService {
         let by = crate::peer::who(&req);
         let r = req.into_inner();
         let (name, from) = (r.name.clone(), r.version);
-        let version = blocking(move || meta.revert_volume(&r.name, r.version, &r.label)).await?;
+        let version =
+            blocking(move || meta.revert_volume_once(&r.name, r.version, &r.label, &r.request_id))
+                .await?;
         tracing::info!(volume = %name, version, from, %by, "reverted");
         ok(pb::RevertReply { version })
     }

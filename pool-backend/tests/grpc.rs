@@ -107,7 +107,8 @@ async fn status_codes_leases_profiles() {
             c.clone_volume(pb::CloneRequest {
                 src: "v".into(),
                 version: 0,
-                dst: "v".into()
+                dst: "v".into(),
+                ..Default::default()
             })
             .await
         )
@@ -119,6 +120,7 @@ async fn status_codes_leases_profiles() {
             src: "v".into(),
             version: 0,
             dst: "vm".into(),
+            ..Default::default()
         })
         .await
         .unwrap()

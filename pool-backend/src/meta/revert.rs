@@ -13,6 +13,19 @@ impl Meta {
     /// it shares that version's root (one more reference, nothing copied).
     /// Returns the new version's number.
     pub fn revert_volume(&self, name: &str, version: u64, label: &str) -> Result<u64> {
+        self.revert_volume_once(name, version, label, &[])
+    }
+
+    /// [`Meta::revert_volume`] with a request id (empty: none) kept in the
+    /// new version: a revert resent with it answers the version its first
+    /// try made.
+    pub fn revert_volume_once(
+        &self,
+        name: &str,
+        version: u64,
+        label: &str,
+        request: &[u8],
+    ) -> Result<u64> {
         if version == 0 {
             return Err(MetaError::InvalidArgument(format!(
                 "reverting volume {name} needs a version number; see its versions with blobvirt vol-info {name}"
@@ -20,6 +33,11 @@ impl Meta {
         }
         self.write(|m| {
             let (id, mut blob) = find_blob(m.r(), name)?;
+            if !request.is_empty() {
+                if let Some(v) = super::write::version_with_request(m.r(), id, version, request)? {
+                    return Ok(v);
+                }
+            }
             let (_, rec) = find_version(m.r(), name, id, version)?;
             m.incref(rec.root)?;
             let v = blob.next_version;
@@ -27,7 +45,7 @@ impl Meta {
             let new = VersionRec {
                 created: m.now,
                 label: label.to_string(),
-                request: Vec::new(),
+                request: request.to_vec(),
                 ..rec
             };
             m.tx.put(&key::version(id, v), &new.encode())?;

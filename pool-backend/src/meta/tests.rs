@@ -569,7 +569,7 @@ fn with_id(mut r: pb::PublishRequest, id: u8) -> pb::PublishRequest {
 
 /// A publish resent with its request id (its answer was lost) answers the
 /// version the first try made and publishes nothing; without an id, or
-/// with another, a stale base is still refused.
+/// with another, a stale base is still refused. Reverts and clones too.
 fn idempotent_publish(m: Meta) {
     let create = with_id(req("i", None, 4, &[(0, Some(1))]), 1);
     assert_eq!(publish(&m, &create), 1);
@@ -594,6 +594,19 @@ fn idempotent_publish(m: Meta) {
     assert_eq!(code(m.publish(&again).unwrap_err()).0, "precondition");
     assert_eq!(m.get_blob("i").unwrap().latest_version, 5);
     assert_eq!(resolve_all(&m, "i", 4), expect(4, &[(0, 1), (1, 2)]));
+    // A resent revert and a resent clone answer what their first try made.
+    assert_eq!(m.revert_volume_once("i", 1, "r", &[8; 16]).unwrap(), 6);
+    assert_eq!(m.revert_volume_once("i", 1, "r", &[8; 16]).unwrap(), 6);
+    assert_eq!(m.revert_volume_once("i", 1, "r", &[9; 16]).unwrap(), 7);
+    let c = m.clone_volume_once("i", 6, "ic", &[10; 16]).unwrap();
+    assert_eq!(m.clone_volume_once("i", 6, "ic", &[10; 16]).unwrap(), c);
+    assert_eq!(
+        code(m.clone_volume_once("i", 6, "ic", &[11; 16]).unwrap_err()).0,
+        "exists"
+    );
+    assert_eq!(code(m.clone_volume("i", 6, "ic").unwrap_err()).0, "exists");
+    assert_eq!(m.stats().unwrap().blobs, 2);
+    assert_eq!(m.get_blob("i").unwrap().latest_version, 7);
 }
 
 macro_rules! on_engines {

@@ -142,15 +142,26 @@ pub(super) fn already_published(tx: &dyn ReadTx, req: &pb::PublishRequest) -> Re
     };
     let id = codec::dec_u64(&id, "volume id")?;
     let base = if req.create { 0 } else { req.base_version };
-    // Only the versions after the base (a retry comes soon after its try).
+    version_with_request(tx, id, base, &req.request_id)
+}
+
+/// The first version of volume `id` after `after` that request `rid`
+/// made (versions record their request id), if any.
+pub(super) fn version_with_request(
+    tx: &dyn ReadTx,
+    id: u64,
+    after: u64,
+    rid: &[u8],
+) -> Result<Option<u64>> {
+    // Only the versions after `after` (a retry comes soon after its try).
     let end = crate::kv::prefix_end(&key::versions_of(id));
     let mut found = None;
     let mut bad = None;
     tx.scan(
-        &key::version(id, base.saturating_add(1)),
+        &key::version(id, after.saturating_add(1)),
         end.as_deref(),
         &mut |k, v| match VersionRec::decode(v) {
-            Ok(rec) if rec.request == req.request_id => {
+            Ok(rec) if rec.request == rid => {
                 found = key::version_of_key(k);
                 false
             }
@@ -264,13 +275,31 @@ impl Meta {
     /// Makes `dst` a new volume whose version 1 is `src@version` (0 =
     /// latest): O(1), it shares the source's tree root.
     pub fn clone_volume(&self, src: &str, version: u64, dst: &str) -> Result<pb::BlobInfo> {
+        self.clone_volume_once(src, version, dst, &[])
+    }
+
+    /// [`Meta::clone_volume`] with a request id (empty: none) kept in the
+    /// clone's version 1: when `dst` exists and that request made it, the
+    /// answer is `dst` (a resent clone), not "already exists".
+    pub fn clone_volume_once(
+        &self,
+        src: &str,
+        version: u64,
+        dst: &str,
+        request: &[u8],
+    ) -> Result<pb::BlobInfo> {
         check_name(dst)?;
         self.write(|m| {
-            let (sid, sb) = find_blob(m.r(), src)?;
-            let (sv, srec) = find_version(m.r(), src, sid, version)?;
-            if m.r().get(&key::name(dst))?.is_some() {
+            if let Some(did) = m.r().get(&key::name(dst))? {
+                let did = codec::dec_u64(&did, "volume id")?;
+                if !request.is_empty() && version_with_request(m.r(), did, 0, request)? == Some(1) {
+                    let (_, b) = find_blob(m.r(), dst)?;
+                    return blob_info(m.r(), did, &b);
+                }
                 return Err(taken(dst, "pick another name for the clone"));
             }
+            let (sid, sb) = find_blob(m.r(), src)?;
+            let (sv, srec) = find_version(m.r(), src, sid, version)?;
             m.incref(srec.root)?;
             let id = m.c.next_blob;
             m.c.next_blob += 1;
@@ -288,7 +317,7 @@ impl Meta {
             let rec = VersionRec {
                 created: m.now,
                 label: String::new(),
-                request: Vec::new(),
+                request: request.to_vec(),
                 ..srec
             };
             m.tx.put(&key::blob(id), &b.encode())?;
