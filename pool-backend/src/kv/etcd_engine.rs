@@ -507,6 +507,10 @@ impl Kv for EtcdKv {
         Some(self.opts.max_txn_ops)
     }
 
+    fn batched_reads(&self) -> bool {
+        true
+    }
+
     /// Reads the keys the cache does not hold with one `Txn` of range
     /// requests per [`PREFETCH_BATCH`] keys, and caches what it finds
     /// (absent keys as absent) from that `Txn`'s revision.

@@ -120,6 +120,11 @@ pub trait Kv: Send + Sync {
     fn prefetch(&self, _keys: &[Vec<u8>]) -> KvResult<()> {
         Ok(())
     }
+    /// True when [`Kv::prefetch`] saves round trips (walks worth doing
+    /// twice to batch their reads).
+    fn batched_reads(&self) -> bool {
+        false
+    }
 }
 
 /// The closure API over any [`Kv`].

@@ -165,6 +165,13 @@ impl Meta {
                 self.prefetch_chunks(&changes[fetched..to])?;
                 fetched = to;
             }
+            // And the staging tree's nodes over the slice's indices.
+            if let (Some(a), Some(b)) = (slice.first(), slice.last()) {
+                self.read(|tx| {
+                    let (root, _) = read_staging(tx, seq)?;
+                    self.prefetch_tree(tx, root, depth, a.0, b.0 + 1)
+                })?;
+            }
             let reupload = self.write(|m| {
                 let reupload = must_reupload(m, slice, req.gc_epoch)?;
                 if !reupload.is_empty() {
