@@ -217,8 +217,10 @@ impl Meta {
         let budget = self.kv.txn_budget().unwrap_or(usize::MAX / 2);
         let per = (budget.saturating_sub(FIXED_KEYS) / KEYS_PER_RELEASE).max(1);
         let mut total = 0;
+        let mut next: Vec<Child> = Vec::new();
         loop {
             let n = self.write(|m| {
+                next.clear();
                 let batch = first(m.r(), key::FREE, per)?;
                 for (k, v) in &batch {
                     m.tx.delete(k)?;
@@ -229,6 +231,7 @@ impl Meta {
                             m.remove(id)?;
                             queue_release(m, node.left)?;
                             queue_release(m, node.right)?;
+                            next.extend([node.left, node.right]);
                         }
                     }
                 }
@@ -238,6 +241,18 @@ impl Meta {
                 return Ok(total);
             }
             total += n;
+            // The records the next batches decrement, read ahead in batches.
+            if self.kv.batched_reads() {
+                let keys: Vec<Vec<u8>> = next
+                    .drain(..)
+                    .flat_map(|c| match c {
+                        Child::Node(id) => vec![key::node(id)],
+                        Child::Chunk(c) => vec![key::chunk(&c), key::gc(&c)],
+                        Child::Hole => vec![],
+                    })
+                    .collect();
+                self.kv.prefetch(&keys)?;
+            }
         }
     }
 
