@@ -453,10 +453,22 @@ impl Kv for EtcdKv {
             ));
         }
         let txn = Txn::new().when(when).and_then(txn_ops);
-        let r = self.retrying("committing a metadata change", || {
+        let r = match self.retrying("committing a metadata change", || {
             let (mut c, txn) = (self.kv.clone(), txn.clone());
             async move { attempt(c.txn(txn)).await }
-        })?;
+        }) {
+            Ok(r) => r,
+            Err(e) => {
+                // It may have applied after all: forget the keys it wrote
+                // and read the token again before the next commit.
+                *last = None;
+                let mut c = lock(&self.cache);
+                for (k, _) in overlay {
+                    c.pop(&k);
+                }
+                return Err(e);
+            }
+        };
         let rev = if r.succeeded() {
             r.header().map(|h| h.revision())
         } else {
@@ -475,7 +487,7 @@ impl Kv for EtcdKv {
                             KvError::Fenced(String::from_utf8_lossy(&key).into_owned())
                         }
                         _ => KvError::Engine(format!(
-                            "etcd: the metadata under {} was changed by another writer; is a second poold running on this prefix without --etcd-endpoints election? Stop it and restart this one",
+                            "etcd: the metadata under {} was changed by another writer (a poold outside the election, or another cluster with the same etcd_prefix); stop that writer, then retry",
                             String::from_utf8_lossy(&self.opts.prefix)
                         )),
                     });
