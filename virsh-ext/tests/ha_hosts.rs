@@ -26,45 +26,6 @@ use testbed::{Host, Hosts};
 const IMAGE: usize = 2 * MIB as usize;
 const PIECE: usize = 64 * 1024;
 
-fn config(h: &Host, hosts: &Hosts) -> String {
-    let list = |port: u16, which: &[usize]| {
-        which
-            .iter()
-            .map(|&i| format!("\"https://{}:{port}\"", hosts.host(i).addr))
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
-    format!(
-        r#"[cluster]
-pool = [{pool}]
-replicas = 2
-
-[tls]
-ca = "/etc/blobvirt/tls/ca.pem"
-cert = "/etc/blobvirt/tls/{name}.pem"
-key = "/etc/blobvirt/tls/{name}.key"
-
-[poold]
-listen = "0.0.0.0:7000"
-engine = "etcd"
-etcd_endpoints = [{etcd}]
-election_ttl_secs = 5
-
-[chunkd]
-listen = "0.0.0.0:7001"
-advertise = "{addr}:7001"
-node_id = "{name}"
-
-[mirrord]
-control = "/run/blobvirt/mirrord.sock"
-"#,
-        pool = list(7000, &[0, 1]),
-        etcd = list(2379, &[0, 1, 2]),
-        addr = h.addr,
-        name = h.name
-    )
-}
-
 /// The version `name@V` in a command's output.
 fn version_in(out: &str, name: &str) -> u64 {
     let at = format!("{name}@");
@@ -242,14 +203,15 @@ fn failover_under_load_on_three_hosts() {
     let bed = install::Bed::new("ha-hosts", "bvh", 3);
     let (hosts, logs) = (&bed.hosts, &bed.logs);
     let (h1, h2, h3) = (hosts.host(0), hosts.host(1), hosts.host(2));
-    for h in &hosts.hosts {
-        std::fs::write(h.path("/etc/blobvirt/blobvirt.toml"), config(h, hosts)).unwrap();
+    let all: Vec<&Host> = hosts.hosts.iter().collect();
+    for h in &all {
+        let text = install::config(h, &[h1, h2], &all);
+        std::fs::write(h.path("/etc/blobvirt/blobvirt.toml"), text).unwrap();
     }
 
-    let members: Vec<&Host> = hosts.hosts.iter().collect();
-    let mut etcd: Vec<_> = members
+    let mut etcd: Vec<_> = all
         .iter()
-        .map(|h| install::start_etcd(h, &members, logs))
+        .map(|h| install::start_etcd(h, &all, logs))
         .collect();
     let mut poold1 = start(h1, "blobvirt-poold.service", logs);
     wait("poold on host 1 active", || {

@@ -19,42 +19,14 @@ const IMAGE: u64 = 8 * MIB;
 const PATCH: u64 = MIB;
 const PATCH_AT: u64 = 2 * MIB;
 
-/// The host's configuration, as the README's template has it.
-fn config(h: &Host, poold: &Host) -> String {
-    format!(
-        r#"[cluster]
-pool = ["https://{poold}:7000"]
-replicas = 2
-
-[tls]
-ca = "/etc/blobvirt/tls/ca.pem"
-cert = "/etc/blobvirt/tls/{name}.pem"
-key = "/etc/blobvirt/tls/{name}.key"
-
-[poold]
-listen = "0.0.0.0:7000"
-
-[chunkd]
-listen = "0.0.0.0:7001"
-advertise = "{addr}:7001"
-node_id = "{name}"
-
-[mirrord]
-control = "/run/blobvirt/mirrord.sock"
-"#,
-        poold = poold.addr,
-        addr = h.addr,
-        name = h.name
-    )
-}
-
 #[test]
 fn three_hosts_import_read_write_export() {
     let bed = install::Bed::new("hosts", "bvt", 3);
     let (hosts, logs) = (&bed.hosts, &bed.logs);
     let (h1, h2, h3) = (hosts.host(0), hosts.host(1), hosts.host(2));
     for h in &hosts.hosts {
-        std::fs::write(h.path("/etc/blobvirt/blobvirt.toml"), config(h, h1)).unwrap();
+        let text = install::config(h, &[h1], &[]);
+        std::fs::write(h.path("/etc/blobvirt/blobvirt.toml"), text).unwrap();
     }
     let mut daemons = vec![start(h1, "blobvirt-poold.service", logs)];
     for h in [h1, h2, h3] {

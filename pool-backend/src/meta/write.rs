@@ -264,6 +264,9 @@ impl Meta {
     /// names in batches (where the engine has a round trip per read), so
     /// the publish finds them in the engine's cache.
     pub(super) fn prefetch_chunks(&self, changes: &[(u64, Option<ChunkId>)]) -> Result<()> {
+        if !self.kv.batched_reads() {
+            return Ok(());
+        }
         let ids: BTreeSet<ChunkId> = changes.iter().filter_map(|(_, c)| *c).collect();
         let keys: Vec<Vec<u8>> = ids
             .iter()

@@ -135,6 +135,51 @@ impl Bed {
     }
 }
 
+/// Host `h`'s `/etc/blobvirt/blobvirt.toml` as README.md's template has
+/// it: every host in `poolds` as a pool endpoint, and poold on etcd with
+/// `etcd` as the members when that is not empty.
+pub fn config(h: &Host, poolds: &[&Host], etcd: &[&Host]) -> String {
+    let list = |port: u16, hs: &[&Host]| {
+        hs.iter()
+            .map(|x| format!("\"https://{}:{port}\"", x.addr))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let engine = if etcd.is_empty() {
+        String::new()
+    } else {
+        format!(
+            "engine = \"etcd\"\netcd_endpoints = [{}]\nelection_ttl_secs = 5\n",
+            list(2379, etcd)
+        )
+    };
+    format!(
+        r#"[cluster]
+pool = [{pool}]
+replicas = 2
+
+[tls]
+ca = "/etc/blobvirt/tls/ca.pem"
+cert = "/etc/blobvirt/tls/{name}.pem"
+key = "/etc/blobvirt/tls/{name}.key"
+
+[poold]
+listen = "0.0.0.0:7000"
+{engine}
+[chunkd]
+listen = "0.0.0.0:7001"
+advertise = "{addr}:7001"
+node_id = "{name}"
+
+[mirrord]
+control = "/run/blobvirt/mirrord.sock"
+"#,
+        pool = list(7000, poolds),
+        addr = h.addr,
+        name = h.name
+    )
+}
+
 /// `packaging/etcd/etcd.env` for host `h` of a cluster of `members`:
 /// the `ETCD_*` variables with `@NAME@`, `@ADDR@` and `@CLUSTER@` filled.
 pub fn etcd_env(h: &Host, members: &[&Host]) -> Vec<(String, String)> {
