@@ -17,6 +17,7 @@ use crate::proto::pool_client::PoolClient;
 use crate::proto::{self as pb};
 use crate::MAX_MESSAGE;
 
+mod get;
 mod nearby;
 use nearby::LocalEntry;
 
@@ -380,68 +381,6 @@ impl Repo {
             r?;
         }
         Ok(())
-    }
-
-    /// Fetches one chunk, trying replicas in ranking order. Every answer is
-    /// hash-checked; a corrupt replica is skipped and then repaired from the
-    /// good copy.
-    pub async fn get_chunk(&self, id: ChunkId) -> Result<Bytes> {
-        let p = self.placement();
-        let mut tried = Vec::new();
-        let mut corrupt = 0;
-        let mut bad: Vec<String> = Vec::new();
-        let order = p.read_order(&id);
-        if let Some(data) = self.read_nearby(&id, &order).await {
-            return Ok(data);
-        }
-        for m in order {
-            let req = pb::GetRequest {
-                id: Bytes::copy_from_slice(&id.0),
-            };
-            match self.node(&m.addr).get(req).await {
-                Ok(r) => {
-                    let data = r.into_inner().data;
-                    if id.verifies(&data) {
-                        for addr in bad {
-                            let mut c = self.node(&addr);
-                            let req = pb::PutRequest {
-                                id: Bytes::copy_from_slice(&id.0),
-                                data: data.clone(),
-                                staged: false,
-                            };
-                            tokio::spawn(async move {
-                                if let Err(e) = c.put(req).await {
-                                    tracing::warn!(chunk = %id, node = %addr, "repair of corrupt replica failed: {}", e.message());
-                                }
-                            });
-                        }
-                        return Ok(data);
-                    }
-                    tracing::error!(chunk = %id, node = %m.id, "chunkd returned bytes that do not match the chunk id");
-                    tried.push(format!("{}: corrupt", m.id));
-                    corrupt += 1;
-                }
-                Err(s) if s.code() == tonic::Code::NotFound => {
-                    tried.push(format!("{}: absent", m.id));
-                }
-                Err(s) => {
-                    if s.code() == tonic::Code::DataLoss {
-                        bad.push(m.addr.clone());
-                        tracing::error!(chunk = %id, node = %m.id, "replica is corrupt: {}", s.message());
-                        tried.push(format!("{}: corrupt", m.id));
-                        corrupt += 1;
-                    } else {
-                        tracing::warn!(chunk = %id, node = %m.id, "fetch failed: {}", s.message());
-                        tried.push(format!("{}: {}", m.id, short(s.message())));
-                    }
-                }
-            }
-        }
-        Err(RepoError::ChunkUnavailable {
-            chunk: id,
-            tried: tried.join(", "),
-            corrupt,
-        })
     }
 
     pub async fn get_blob(&self, name: &str) -> Result<pb::BlobInfo> {

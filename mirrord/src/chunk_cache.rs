@@ -94,16 +94,16 @@ impl HostCache {
                 None => break,
             }
         }
-        // A copy: the fetched bytes may be a slice of a larger receive
-        // buffer, which the cache must not keep alive uncounted.
-        l.map.put(id, Bytes::copy_from_slice(data));
+        // `fetch` asked for owned bytes: no slice of a larger receive
+        // buffer is kept alive uncounted, and no copy is made here.
+        l.map.put(id, data.clone());
         l.bytes += len;
         self.metrics.cache_bytes.set(l.bytes as i64);
     }
 
     /// One fetch from chunkd, counted.
     async fn fetch(&self, id: ChunkId) -> Result<Bytes> {
-        let data = self.repo.get_chunk(id).await?;
+        let data = self.repo.get_chunk_owned(id).await?;
         self.metrics.fetched_chunks.inc();
         self.metrics.fetched_bytes.inc_by(data.len() as u64);
         self.insert(id, &data);

@@ -169,6 +169,7 @@ impl Mirror {
             metrics,
             demand: AtomicUsize::new(0),
             ra: super::readahead::ReadAhead::new(),
+            store_lock: Mutex::default(),
             policy: Mutex::default(),
             last_error: Mutex::default(),
             err_seq: AtomicU64::new(0),

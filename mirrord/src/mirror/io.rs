@@ -42,21 +42,27 @@ impl Mirror {
         off / self.chunk_size..=(off + len - 1) / self.chunk_size
     }
 
-    /// Reads `[off, off+len)` if no chunk of it must be fetched first;
-    /// otherwise returns the chunks to fetch.
+    /// Reads `[off, off+len)` into `buf[..n]` if no chunk of it must be
+    /// fetched first (`Ok(n)`, clamped to the volume size); otherwise
+    /// returns the chunks to fetch. `buf` grows as needed and is never
+    /// zeroed whole: a caller that reuses it pays no clearing per read
+    /// (holes are zeroed where they fall). A chunk whose fetch is over but
+    /// whose copy into the data file is still being written is served from
+    /// the fetched bytes, like one in `mem`.
     fn read_with(
         &self,
         off: u64,
         len: u64,
         mem: &HashMap<u64, Bytes>,
-    ) -> Result<Result<Vec<u8>, Vec<u64>>, Errno> {
+        buf: &mut Vec<u8>,
+    ) -> Result<Result<usize, Vec<u64>>, Errno> {
         let cs = self.chunk_size;
         let mut plan = Vec::new();
         let end;
         {
             let mut inner = lock(&self.inner);
             if off >= inner.size || len == 0 {
-                return Ok(Ok(Vec::new()));
+                return Ok(Ok(0));
             }
             end = (off + len).min(inner.size);
             let mut need = Vec::new();
@@ -67,6 +73,9 @@ impl Mirror {
                 } else if inner.ids[u].is_none() {
                     Seg::Zero
                 } else if let Some(b) = mem.get(&i) {
+                    Seg::Mem(b.clone())
+                } else if let Some(Ok(Some(b))) = inner.inflight.get(&i).and_then(|f| f.cell.get())
+                {
                     Seg::Mem(b.clone())
                 } else {
                     need.push(i);
@@ -84,21 +93,28 @@ impl Mirror {
                 }
             }
         }
-        let mut buf = vec![0u8; (end - off) as usize];
+        let n = (end - off) as usize;
+        if buf.len() < n {
+            buf.resize(n, 0);
+        }
+        let buf = &mut buf[..n];
         let mut k = 0;
         while k < plan.len() {
             let i = plan[k].0;
             let start = (i * cs).max(off);
+            let stop = ((i + 1) * cs).min(end);
+            let dst = (start - off) as usize..(stop - off) as usize;
             match &plan[k].1 {
-                Seg::Zero => k += 1,
+                Seg::Zero => {
+                    buf[dst].fill(0);
+                    k += 1;
+                }
                 Seg::Mem(b) => {
-                    let stop = ((i + 1) * cs).min(end);
                     let from = (start - i * cs) as usize;
-                    let to = ((stop - i * cs) as usize).min(b.len());
-                    if from < to {
-                        let dst = (start - off) as usize;
-                        buf[dst..dst + to - from].copy_from_slice(&b[from..to]);
-                    }
+                    let to = ((stop - i * cs) as usize).min(b.len()).max(from);
+                    let (have, rest) = buf[dst].split_at_mut(to - from);
+                    have.copy_from_slice(&b[from..to]);
+                    rest.fill(0);
                     k += 1;
                 }
                 Seg::Local => {
@@ -114,17 +130,23 @@ impl Mirror {
                 }
             }
         }
-        Ok(Ok(buf))
+        Ok(Ok(n))
     }
 
-    /// Reads without waiting: `None` when a chunk must be fetched first
-    /// (then call [`Mirror::read`]). This is the entry of every read of the
-    /// mounted file: it also feeds the sequential read-ahead, so call it
-    /// once per request.
-    pub fn try_read_local(self: &Arc<Self>, off: u64, len: u64) -> Option<Result<Vec<u8>, Errno>> {
+    /// Reads into `buf[..n]` without waiting: `None` when a chunk must be
+    /// fetched first (then call [`Mirror::read`]). This is the entry of
+    /// every read of the mounted file: it also feeds the sequential
+    /// read-ahead, so call it once per request. `buf` is grown, never
+    /// cleared (see `read_with`), so keep one per thread.
+    pub fn try_read_local(
+        self: &Arc<Self>,
+        off: u64,
+        len: u64,
+        buf: &mut Vec<u8>,
+    ) -> Option<Result<usize, Errno>> {
         self.read_ahead(off, len);
-        match self.read_with(off, len, &HashMap::new()) {
-            Ok(Ok(b)) => Some(Ok(b)),
+        match self.read_with(off, len, &HashMap::new(), buf) {
+            Ok(Ok(n)) => Some(Ok(n)),
             Ok(Err(_)) => None,
             Err(e) => Some(Err(e)),
         }
@@ -134,9 +156,13 @@ impl Mirror {
     /// covering chunks that are not local in parallel.
     pub async fn read(self: &Arc<Self>, off: u64, len: u64) -> Result<Vec<u8>, Errno> {
         let mut mem = HashMap::new();
+        let mut buf = Vec::new();
         for _ in 0..4 {
-            match self.read_with(off, len, &mem)? {
-                Ok(b) => return Ok(b),
+            match self.read_with(off, len, &mem, &mut buf)? {
+                Ok(n) => {
+                    buf.truncate(n);
+                    return Ok(buf);
+                }
                 Err(need) => {
                     self.demand.fetch_add(1, Ordering::SeqCst);
                     let res =
@@ -256,6 +282,7 @@ impl Mirror {
             let mm = m.clone();
             let stored = tokio::task::spawn_blocking(move || {
                 let at = i * mm.chunk_size;
+                let _one_at_a_time = lock(&mm.store_lock);
                 if d.len() == len {
                     return mm.data.write_all_at(&d, at);
                 }

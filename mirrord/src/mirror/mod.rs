@@ -247,6 +247,10 @@ pub struct Mirror {
     shadow: Mutex<Shadow>,
     commit_lock: Arc<tokio::sync::Mutex<()>>,
     flush_lock: Mutex<()>,
+    /// Held by each background store of a fetched chunk into `data`: the
+    /// stores queue here, asleep, instead of spinning on the data file's
+    /// inode lock in the kernel (ext4 takes it for every buffered write).
+    store_lock: Mutex<()>,
     pub stats: Stats,
     /// The daemon-wide counters (shared by every mirror).
     pub(crate) metrics: crate::metrics::Metrics,
