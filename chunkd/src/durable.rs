@@ -18,6 +18,14 @@
 //!   other dirty page of the file system: on a compute node, its guests'
 //!   mirror data, and on the emulated test bed, every other node's.
 //!
+//! A PutLocal batch is also handed to [`Syncer::early`] when it is adopted:
+//! in PerPut mode one background thread `fdatasync`s it right away, so the
+//! disk writes a bulk import while the client goes on, and the Flush at its
+//! end waits only for the last batches. An error it meets is kept and
+//! returned by the Flush that syncs the file (the kernel reports a
+//! write-back error once per open file, so Flush's own `fdatasync` of the
+//! same descriptor would not see it again).
+//!
 //! Two modes for Puts, both correct (no Put is acknowledged before its
 //! record and its segment's name are on disk):
 //! - [`Durability::PerPut`] (default): each Put `fdatasync`s its segment.
@@ -35,7 +43,7 @@
 use std::fs::File;
 use std::io;
 use std::os::fd::AsRawFd;
-use std::sync::{Condvar, Mutex};
+use std::sync::{mpsc, Arc, Condvar, Mutex};
 
 /// How Puts are made durable.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -104,7 +112,15 @@ pub struct Syncer {
     mode: Durability,
     round: Mutex<Round>,
     wake: Condvar,
+    /// The early write-back thread's queue (started at the first batch).
+    early: Mutex<Option<mpsc::Sender<Arc<File>>>>,
+    /// Files whose early `fdatasync` failed, with the error, until a
+    /// Flush of the file returns it.
+    early_failed: Arc<Mutex<Vec<EarlyFailure>>>,
 }
+
+/// A file whose early write-back failed, and the error.
+type EarlyFailure = (Arc<File>, io::Error);
 
 impl Syncer {
     /// `dir` must be the open `packs/` directory.
@@ -114,7 +130,48 @@ impl Syncer {
             mode,
             round: Mutex::new(Round::default()),
             wake: Condvar::new(),
+            early: Mutex::default(),
+            early_failed: Arc::default(),
         }
+    }
+
+    /// Starts writing `f`'s data to disk in the background (PerPut mode;
+    /// Syncfs mode leaves it to its rounds). Durability still comes only
+    /// from [`Syncer::files`], which returns an error this write-back met.
+    pub fn early(&self, f: Arc<File>) {
+        if self.mode != Durability::PerPut {
+            return;
+        }
+        let mut q = self.early.lock().expect("early write-back lock");
+        if q.is_none() {
+            let (tx, rx) = mpsc::channel::<Arc<File>>();
+            let failed = self.early_failed.clone();
+            let started = std::thread::Builder::new()
+                .name("early-sync".into())
+                .spawn(move || {
+                    for f in rx {
+                        if let Err(e) = f.sync_data() {
+                            failed.lock().expect("early failures lock").push((f, e));
+                        }
+                    }
+                });
+            if started.is_err() {
+                return; // no thread: Flush syncs everything, as before
+            }
+            *q = Some(tx);
+        }
+        if let Some(tx) = q.as_ref() {
+            let _ = tx.send(f);
+        }
+    }
+
+    /// The error an early write-back of one of `files` met, taken.
+    fn early_error(&self, files: &[&File]) -> Option<io::Error> {
+        let mut failed = self.early_failed.lock().expect("early failures lock");
+        let k = failed
+            .iter()
+            .position(|(f, _)| files.iter().any(|g| std::ptr::eq(f.as_ref(), *g)))?;
+        Some(failed.swap_remove(k).1)
     }
 
     pub fn mode(&self) -> Durability {
@@ -149,7 +206,10 @@ impl Syncer {
             return Ok(());
         }
         match self.mode {
-            Durability::PerPut => parallel(files, |f| f.sync_data()),
+            Durability::PerPut => {
+                parallel(files, |f| f.sync_data())?;
+                self.early_error(files).map_or(Ok(()), Err)
+            }
             Durability::Syncfs => self.round(),
         }
     }
@@ -203,6 +263,31 @@ impl Syncer {
 mod tests {
     use super::*;
     use std::sync::Arc;
+
+    #[test]
+    fn an_early_write_back_error_fails_the_flush_of_that_file_once() {
+        let t = tempfile::tempdir().unwrap();
+        let s = Syncer::new(File::open(t.path()).unwrap(), Durability::PerPut);
+        let a = Arc::new(File::create(t.path().join("a")).unwrap());
+        let b = Arc::new(File::create(t.path().join("b")).unwrap());
+        s.early(a.clone());
+        s.early(b.clone());
+        s.files(&[a.as_ref(), b.as_ref()]).unwrap();
+        // What the background thread records when an fdatasync fails
+        // (which a test cannot provoke on a healthy disk).
+        s.early_failed
+            .lock()
+            .unwrap()
+            .push((a.clone(), io::Error::from_raw_os_error(libc_eio())));
+        assert!(s.files(&[b.as_ref()]).is_ok(), "b's write-back did not fail");
+        let e = s.files(&[b.as_ref(), a.as_ref()]).unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc_eio()));
+        assert!(s.files(&[a.as_ref()]).is_ok(), "reported once");
+    }
+
+    fn libc_eio() -> i32 {
+        nix::errno::Errno::EIO as i32
+    }
 
     #[test]
     fn concurrent_waiters_share_rounds() {

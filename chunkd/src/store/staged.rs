@@ -8,7 +8,8 @@
 //! `tmp/` in the record format of [`blobvirt_core::pack`]: this node reads
 //! every record, checks its hash, and then adopts the file as a staged
 //! segment by renaming it into `packs/`, so the bytes are written once, by
-//! the client. Flush `fdatasync`s every staged segment (through the
+//! the client, and starts writing it to disk in the background
+//! ([`Syncer::early`](crate::durable::Syncer::early)). Flush `fdatasync`s every staged segment (through the
 //! [`Syncer`](crate::durable::Syncer)), renames it to `.pack` and syncs the
 //! directory; nothing else on the file system is written back. A crash
 //! before Flush loses only staged segments, which are removed at the next
@@ -146,6 +147,7 @@ impl Store {
         }
         drop(inner);
         drop(st);
+        self.sync.early(file);
         Ok((new, bytes))
     }
 
