@@ -33,28 +33,29 @@ impl Repo {
     ///
     /// A replica is read from its segment (a place from an earlier Locate,
     /// or Locate now, then a pread): no chunk body over gRPC, no TLS, one
-    /// copy. Its bytes are hash-checked like any answer. A kept place that
-    /// does not read back is stale and asked again; absent (deleted, not
-    /// local after all), the next local replica is tried; corrupt where the
-    /// node says it is, the caller asks the replicas over gRPC as usual, so
-    /// its chunkd quarantines and reports it and it is repaired.
+    /// copy. Its bytes are hash-checked like any answer. Replicas whose
+    /// place is known are tried first, in ranking order, and only then is
+    /// Locate asked. (Making concurrent callers wait for one Locate per
+    /// node cut Locates 5-fold in a sequential read but made an export, which
+    /// reads many runs at once, 1.6x slower.) A kept place that does not read back is stale and
+    /// asked again; absent (deleted, not local after all), the next local
+    /// replica is tried; corrupt where the node says it is, the caller asks
+    /// the replicas over gRPC as usual, so its chunkd quarantines and
+    /// reports it and it is repaired.
     pub(super) async fn read_nearby(&self, id: &ChunkId, order: &[&Member]) -> Option<Bytes> {
         let id = *id;
+        let mut local = Vec::new();
         for m in order.iter().filter(|m| m.alive) {
-            let Some(l) = self.local_store(&m.addr).await else {
-                continue;
-            };
-            if !l.runs() {
-                continue;
+            if let Some(l) = self.local_store(&m.addr).await.filter(|l| l.runs()) {
+                local.push((*m, l));
             }
-            if let Some(p) = l.place(&id) {
-                let (l2, p2) = (l.clone(), p.clone());
-                let read = tokio::task::spawn_blocking(move || l2.read(&p2, &id));
-                if let Ok(Some(Some(data))) = read.await {
-                    return Some(data);
-                }
-                l.forget(&id);
+        }
+        for (_, l) in &local {
+            if let Some(data) = read_known(l, &id).await {
+                return Some(data);
             }
+        }
+        for (m, l) in &local {
             let req = pb::LocateRequest {
                 id: Bytes::copy_from_slice(&id.0),
                 more: crate::local::LOCATE_MORE,
@@ -109,4 +110,17 @@ impl Repo {
         m.insert(addr.to_string(), LocalEntry::Known(dir.clone()));
         dir
     }
+}
+
+/// Chunk `id` read at its kept place in `l`, when it has one and it reads
+/// back and verifies; a place that does not is forgotten.
+async fn read_known(l: &Arc<LocalStore>, id: &ChunkId) -> Option<Bytes> {
+    let p = l.place(id)?;
+    let (l2, id2) = (l.clone(), *id);
+    let read = tokio::task::spawn_blocking(move || l2.read(&p, &id2));
+    if let Ok(Some(Some(data))) = read.await {
+        return Some(data);
+    }
+    l.forget(id);
+    None
 }
