@@ -279,7 +279,10 @@ mod tests {
             .lock()
             .unwrap()
             .push((a.clone(), io::Error::from_raw_os_error(libc_eio())));
-        assert!(s.files(&[b.as_ref()]).is_ok(), "b's write-back did not fail");
+        assert!(
+            s.files(&[b.as_ref()]).is_ok(),
+            "b's write-back did not fail"
+        );
         let e = s.files(&[b.as_ref(), a.as_ref()]).unwrap_err();
         assert_eq!(e.raw_os_error(), Some(libc_eio()));
         assert!(s.files(&[a.as_ref()]).is_ok(), "reported once");
