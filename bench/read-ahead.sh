@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Issue 14: a cold buffered read of a fresh clone through the mount, with
-# the mount's kernel read-ahead as main had it (64 KiB, the FUSE handshake's
-# value) and as mirrord sets it now (read_ahead_kib, 4096 KiB by default).
+# the mount's kernel read-ahead at 64 KiB (the FUSE handshake's value) and at
+# 4096 KiB (read_ahead_kib's default from b850dc1 until 2026-12-03; now 128).
 #
 # For each run and each setting, alternately, on a fresh local cluster
 # (4 nodes, replicas 2, mirrord mounted): import MIB of random data, clone

@@ -51,9 +51,8 @@
 //!   root `root:blobvirt 0771`, the control socket `root:blobvirt 0660`
 //!   (see `fs/access.rs`).
 //! * Kernel read-ahead of the mount (buffered readers only) is set to
-//!   `[mirrord] read_ahead_kib` (4 MiB by default) in sysfs after mounting,
-//!   so a cold buffered sequential read keeps many FUSE reads in flight;
-//!   it may pull in that much beyond what a read covers. mirrord's own
+//!   `[mirrord] read_ahead_kib` (128 KiB by default) in sysfs after
+//!   mounting; a buffered read may pull in that much beyond what it covers. mirrord's own
 //!   read-ahead starts only after 16 MiB read in sequence, then fetches up
 //!   to 64 chunks (32 MiB) ahead; status counts those fetches as
 //!   `readahead` (see `mirror/readahead.rs`).

@@ -17,7 +17,7 @@ fn lazy_reads_fetch_only_covering_chunks_and_no_holes() {
     let c = Cluster::start(2, 2);
     let img = image(1, 64 * MIB, CS);
     c.import("lazy", &img, CS as u32);
-    // Kernel read-ahead at 64 KiB (the default 4 MiB may read that much
+    // Kernel read-ahead at 64 KiB (the default 128 KiB may read that much
     // past a buffered read), so the bound below is mirrord's own.
     let base = c.dir.path();
     let m = Mirrord::start_env(
@@ -105,7 +105,7 @@ fn read_ahead_kib(m: &Mirrord) -> u64 {
     std::fs::read_to_string(&p).unwrap().trim().parse().unwrap()
 }
 
-/// By default the mount reads 4 MiB ahead of a buffered reader, and a
+/// By default the mount reads 128 KiB ahead of a buffered reader, and a
 /// cold buffered read through it is still exact.
 #[test]
 fn default_read_ahead_is_set_on_the_mount() {
