@@ -9,11 +9,11 @@
 //! every record, checks its hash, and then adopts the file as a staged
 //! segment by renaming it into `packs/`, so the bytes are written once, by
 //! the client, and starts writing it to disk in the background
-//! ([`Syncer::early`](crate::durable::Syncer::early)). Flush `fdatasync`s every staged segment (through the
-//! [`Syncer`](crate::durable::Syncer)), renames it to `.pack` and syncs the
-//! directory; nothing else on the file system is written back. A crash
-//! before Flush loses only staged segments, which are removed at the next
-//! start and were never published.
+//! ([`Syncer::early`](crate::durable::Syncer::early)). Flush `fdatasync`s
+//! every staged segment (through the [`Syncer`](crate::durable::Syncer)),
+//! renames it to `.pack` and syncs the directory; nothing else on the file
+//! system is written back. A crash before Flush loses only staged segments,
+//! which are removed at the next start and were never published.
 //!
 //! Flushes are serialised: a Flush returns only after every staged Put that
 //! reached the node before it is durable, even one taken by a concurrent

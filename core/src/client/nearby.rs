@@ -36,9 +36,9 @@ impl Repo {
     /// copy. Its bytes are hash-checked like any answer. Replicas whose
     /// place is known are tried first, in ranking order, and only then is
     /// Locate asked. (Making concurrent callers wait for one Locate per
-    /// node cut Locates 5-fold in a sequential read but made an export, which
-    /// reads many runs at once, 1.6x slower.) A kept place that does not read back is stale and
-    /// asked again; absent (deleted, not local after all), the next local
+    /// node cut Locates 5-fold in a sequential read but made an export,
+    /// which reads many runs at once, 1.6x slower.) A kept place that does
+    /// not read back is stale and asked again; absent (deleted, not local after all), the next local
     /// replica is tried; corrupt where the node says it is, the caller asks
     /// the replicas over gRPC as usual, so its chunkd quarantines and
     /// reports it and it is repaired.
