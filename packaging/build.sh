@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Builds blobvirt's Debian packages into target/debian/ (cargo-deb's
-# default): blobvirt, blobvirt-poold, blobvirt-chunkd, blobvirt-mirrord.
+# default): blobvirt, blobvirt-poold, blobvirt-chunkd, blobvirt-mirrord,
+# blobvirt-opennebula.
 # Works on a fresh Debian 12 with Rust from rustup; as root it installs what
 # is missing (the build's Debian packages via scripts/install-deps.sh,
 # dpkg-dev, cargo-deb).
@@ -32,7 +33,7 @@ fi
 # substitute it, so a version bump must update the pins and the changelog.
 version=$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
 want="$version-1"
-for f in pool-backend/Cargo.toml chunkd/Cargo.toml mirrord/Cargo.toml; do
+for f in pool-backend/Cargo.toml chunkd/Cargo.toml mirrord/Cargo.toml virsh-ext/Cargo.toml; do
   if ! grep -q "blobvirt (= $want)" "$f"; then
     echo "error: $f does not depend on blobvirt (= $want); update its [package.metadata.deb] depends" >&2
     exit 1
@@ -52,4 +53,7 @@ rm -f "$out"/blobvirt*.deb
 for crate in virsh-ext pool-backend chunkd mirrord; do
   cargo deb --no-build -p "$crate" --output "$out/"
 done
+# The OpenNebula drivers (scripts only): a variant of the CLI's crate.
+cargo deb --no-build -p virsh-ext --variant opennebula --output "$out/"
+
 ls -1 "$out"/blobvirt*.deb

@@ -25,7 +25,7 @@ if [ "$(id -u)" != 0 ]; then
   exit 1
 fi
 export DEBIAN_FRONTEND=noninteractive
-pkgs=(blobvirt-poold blobvirt-chunkd blobvirt-mirrord blobvirt)
+pkgs=(blobvirt-opennebula blobvirt-poold blobvirt-chunkd blobvirt-mirrord blobvirt)
 for p in "${pkgs[@]}"; do
   if dpkg-query -W -f '${Status}' "$p" 2>/dev/null | grep -qv '^unknown\|not-installed'; then
     echo "error: $p is installed on this machine; this test would purge it (dpkg --purge ${pkgs[*]} first)" >&2
@@ -227,7 +227,7 @@ if ! bash packaging/build.sh > "$save/build.log" 2>&1; then
 fi
 ok "packaging/build.sh builds the packages ($(( $(date +%s) - t0 )) s)"
 debs=()
-for p in blobvirt blobvirt-poold blobvirt-chunkd blobvirt-mirrord; do
+for p in blobvirt blobvirt-poold blobvirt-chunkd blobvirt-mirrord blobvirt-opennebula; do
   f=$(ls -1 target/debian/"${p}"_*.deb 2>/dev/null | head -1)
   check "target/debian has ${p}_*.deb" test -n "$f" || exit 1
   debs+=("$repo/$f")
@@ -240,7 +240,7 @@ check "blobvirt depends on libvirt0 and adduser" \
   bash -c '[[ "$1" == *libvirt0* && "$1" == *adduser* ]]' _ "$(field "${debs[0]}" Depends)"
 check "blobvirt-mirrord depends on fuse3" \
   bash -c '[[ "$1" == *fuse3* ]]' _ "$(field "${debs[3]}" Depends)"
-for i in 1 2 3; do
+for i in 1 2 3 4; do
   check "$(field "${debs[$i]}" Package) depends on blobvirt (= $version)" \
     bash -c '[[ "$1" == *"blobvirt (= $2)"* ]]' _ "$(field "${debs[$i]}" Depends)" "$version"
 done
@@ -296,6 +296,25 @@ done
 check "/etc/blobvirt/blobvirt.toml is the example" cmp -s /etc/blobvirt/blobvirt.toml packaging/blobvirt.toml
 check "the etcd member template ships as /usr/share/doc/blobvirt/etcd.env" \
   cmp -s /usr/share/doc/blobvirt/etcd.env packaging/etcd/etcd.env
+# The OpenNebula drivers: every action, the configuration, the sudoers rule.
+one=/var/lib/one/remotes
+for a in cp mkfs stat clone rm monitor snap_delete snap_revert snap_flatten; do
+  check "DS action $one/datastore/blobvirt/$a is installed, executable" test -x "$one/datastore/blobvirt/$a"
+done
+for a in clone ln mv mvds cpds delete resize snap_create snap_create_live snap_revert \
+  snap_delete premigrate postmigrate failmigrate monitor; do
+  check "TM action $one/tm/blobvirt/$a is installed, executable" test -x "$one/tm/blobvirt/$a"
+done
+check "the drivers' blobvirt.conf is a conffile of blobvirt-opennebula" \
+  bash -c 'dpkg-deb --ctrl-tarfile "$1" | tar -xO ./conffiles | grep -qx "$2"' _ "${debs[4]}" \
+  "$one/etc/datastore/blobvirt/blobvirt.conf"
+export -f owned
+check "/etc/sudoers.d/blobvirt-opennebula is root:root 440 and valid" \
+  bash -c 'owned "$1" "root:root 440" && visudo -c -q -f "$1"' _ /etc/sudoers.d/blobvirt-opennebula
+check "an installed DS action runs /usr/bin/blobvirt and fails in one line on empty stdin" \
+  bash -c 'err=$("$1" 7 </dev/null 2>&1 >/dev/null); rc=$?
+    [ "$rc" != 0 ] && [ "$(printf "%s\n" "$err" | wc -l)" = 1 ] &&
+    [[ "$err" == "no DS_DRIVER_ACTION_DATA on stdin"* ]] || { echo "rc=$rc: $err"; false; }' _ "$one/datastore/blobvirt/cp"
 check "group blobvirt is a system group" \
   bash -c 'gid=$(getent group blobvirt | cut -d: -f3) && [ "$gid" -lt 1000 ]'
 check "user blobvirt is a system user in group blobvirt without a shell" \

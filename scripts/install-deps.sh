@@ -5,7 +5,7 @@ set -euo pipefail
 
 # protobuf-compiler, libprotobuf-dev (its well-known .proto files): the
 # etcd-client crate compiles etcd's protos with protoc.
-need_pkgs=(pkg-config fio fuse3 e2fsprogs util-linux procps psmisc libvirt-dev protobuf-compiler libprotobuf-dev)
+need_pkgs=(pkg-config fio fuse3 e2fsprogs util-linux procps psmisc libvirt-dev protobuf-compiler libprotobuf-dev shellcheck)
 missing=()
 for p in "${need_pkgs[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

@@ -53,6 +53,25 @@ fn volume_under(path: &Path, mount: &Path) -> Option<String> {
     }
 }
 
+/// Where a symlink outside the mount points (OpenNebula's
+/// `REMOTE_SYSTEM_DIR/disk.N -> MOUNT/VOLUME`), followed a few levels
+/// without touching the mount itself.
+fn linked(path: &Path) -> Option<std::path::PathBuf> {
+    let mut p = path.to_path_buf();
+    let mut hops = 0;
+    while let Ok(t) = std::fs::read_link(&p) {
+        p = match p.parent() {
+            Some(dir) if t.is_relative() => dir.join(t),
+            _ => t,
+        };
+        hops += 1;
+        if hops == 8 {
+            return None;
+        }
+    }
+    (hops > 0).then_some(p)
+}
+
 fn valid_volume(v: &str) -> bool {
     !v.is_empty() && v != "." && v != ".." && !v.contains('/') && !v.contains('\0')
 }
@@ -98,9 +117,12 @@ pub fn parse(xml: &str, cfg: &HookConfig) -> Result<DomainDisks, XmlError> {
                 Some((volume, pool.clone()))
             }
             "file" => src.attribute("file").and_then(|f| {
-                cfg.pools
-                    .iter()
-                    .find_map(|p| volume_under(Path::new(f), &p.mount).map(|v| (v, p.clone())))
+                let under = |path: &Path| {
+                    cfg.pools
+                        .iter()
+                        .find_map(|p| volume_under(path, &p.mount).map(|v| (v, p.clone())))
+                };
+                under(Path::new(f)).or_else(|| linked(Path::new(f)).as_deref().and_then(under))
             }),
             _ => None,
         };
@@ -151,5 +173,24 @@ mod tests {
             <disk type='network'><source protocol='nbd' name='/mnt/bv/g1'/></disk>\
             </devices></domain>";
         assert!(parse(xml, &cfg()).unwrap().disks.is_empty());
+    }
+
+    #[test]
+    fn a_symlink_into_the_mount_is_that_volume() {
+        // OpenNebula's disk.0 -> MOUNT/one-42-0.
+        let dir = std::env::temp_dir().join(format!("bv-hook-link-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let link = dir.join("disk.0");
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink("/mnt/bv/one-42-0", &link).unwrap();
+        let xml = format!(
+            "<domain><name>one-42</name><devices><disk type='file' device='disk'>\
+             <source file='{}'/><target dev='vda'/></disk></devices></domain>",
+            link.display()
+        );
+        let d = parse(&xml, &cfg()).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(d.disks.len(), 1);
+        assert_eq!(d.disks[0].volume, "one-42-0");
     }
 }

@@ -82,6 +82,10 @@ pub enum Command {
     Scrub(Scrub),
     /// Recount references from the version roots and count every chunk's replicas.
     Fsck(Fsck),
+    /// OpenNebula's DS_MAD and TM_MAD `blobvirt` actions (run by the
+    /// driver scripts of packaging/opennebula).
+    #[command(subcommand)]
+    One(crate::opennebula::OneCmd),
 }
 
 #[derive(Debug, Subcommand)]

@@ -6,7 +6,8 @@
 //! `cluster_config`/`procs`/`status` (local clusters), `ca` (the cluster's
 //! certificates), `vol` (volumes), `heal` (nodes, scrub, fsck), `mirror` (mirrord:
 //! mount, control commands, telling it about CLI changes), `libvirt/`
-//! (pool, hook install, deploy, domain snapshots), `output` (tables,
+//! (pool, hook install, deploy, domain snapshots), `opennebula/` (the
+//! OpenNebula driver actions), `output` (tables,
 //! sizes).
 
 use std::process::ExitCode;
@@ -22,6 +23,7 @@ pub mod cluster_file;
 pub mod heal;
 pub mod libvirt;
 pub mod mirror;
+pub mod opennebula;
 pub mod output;
 pub mod procs;
 pub mod status;
@@ -110,6 +112,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         },
         Command::Scrub(a) => heal::scrub(pool, a).await,
         Command::Fsck(a) => heal::fsck(pool, a).await,
+        Command::One(c) => opennebula::run(pool, c).await,
     }
 }
 
@@ -184,6 +187,8 @@ pub fn main() -> ExitCode {
         }
     };
     init_tracing();
+    // OpenNebula shows a driver's stderr lines as they are.
+    let plain = matches!(cli.command, Command::One(_));
     let rt = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -196,7 +201,11 @@ pub fn main() -> ExitCode {
     match res {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {}", sentence(&e));
+            if plain {
+                eprintln!("{}", sentence(&e));
+            } else {
+                eprintln!("error: {}", sentence(&e));
+            }
             ExitCode::FAILURE
         }
     }

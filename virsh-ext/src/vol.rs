@@ -81,7 +81,7 @@ impl From<&pb::BlobInfo> for VolumeJson {
 
 /// Turns transfer errors into one user sentence; a chunk with no good copy
 /// gets a message saying that corrupt data was refused.
-fn transfer_error(e: TransferError) -> anyhow::Error {
+pub(crate) fn transfer_error(e: TransferError) -> anyhow::Error {
     if let TransferError::Volume {
         volume,
         source:

@@ -1,0 +1,444 @@
+//! OpenNebula's DS and TM `blobvirt` drivers, called exactly as oned's
+//! drivers call them (OpenNebula itself cannot be installed here): the
+//! scripts of `packaging/opennebula/remotes/`, DS actions with the ID as
+//! the argument and base64 `DS_DRIVER_ACTION_DATA` on stdin, TM actions
+//! with `host:path` arguments and `SSH` pointing at a stand-in that runs
+//! the command on the named host (`kvm-1`, this machine, which runs the
+//! cluster's mirrord and libvirtd) and fails like ssh for any other host.
+//! The domain XML is what OpenNebula's KVM driver writes: a file disk at
+//! the system datastore's `disk.N`, `cache='none'`, started with `virsh
+//! create`. Needs root, libvirt and the guest's build tools.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+use serde_json::Value;
+use testbed::harness::libvirt::*;
+use testbed::harness::*;
+
+/// The drivers of a lab: the scripts, the SSH stand-in, the environment.
+struct One<'a> {
+    lab: &'a Lab,
+    remotes: PathBuf,
+    ssh: PathBuf,
+    /// The system datastore's directory (`DATASTORE_LOCATION/0`).
+    sys: PathBuf,
+}
+
+impl<'a> One<'a> {
+    fn new(lab: &'a Lab) -> One<'a> {
+        let ssh = lab.tmp.path().join("ssh");
+        // As `ssh HOST CMD`: CMD runs in a shell on HOST.
+        std::fs::write(
+            &ssh,
+            "#!/bin/sh\nhost=$1; shift\ncase $host in\n  kvm-1) exec sh -c \"$*\" ;;\n  *) echo \"ssh: Could not resolve hostname $host: Name or service not known\" >&2; exit 255 ;;\nesac\n",
+        )
+        .unwrap();
+        Command::new("chmod").arg("755").arg(&ssh).status().unwrap();
+        let sys = lab.tmp.path().join("datastores/0");
+        std::fs::create_dir_all(&sys).unwrap();
+        One {
+            lab,
+            remotes: root().join("packaging/opennebula/remotes"),
+            ssh,
+            sys,
+        }
+    }
+
+    fn env(&self, c: &mut Command) {
+        c.env("SSH", &self.ssh)
+            .env("BLOBVIRT", blobvirt())
+            .env("BLOBVIRT_SUDO", "")
+            .env("BLOBVIRT_DISK_OWNER", "")
+            .env("BLOBVIRT_CONFIG", self.lab.dir.join("blobvirt.toml"))
+            .env("BLOBVIRT_POOL", &self.lab.pool_url)
+            .env("BLOBVIRT_CONTROL", &self.lab.control)
+            .env("BLOBVIRT_MOUNT", &self.lab.mount)
+            .env_remove("BLOBVIRT_CLUSTER_DIR");
+    }
+
+    /// DS action `action ID` with `xml` base64-encoded on stdin.
+    fn ds(&self, action: &str, id: &str, xml: &str) -> Output {
+        let script = self.remotes.join("datastore/blobvirt").join(action);
+        let mut c = Command::new(&script);
+        c.arg(id)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        self.env(&mut c);
+        let mut ch = c.spawn().expect("run DS action");
+        let b64 = Command::new("base64")
+            .arg("-w0")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .and_then(|mut b| {
+                b.stdin.take().unwrap().write_all(xml.as_bytes())?;
+                b.wait_with_output()
+            })
+            .unwrap()
+            .stdout;
+        ch.stdin.take().unwrap().write_all(&b64).unwrap();
+        let o = ch.wait_with_output().unwrap();
+        eprintln!("{}", show(&format!("ds/{action} {id}"), &o));
+        o
+    }
+
+    fn ds_ok(&self, action: &str, id: &str, xml: &str) -> String {
+        let o = self.ds(action, id, xml);
+        assert!(o.status.success(), "{}", show(action, &o));
+        String::from_utf8(o.stdout).unwrap()
+    }
+
+    /// TM action `action args…` (stdin empty, as one_tm runs it).
+    fn tm(&self, action: &str, args: &[&str]) -> Output {
+        let mut c = Command::new(self.remotes.join("tm/blobvirt").join(action));
+        c.args(args).stdin(Stdio::null());
+        self.env(&mut c);
+        let o = c.output().expect("run TM action");
+        eprintln!("{}", show(&format!("tm/{action} {}", args.join(" ")), &o));
+        o
+    }
+
+    fn tm_ok(&self, action: &str, args: &[&str]) {
+        let o = self.tm(action, args);
+        assert!(o.status.success(), "{}", show(action, &o));
+    }
+
+    /// `kvm-1:SYS/VMID/disk.I`, and the local path.
+    fn disk(&self, vmid: u32, i: u32) -> (String, PathBuf) {
+        let p = self.sys.join(format!("{vmid}/disk.{i}"));
+        (format!("kvm-1:{}", p.display()), p)
+    }
+}
+
+/// A failed action: non-zero exit and exactly one line on stderr (what
+/// OpenNebula shows), returned.
+fn one_line_failure(o: &Output) -> String {
+    assert!(!o.status.success(), "{}", show("expected a failure", o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "not one stderr line: {err:?}");
+    assert!(
+        !lines[0].starts_with("ERROR:") && !lines[0].starts_with("INFO:"),
+        "OpenNebula would log, not show, {:?}",
+        lines[0]
+    );
+    lines[0].to_string()
+}
+
+fn image_xml(id: &str, path: &str, source: &str, extra: &str) -> String {
+    format!(
+        "<DS_DRIVER_ACTION_DATA><IMAGE><ID>{id}</ID><NAME>img-{id}</NAME><TYPE>0</TYPE>\
+         <PATH>{path}</PATH><SOURCE>{source}</SOURCE><FORMAT>raw</FORMAT>{extra}</IMAGE>\
+         <DATASTORE><ID>100</ID><NAME>blobvirt</NAME><DS_MAD>blobvirt</DS_MAD>\
+         <TM_MAD>blobvirt</TM_MAD><BASE_PATH>/var/lib/one/datastores/100</BASE_PATH>\
+         <TEMPLATE><DS_MAD>blobvirt</DS_MAD></TEMPLATE></DATASTORE></DS_DRIVER_ACTION_DATA>"
+    )
+}
+
+/// The domain OpenNebula's KVM driver writes for VM `vmid`.
+fn deployment(one: &One, vmid: u32, disks: &[PathBuf], console: &Path) -> PathBuf {
+    let mut devs = String::new();
+    for (i, d) in disks.iter().enumerate() {
+        devs.push_str(&format!(
+            "<disk type='file' device='disk'><source file='{}'/><target dev='vd{}' bus='virtio'/>\
+             <driver name='qemu' type='raw' cache='none'/></disk>",
+            d.display(),
+            (b'a' + i as u8) as char
+        ));
+    }
+    let xml = format!(
+        "<domain type='qemu'><name>one-{vmid}</name><memory unit='MiB'>256</memory><vcpu>1</vcpu>\
+         <sysinfo type='smbios'><system><entry name='serial'>one-{vmid}</entry></system></sysinfo>\
+         <os><type arch='x86_64' machine='pc'>hvm</type><boot dev='hd'/><smbios mode='sysinfo'/></os>\
+         <features><acpi/></features><on_poweroff>destroy</on_poweroff><on_reboot>destroy</on_reboot>\
+         <devices><emulator>/usr/bin/qemu-system-x86_64</emulator>{devs}\
+         <serial type='file'><source path='{}'/><target port='0'/></serial>\
+         <controller type='usb' model='none'/><memballoon model='none'/></devices></domain>",
+        console.display()
+    );
+    let f = one.sys.join(format!("{vmid}/deployment.0"));
+    std::fs::write(&f, xml).unwrap();
+    f
+}
+
+/// Destroys the transient domains it names, also when the test fails.
+struct Transient(Vec<String>);
+
+impl Drop for Transient {
+    fn drop(&mut self) {
+        for d in &self.0 {
+            let _ = virsh(&["destroy", d]);
+        }
+    }
+}
+
+fn console_has(log: &Path, what: &str) -> bool {
+    std::fs::read_to_string(log).is_ok_and(|s| s.contains(what))
+}
+
+/// `virsh create` (OpenNebula's deploy), until the console shows `want`.
+fn boot(dep: &Path, dom: &str, log: &Path, want: &str) {
+    let _ = std::fs::remove_file(log);
+    virsh_ok(&["create", dep.to_str().unwrap()]);
+    assert!(
+        wait_until(Duration::from_secs(240), || console_has(log, want)),
+        "{dom} did not print {want:?}: {}",
+        std::fs::read_to_string(log).unwrap_or_default()
+    );
+}
+
+/// `virsh shutdown` (the ACPI button ends the guest's stay mode), until the
+/// transient domain is gone.
+fn shutdown(dom: &str) {
+    virsh_ok(&["shutdown", dom]);
+    assert!(
+        wait_until(Duration::from_secs(120), || !virsh(&["domstate", dom])
+            .status
+            .success()),
+        "{dom} did not shut down: {}",
+        domstate(dom)
+    );
+}
+
+fn sha(p: &Path) -> Vec<u8> {
+    let o = Command::new("sha256sum").arg(p).output().unwrap();
+    assert!(o.status.success(), "{}", show("sha256sum", &o));
+    o.stdout.split(|b| *b == b' ').next().unwrap().to_vec()
+}
+
+fn export(lab: &Lab, vol: &str) -> PathBuf {
+    let f = lab.tmp.path().join(format!("{vol}.export.raw"));
+    lab.ok(&["vol-export", vol, f.to_str().unwrap()]);
+    f
+}
+
+fn labels(lab: &Lab, vol: &str) -> Vec<String> {
+    let v: Value = serde_json::from_str(&lab.ok(&["vol-info", vol, "--json"])).unwrap();
+    v["versions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x["label"].as_str().unwrap_or("").to_string())
+        .collect()
+}
+
+#[test]
+fn a_vm_lifecycle_through_the_driver_scripts() {
+    let lab = Lab::up("one");
+    let one = One::new(&lab);
+    let guest = lab.build_guest();
+    let o = Command::new(root().join("guest/set-stay.sh"))
+        .arg(&guest)
+        .arg("on")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", show("set-stay.sh", &o));
+    let qcow = lab.tmp.path().join("guest.qcow2");
+    let o = Command::new("qemu-img")
+        .args(["convert", "-O", "qcow2"])
+        .arg(&guest)
+        .arg(&qcow)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", show("qemu-img convert", &o));
+
+    // Register: DS stat, then cp, from a raw file and from a qcow2 file.
+    let g = guest.to_str().unwrap();
+    let q = qcow.to_str().unwrap();
+    assert_eq!(one.ds_ok("stat", "0", &image_xml("0", q, "", "")), "64\n");
+    assert_eq!(
+        one.ds_ok("cp", "0", &image_xml("0", g, "", "")),
+        "one-0 raw\n"
+    );
+    assert_eq!(
+        one.ds_ok("cp", "1", &image_xml("1", q, "", "")),
+        "one-1 raw\n"
+    );
+    assert_eq!(sha(&export(&lab, "one-1")), sha(&guest), "qcow2 import");
+    // A persistent empty datablock, used in place (TM ln).
+    assert_eq!(
+        one.ds_ok("mkfs", "2", &image_xml("2", "", "", "<SIZE>8</SIZE>")),
+        "one-2\n"
+    );
+
+    // Deploy VM: disk.0 cloned from image 0, disk.1 the datablock.
+    let vmid = 40_000 + u32::from_str_radix(&lab.suffix[..4], 16).unwrap() % 10_000;
+    let dom = format!("one-{vmid}");
+    let (d0, p0) = one.disk(vmid, 0);
+    let (d1, p1) = one.disk(vmid, 1);
+    let v = vmid.to_string();
+    one.tm_ok("clone", &["frontend:one-0", &d0, &v, "100"]);
+    one.tm_ok("ln", &["frontend:one-2", &d1, &v, "100"]);
+    let vol0 = format!("one-{vmid}-0");
+    assert_eq!(std::fs::read_link(&p0).unwrap(), lab.mount.join(&vol0));
+    assert_eq!(std::fs::read_link(&p1).unwrap(), lab.mount.join("one-2"));
+    let console = lab.tmp.path().join("console.log");
+    let dep = deployment(&one, vmid, &[p0.clone(), p1.clone()], &console);
+    let _guard = Transient(vec![dom.clone()]);
+    boot(&dep, &dom, &console, "tick 2");
+    assert!(console_has(
+        &console,
+        &format!("marker: name={dom} boots=1")
+    ));
+
+    // A live disk snapshot of the running VM.
+    one.tm_ok("snap_create_live", &[&d0, "0", &v, "100"]);
+    assert!(labels(&lab, &vol0).contains(&"one-snap-0".to_string()));
+    shutdown(&dom);
+
+    // Boot once more, so that the disk moves past the snapshot.
+    boot(&dep, &dom, &console, "tick 1");
+    assert!(console_has(
+        &console,
+        &format!("marker: name={dom} boots=2")
+    ));
+    shutdown(&dom);
+
+    // Save-as: the new image exports as the disk's content.
+    one.ds_ok(
+        "mkfs",
+        "3",
+        &image_xml("3", "", "", "<SIZE>64</SIZE>").replace("<FORMAT>raw", "<FORMAT>save_as"),
+    );
+    one.tm_ok("cpds", &[&d0, "one-3", "-1", &v, "100"]);
+    let saved = export(&lab, "one-3");
+    assert_eq!(sha(&saved), sha(&lab.mount.join(&vol0)), "cpds content");
+    assert_eq!(
+        lab.read_marker(&saved, "marker"),
+        format!("name={dom} boots=2")
+    );
+
+    // Revert to the snapshot (VM off): the disk says boots=1 again, and the
+    // VM boots from the reverted content.
+    one.tm_ok("snap_revert", &[&d0, "0", &v, "100"]);
+    let f = lab.mount.join(&vol0);
+    assert!(
+        wait_until(Duration::from_secs(20), || lab.read_marker(&f, "marker")
+            == format!("name={dom} boots=1")),
+        "after snap_revert: {}",
+        lab.read_marker(&f, "marker")
+    );
+    boot(&dep, &dom, &console, "tick 1");
+    assert!(
+        console_has(&console, &format!("marker: name={dom} boots=2")),
+        "the reverted disk booted as its second boot"
+    );
+    shutdown(&dom);
+    one.tm_ok("snap_delete", &[&d0, "0", &v, "100"]);
+    assert!(!labels(&lab, &vol0).contains(&"one-snap-0".to_string()));
+
+    // Terminate: the VM's clone goes, the images stay.
+    one.tm_ok("delete", &[&d0, &v, "100"]);
+    one.tm_ok("delete", &[&d1, &v, "100"]);
+    let vmdir = format!("kvm-1:{}", one.sys.join(&v).display());
+    one.tm_ok("delete", &[&vmdir, &v, "0"]);
+    assert!(!one.sys.join(&v).exists());
+    let vols = lab.volumes();
+    assert!(!vols.contains(&vol0), "{vols:?}");
+    for keep in ["one-0", "one-1", "one-2", "one-3"] {
+        assert!(vols.contains(&keep.to_string()), "{keep} lost: {vols:?}");
+    }
+    assert_eq!(sha(&export(&lab, "one-0")), sha(&guest), "image 0 kept");
+
+    // DS rm of an image.
+    one.ds_ok("rm", "1", &image_xml("1", "", "one-1", ""));
+    assert!(!lab.volumes().contains(&"one-1".to_string()));
+}
+
+/// DS monitor against `cluster status`; wrong input; 8 VMs from one image.
+#[test]
+fn monitor_wrong_input_and_eight_clones() {
+    let lab = Lab::cluster("onx");
+    let one = One::new(&lab);
+    let img = lab.tmp.path().join("img.raw");
+    data::write_image(&img, 32 << 20, &[], 7);
+    let p = img.to_str().unwrap();
+    assert_eq!(
+        one.ds_ok("cp", "5", &image_xml("5", p, "", "")),
+        "one-5 raw\n"
+    );
+
+    // Monitor: the three numbers from cluster status --json.
+    let out = one.ds_ok("monitor", "100", &image_xml("", "", "", ""));
+    let st: Value = serde_json::from_str(&lab.ok(&["cluster", "status", "--json"])).unwrap();
+    let r = st["replicas"].as_u64().unwrap();
+    let sum = |k: &str| -> u64 {
+        st["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|n| n["alive"] == true)
+            .map(|n| n[k].as_u64().unwrap())
+            .sum()
+    };
+    let mb = |b: u64| b / r / (1 << 20);
+    let got = |k: &str| -> u64 {
+        out.lines()
+            .find_map(|l| l.strip_prefix(&format!("{k}=")))
+            .unwrap_or_else(|| panic!("no {k} in {out}"))
+            .parse()
+            .unwrap()
+    };
+    assert_eq!(got("USED_MB"), mb(st["stored_bytes"].as_u64().unwrap()));
+    assert!(got("USED_MB") >= 32, "32 MiB image stored: {out}");
+    assert_eq!(got("TOTAL_MB"), mb(sum("total_bytes")));
+    // Free space moves with the rest of the machine: within 64 MB.
+    assert!(got("FREE_MB").abs_diff(mb(sum("free_bytes"))) < 64, "{out}");
+
+    // Wrong input: one sentence each, nothing stored is lost.
+    let e = one_line_failure(&one.ds("cp", "6", &image_xml("6", "/nonexistent.raw", "", "")));
+    assert!(e.contains("does not exist"), "{e}");
+    let e = one_line_failure(&one.ds("clone", "6", &image_xml("6", "one:5", "", "")));
+    assert!(e.contains("colon"), "{e}");
+    let (d, _) = one.disk(77, 0);
+    let e = one_line_failure(&one.tm("clone", &["frontend:one:5", &d, "77", "100"]));
+    assert!(e.contains("colon"), "{e}");
+    let e = one_line_failure(&one.tm("clone", &["frontend:one-404", &d, "77", "100"]));
+    assert!(e.contains("one-404"), "{e}");
+    let full = image_xml("6", p, "", "").replace(
+        "<TEMPLATE><DS_MAD>",
+        &format!(
+            "<TEMPLATE><LIMIT_MB>{}</LIMIT_MB><DS_MAD>",
+            got("USED_MB") + 8
+        ),
+    );
+    let e = one_line_failure(&one.ds("cp", "6", &full));
+    assert!(e.contains("is full") && e.contains("32 MB"), "{e}");
+    let e = one_line_failure(&one.ds("cp", "5", &image_xml("5", p, "", "")));
+    assert!(e.contains("already exists"), "{e}");
+    let e = one_line_failure(&one.tm("clone", &["frontend:one-5", "kvm-9:/x/disk.0", "78", "1"]));
+    assert!(e.contains("kvm-9"), "{e}");
+    let e = one_line_failure(&one.tm("premigrate", &["kvm-1", "kvm-2", "/x", "79", "0"]));
+    assert!(e.contains("not supported"), "{e}");
+    assert!(!lab.volumes().contains(&"one-6".to_string()));
+    assert_eq!(sha(&export(&lab, "one-5")), sha(&img), "image 5 intact");
+
+    // 8 VMs from one image: 8 O(1) clones, no chunk stored twice.
+    let before: Value = serde_json::from_str(&lab.ok(&["cluster", "status", "--json"])).unwrap();
+    for vm in 100..108u32 {
+        let (d, _) = one.disk(vm, 0);
+        one.tm_ok("clone", &["frontend:one-5", &d, &vm.to_string(), "100"]);
+    }
+    let after: Value = serde_json::from_str(&lab.ok(&["cluster", "status", "--json"])).unwrap();
+    assert_eq!(after["stored_chunks"], before["stored_chunks"]);
+    assert_eq!(after["stored_bytes"], before["stored_bytes"]);
+    let list: Value = serde_json::from_str(&lab.ok(&["vol-list", "--json"])).unwrap();
+    let clones: Vec<&Value> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|v| v["name"].as_str().unwrap().ends_with("-0"))
+        .collect();
+    assert_eq!(clones.len(), 8, "{list}");
+    for c in &clones {
+        assert_eq!(c["origin"], "one-5@1", "{c}");
+    }
+    for vm in [100u32, 107] {
+        let (_, p) = one.disk(vm, 0);
+        assert_eq!(sha(&p), sha(&img), "VM {vm}'s disk through its symlink");
+    }
+}
