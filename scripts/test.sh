@@ -16,7 +16,7 @@ export PATH="$HOME/.cargo/bin:$PATH"
 # The OpenNebula driver scripts pass ShellCheck.
 shellcheck -x packaging/opennebula/remotes/datastore/blobvirt/* \
   packaging/opennebula/remotes/tm/blobvirt/* \
-  packaging/opennebula/remotes/etc/datastore/blobvirt/blobvirt.conf
+  packaging/opennebula/opennebula.conf
 cargo build --workspace --bins --tests
 cargo test --workspace -- --test-threads="${BLOBVIRT_TEST_THREADS:-2}"
 # The Debian packages: release build, cargo-deb, lintian, install, upgrade,

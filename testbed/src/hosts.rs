@@ -37,7 +37,7 @@ pub struct Host {
     pub addr: String,
     /// Where its own directories live in the root namespace.
     pub root: PathBuf,
-    mnt_ns: PathBuf,
+    pub(crate) mnt_ns: PathBuf,
 }
 
 impl Host {

@@ -14,6 +14,8 @@
 //! * [`hosts`] — H hosts for tests that need the same paths on every host:
 //!   each also gets a mount namespace of its own, where `/etc/blobvirt`,
 //!   `/var/lib/blobvirt` and `/run/blobvirt` are that host's directories.
+//! * [`libvirt_hosts`] — a libvirtd of its own in such a host, reachable by
+//!   the others over the emulated network (the migration tests).
 //!
 //! The emulation needs root (`ip netns`, `nsenter`, `unshare`, `tc`); all
 //! addresses are assigned inside the namespaces this crate creates. It
@@ -22,6 +24,7 @@
 
 pub mod harness;
 pub mod hosts;
+pub mod libvirt_hosts;
 pub mod net;
 pub mod proc;
 

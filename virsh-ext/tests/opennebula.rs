@@ -48,15 +48,19 @@ impl<'a> One<'a> {
     }
 
     fn env(&self, c: &mut Command) {
-        c.env("SSH", &self.ssh)
-            .env("BLOBVIRT", blobvirt())
-            .env("BLOBVIRT_SUDO", "")
-            .env("BLOBVIRT_DISK_OWNER", "")
-            .env("BLOBVIRT_CONFIG", self.lab.dir.join("blobvirt.toml"))
-            .env("BLOBVIRT_POOL", &self.lab.pool_url)
-            .env("BLOBVIRT_CONTROL", &self.lab.control)
-            .env("BLOBVIRT_MOUNT", &self.lab.mount)
-            .env_remove("BLOBVIRT_CLUSTER_DIR");
+        c.env(
+            "BLOBVIRT_DRIVER_CONF",
+            root().join("packaging/opennebula/opennebula.conf"),
+        )
+        .env("SSH", &self.ssh)
+        .env("BLOBVIRT", blobvirt())
+        .env("BLOBVIRT_SUDO", "")
+        .env("BLOBVIRT_DISK_OWNER", "")
+        .env("BLOBVIRT_CONFIG", self.lab.dir.join("blobvirt.toml"))
+        .env("BLOBVIRT_POOL", &self.lab.pool_url)
+        .env("BLOBVIRT_CONTROL", &self.lab.control)
+        .env("BLOBVIRT_MOUNT", &self.lab.mount)
+        .env_remove("BLOBVIRT_CLUSTER_DIR");
     }
 
     /// DS action `action ID` with `xml` base64-encoded on stdin.

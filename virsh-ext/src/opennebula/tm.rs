@@ -174,7 +174,7 @@ fn link(vol: &str, dst: &Path, owner: Option<&str>) -> Result<()> {
             .context("running chown")?;
         if !out.status.success() {
             bail!(
-                "cannot give volume {vol} to {o} ({}); check BLOBVIRT_DISK_OWNER in the driver's blobvirt.conf",
+                "cannot give volume {vol} to {o} ({}); check BLOBVIRT_DISK_OWNER in /etc/blobvirt/opennebula.conf",
                 String::from_utf8_lossy(&out.stderr).trim()
             );
         }

@@ -1,9 +1,9 @@
+#!/usr/bin/env bash
 # Shared by the blobvirt DS actions: reads the driver configuration and
 # runs `blobvirt one ds ACTION ID` on the front-end with
 # DS_DRIVER_ACTION_DATA on stdin. Sourced, not run.
-# shellcheck shell=bash
-conf=${BLOBVIRT_DRIVER_CONF:-${0%/*}/../../etc/datastore/blobvirt/blobvirt.conf}
-# shellcheck source=packaging/opennebula/remotes/etc/datastore/blobvirt/blobvirt.conf
+conf=${BLOBVIRT_DRIVER_CONF:-/etc/blobvirt/opennebula.conf}
+# shellcheck source=packaging/opennebula/opennebula.conf
 [ -r "$conf" ] && . "$conf"
 : "${BLOBVIRT:=blobvirt}"
 

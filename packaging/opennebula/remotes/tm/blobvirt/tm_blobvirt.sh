@@ -1,9 +1,9 @@
+#!/usr/bin/env bash
 # Shared by the blobvirt TM actions: the driver configuration, OpenNebula's
 # host:path arguments, and running a command on a host through $SSH.
 # Sourced, not run.
-# shellcheck shell=bash
-conf=${BLOBVIRT_DRIVER_CONF:-${0%/*}/../../etc/datastore/blobvirt/blobvirt.conf}
-# shellcheck source=packaging/opennebula/remotes/etc/datastore/blobvirt/blobvirt.conf
+conf=${BLOBVIRT_DRIVER_CONF:-/etc/blobvirt/opennebula.conf}
+# shellcheck source=packaging/opennebula/opennebula.conf
 [ -r "$conf" ] && . "$conf"
 : "${BLOBVIRT:=blobvirt}"
 : "${SSH:=ssh}"
