@@ -9,106 +9,50 @@
 //! the system datastore's `disk.N`, `cache='none'`, started with `virsh
 //! create`. Needs root, libvirt and the guest's build tools.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use serde_json::Value;
 use testbed::harness::libvirt::*;
+use testbed::harness::opennebula::{deployment_xml, image_xml, one_line_failure, Driver, Target};
 use testbed::harness::*;
 
-/// The drivers of a lab: the scripts, the SSH stand-in, the environment.
-struct One<'a> {
-    lab: &'a Lab,
-    remotes: PathBuf,
-    ssh: PathBuf,
-    /// The system datastore's directory (`DATASTORE_LOCATION/0`).
+/// The drivers of a lab, and its system datastore's directory
+/// (`DATASTORE_LOCATION/0`) on `kvm-1`, this machine.
+struct One {
+    drv: Driver,
     sys: PathBuf,
 }
 
-impl<'a> One<'a> {
-    fn new(lab: &'a Lab) -> One<'a> {
-        let ssh = lab.tmp.path().join("ssh");
-        // As `ssh HOST CMD`: CMD runs in a shell on HOST.
-        std::fs::write(
-            &ssh,
-            "#!/bin/sh\nhost=$1; shift\ncase $host in\n  kvm-1) exec sh -c \"$*\" ;;\n  *) echo \"ssh: Could not resolve hostname $host: Name or service not known\" >&2; exit 255 ;;\nesac\n",
-        )
-        .unwrap();
-        Command::new("chmod").arg("755").arg(&ssh).status().unwrap();
+impl One {
+    fn new(lab: &Lab) -> One {
         let sys = lab.tmp.path().join("datastores/0");
         std::fs::create_dir_all(&sys).unwrap();
-        One {
-            lab,
-            remotes: root().join("packaging/opennebula/remotes"),
-            ssh,
-            sys,
-        }
+        let env = [
+            ("BLOBVIRT_CONFIG", lab.dir.join("blobvirt.toml").into()),
+            ("BLOBVIRT_POOL", lab.pool_url.clone().into()),
+            ("BLOBVIRT_CONTROL", lab.control.clone().into()),
+            ("BLOBVIRT_MOUNT", lab.mount.clone().into()),
+        ];
+        let drv = Driver::new(lab.tmp.path(), &[("kvm-1", Target::Local)], None, &env);
+        One { drv, sys }
     }
 
-    fn env(&self, c: &mut Command) {
-        c.env(
-            "BLOBVIRT_DRIVER_CONF",
-            root().join("packaging/opennebula/opennebula.conf"),
-        )
-        .env("SSH", &self.ssh)
-        .env("BLOBVIRT", blobvirt())
-        .env("BLOBVIRT_SUDO", "")
-        .env("BLOBVIRT_DISK_OWNER", "")
-        .env("BLOBVIRT_CONFIG", self.lab.dir.join("blobvirt.toml"))
-        .env("BLOBVIRT_POOL", &self.lab.pool_url)
-        .env("BLOBVIRT_CONTROL", &self.lab.control)
-        .env("BLOBVIRT_MOUNT", &self.lab.mount)
-        .env_remove("BLOBVIRT_CLUSTER_DIR");
-    }
-
-    /// DS action `action ID` with `xml` base64-encoded on stdin.
-    fn ds(&self, action: &str, id: &str, xml: &str) -> Output {
-        let script = self.remotes.join("datastore/blobvirt").join(action);
-        let mut c = Command::new(&script);
-        c.arg(id)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        self.env(&mut c);
-        let mut ch = c.spawn().expect("run DS action");
-        let b64 = Command::new("base64")
-            .arg("-w0")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .and_then(|mut b| {
-                b.stdin.take().unwrap().write_all(xml.as_bytes())?;
-                b.wait_with_output()
-            })
-            .unwrap()
-            .stdout;
-        ch.stdin.take().unwrap().write_all(&b64).unwrap();
-        let o = ch.wait_with_output().unwrap();
-        eprintln!("{}", show(&format!("ds/{action} {id}"), &o));
-        o
+    fn ds(&self, action: &str, id: &str, xml: &str) -> std::process::Output {
+        self.drv.ds(action, id, xml)
     }
 
     fn ds_ok(&self, action: &str, id: &str, xml: &str) -> String {
-        let o = self.ds(action, id, xml);
-        assert!(o.status.success(), "{}", show(action, &o));
-        String::from_utf8(o.stdout).unwrap()
+        self.drv.ds_ok(action, id, xml)
     }
 
-    /// TM action `action args…` (stdin empty, as one_tm runs it).
-    fn tm(&self, action: &str, args: &[&str]) -> Output {
-        let mut c = Command::new(self.remotes.join("tm/blobvirt").join(action));
-        c.args(args).stdin(Stdio::null());
-        self.env(&mut c);
-        let o = c.output().expect("run TM action");
-        eprintln!("{}", show(&format!("tm/{action} {}", args.join(" ")), &o));
-        o
+    fn tm(&self, action: &str, args: &[&str]) -> std::process::Output {
+        self.drv.tm(action, args)
     }
 
     fn tm_ok(&self, action: &str, args: &[&str]) {
-        let o = self.tm(action, args);
-        assert!(o.status.success(), "{}", show(action, &o));
+        self.drv.tm_ok(action, args)
     }
 
     /// `kvm-1:SYS/VMID/disk.I`, and the local path.
@@ -118,54 +62,11 @@ impl<'a> One<'a> {
     }
 }
 
-/// A failed action: non-zero exit and exactly one line on stderr (what
-/// OpenNebula shows), returned.
-fn one_line_failure(o: &Output) -> String {
-    assert!(!o.status.success(), "{}", show("expected a failure", o));
-    let err = String::from_utf8_lossy(&o.stderr);
-    let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
-    assert_eq!(lines.len(), 1, "not one stderr line: {err:?}");
-    assert!(
-        !lines[0].starts_with("ERROR:") && !lines[0].starts_with("INFO:"),
-        "OpenNebula would log, not show, {:?}",
-        lines[0]
-    );
-    lines[0].to_string()
-}
-
-fn image_xml(id: &str, path: &str, source: &str, extra: &str) -> String {
-    format!(
-        "<DS_DRIVER_ACTION_DATA><IMAGE><ID>{id}</ID><NAME>img-{id}</NAME><TYPE>0</TYPE>\
-         <PATH>{path}</PATH><SOURCE>{source}</SOURCE><FORMAT>raw</FORMAT>{extra}</IMAGE>\
-         <DATASTORE><ID>100</ID><NAME>blobvirt</NAME><DS_MAD>blobvirt</DS_MAD>\
-         <TM_MAD>blobvirt</TM_MAD><BASE_PATH>/var/lib/one/datastores/100</BASE_PATH>\
-         <TEMPLATE><DS_MAD>blobvirt</DS_MAD></TEMPLATE></DATASTORE></DS_DRIVER_ACTION_DATA>"
-    )
-}
-
-/// The domain OpenNebula's KVM driver writes for VM `vmid`.
+/// The domain OpenNebula's KVM driver writes for VM `vmid`, as its
+/// `deployment.0`.
 fn deployment(one: &One, vmid: u32, disks: &[PathBuf], console: &Path) -> PathBuf {
-    let mut devs = String::new();
-    for (i, d) in disks.iter().enumerate() {
-        devs.push_str(&format!(
-            "<disk type='file' device='disk'><source file='{}'/><target dev='vd{}' bus='virtio'/>\
-             <driver name='qemu' type='raw' cache='none'/></disk>",
-            d.display(),
-            (b'a' + i as u8) as char
-        ));
-    }
-    let xml = format!(
-        "<domain type='qemu'><name>one-{vmid}</name><memory unit='MiB'>256</memory><vcpu>1</vcpu>\
-         <sysinfo type='smbios'><system><entry name='serial'>one-{vmid}</entry></system></sysinfo>\
-         <os><type arch='x86_64' machine='pc'>hvm</type><boot dev='hd'/><smbios mode='sysinfo'/></os>\
-         <features><acpi/></features><on_poweroff>destroy</on_poweroff><on_reboot>destroy</on_reboot>\
-         <devices><emulator>/usr/bin/qemu-system-x86_64</emulator>{devs}\
-         <serial type='file'><source path='{}'/><target port='0'/></serial>\
-         <controller type='usb' model='none'/><memballoon model='none'/></devices></domain>",
-        console.display()
-    );
     let f = one.sys.join(format!("{vmid}/deployment.0"));
-    std::fs::write(&f, xml).unwrap();
+    std::fs::write(&f, deployment_xml(vmid, disks, console)).unwrap();
     f
 }
 

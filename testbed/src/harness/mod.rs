@@ -16,6 +16,9 @@
 //!   poold's etcd engine.
 //! * [`install`] — emulated hosts installed as README.md says: a CA and
 //!   certificates, the units' command lines, etcd members, the CLI per host.
+//! * [`opennebula`] — OpenNebula's calling conventions for the blobvirt
+//!   DS and TM driver scripts: base64 action data, `host:path`, an SSH
+//!   stand-in, the KVM driver's domain XML.
 //! * [`data`] — seeded test data, hashing, and chunk files on disk.
 //! * [`thrash`] — the fault thrasher: daemons SIGKILLed under load.
 //!
@@ -33,6 +36,7 @@ pub mod etcd;
 pub mod install;
 pub mod libvirt;
 pub mod mounted;
+pub mod opennebula;
 pub mod thrash;
 
 use std::path::{Path, PathBuf};

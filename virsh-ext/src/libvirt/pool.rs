@@ -373,9 +373,15 @@ pub fn install_hook() -> Result<HookState> {
 const RELOAD_STAMP: &str = "/run/blobvirt/libvirtd-hook-reload";
 
 /// Sends SIGHUP to the local system libvirtd (pid file checked against
-/// `/proc/PID/exe`) so it rereads its hooks; false when none was found.
+/// `/proc/PID/exe`) so it rereads its hooks; false when none was found. A
+/// libvirtd started with `-p /run/libvirt/libvirtd.pid` (one per mount
+/// namespace, as the test bed's hosts run it) is found first.
 pub fn reload_libvirtd() -> bool {
-    for pidfile in ["/run/libvirtd.pid", "/var/run/libvirtd.pid"] {
+    for pidfile in [
+        "/run/libvirt/libvirtd.pid",
+        "/run/libvirtd.pid",
+        "/var/run/libvirtd.pid",
+    ] {
         let Some(pid) = fs::read_to_string(pidfile)
             .ok()
             .and_then(|s| s.trim().parse::<i32>().ok())
