@@ -347,3 +347,85 @@ fn monitor_wrong_input_and_eight_clones() {
         assert_eq!(sha(&p), sha(&img), "VM {vm}'s disk through its symlink");
     }
 }
+
+/// Image snapshots of a persistent image used in place (TM ln): TM
+/// snap_create with the VM off, DS snap_revert, snap_flatten and
+/// snap_delete; TM resize; TM mvds; DS mkfs with a file system.
+#[test]
+fn persistent_image_snapshots_resize_mvds_and_mkfs() {
+    let lab = Lab::cluster("onp");
+    let one = One::new(&lab);
+    let img = lab.tmp.path().join("img.raw");
+    data::write_image(&img, 16 << 20, &[], 11);
+    let p = img.to_str().unwrap();
+    assert_eq!(
+        one.ds_ok("cp", "7", &image_xml("7", p, "", "")),
+        "one-7 raw\n"
+    );
+    let src = image_xml("7", "", "one-7", "");
+    let snap = |s: u32| {
+        src.replace(
+            "</IMAGE>",
+            &format!("<TARGET_SNAPSHOT>{s}</TARGET_SNAPSHOT></IMAGE>"),
+        )
+    };
+    let (d, path) = one.disk(300, 0);
+    one.tm_ok("ln", &["frontend:one-7", &d, "300", "100"]);
+
+    // Snapshot 0 of the untouched image, then a write through the disk.
+    one.tm_ok("snap_create", &[&d, "0", "300", "100"]);
+    let e = one_line_failure(&one.tm("snap_create", &[&d, "0", "300", "100"]));
+    assert!(e.contains("already has snapshot 0"), "{e}");
+    data::overwrite(&path, 1 << 20, 1 << 20, 12);
+    let changed = sha(&path);
+    assert_ne!(changed, sha(&img));
+    // Snapshot 1 of the changed image (the close committed the write).
+    one.tm_ok("snap_create", &[&d, "1", "300", "100"]);
+    assert!(labels(&lab, "one-7").contains(&"one-snap-1".to_string()));
+
+    // DS snap_revert to 0: the image's content is the imported one again.
+    one.ds_ok("snap_revert", "7", &snap(0));
+    assert!(
+        wait_until(Duration::from_secs(20), || sha(&path) == sha(&img)),
+        "snap_revert 0 did not bring the imported content back"
+    );
+    // DS snap_flatten to 1: the changed content, and no snapshot left.
+    one.ds_ok("snap_flatten", "7", &snap(1));
+    assert!(
+        wait_until(Duration::from_secs(20), || sha(&path) == changed),
+        "snap_flatten 1 did not keep snapshot 1's content"
+    );
+    assert!(
+        !labels(&lab, "one-7")
+            .iter()
+            .any(|l| l.starts_with("one-snap-")),
+        "{:?}",
+        labels(&lab, "one-7")
+    );
+    let e = one_line_failure(&one.ds("snap_delete", "7", &snap(1)));
+    assert!(e.contains("no snapshot 1"), "{e}");
+    // A snapshot that is the current content: deleting it keeps the content.
+    one.tm_ok("snap_create", &[&d, "2", "300", "100"]);
+    one.ds_ok("snap_delete", "7", &snap(2));
+    assert_eq!(sha(&path), changed);
+
+    // TM resize grows the disk and refuses to shrink it.
+    one.tm_ok("resize", &[&d, "24", "300", "100"]);
+    assert_eq!(std::fs::metadata(&path).unwrap().len(), 24 << 20);
+    let e = one_line_failure(&one.tm("resize", &[&d, "8", "300", "100"]));
+    assert!(e.contains("cannot shrink"), "{e}");
+    let info: Value = serde_json::from_str(&lab.ok(&["vol-info", "one-7", "--json"])).unwrap();
+    assert_eq!(info["size"], 24u64 << 20, "the new size is published");
+
+    // TM mvds: the persistent disk goes back to its image, which stays.
+    one.tm_ok("mvds", &[&d, "one-7", "300", "100"]);
+    assert!(path.symlink_metadata().is_err(), "the symlink is gone");
+    assert!(lab.volumes().contains(&"one-7".to_string()));
+
+    // DS mkfs: an 8 MB ext4 datablock (the ext4 magic 0xEF53 at byte 1080).
+    let xml = image_xml("8", "", "", "<SIZE>8</SIZE><FS>ext4</FS>");
+    assert_eq!(one.ds_ok("mkfs", "8", &xml), "one-8\n");
+    let raw = std::fs::read(export(&lab, "one-8")).unwrap();
+    assert_eq!(raw.len(), 8 << 20);
+    assert_eq!(&raw[1080..1082], &[0x53, 0xEF], "no ext4 superblock");
+}
