@@ -11,7 +11,7 @@
 use std::process::Command;
 use std::time::Duration;
 
-use testbed::harness::install::{self, cli, start, wait};
+use testbed::harness::install::{self, cli};
 use testbed::harness::opennebula::{deployment_xml, image_xml, Driver, Target};
 use testbed::harness::*;
 use testbed::Host;
@@ -40,43 +40,9 @@ fn boot_once(h: &Host, vmid: u32, want: &str) {
 #[test]
 fn cold_migration_moves_a_vm_between_hosts() {
     let bed = install::Bed::new("onehosts", "onh", 2);
+    let daemons = install::cluster_with_libvirt(&bed);
     let (hosts, logs) = (&bed.hosts, &bed.logs);
     let (h1, h2) = (hosts.host(0), hosts.host(1));
-    for h in &hosts.hosts {
-        std::fs::write(
-            h.path("/etc/blobvirt/blobvirt.toml"),
-            install::config(h, &[h1], &[]),
-        )
-        .unwrap();
-    }
-    let mut daemons = vec![start(h1, "blobvirt-poold.service", logs)];
-    for h in [h1, h2] {
-        daemons.push(start(h, "blobvirt-chunkd.service", logs));
-    }
-    wait("two chunkd nodes registered", || {
-        install::try_cli(h1, &["cluster", "status", "--json"])
-            .ok()
-            .and_then(|o| serde_json::from_str::<serde_json::Value>(&o).ok())
-            .is_some_and(|v| v["nodes_alive"] == 2)
-    });
-    for h in [h1, h2] {
-        daemons.push(start(h, "blobvirt-mirrord.service", logs));
-        wait("mirrord's control socket", || {
-            h.path("/run/blobvirt/mirrord.sock").exists()
-        });
-        h.start_libvirt().expect("libvirtd in the host");
-        // The libvirt pool on the mount, and the hook (libvirtd rereads it).
-        cli(
-            h,
-            &[
-                "pool-define",
-                "--mount",
-                "/var/lib/blobvirt/pool",
-                "--control",
-                "/run/blobvirt/mirrord.sock",
-            ],
-        );
-    }
 
     // Register the guest on the front-end (host 1).
     let img = h1.path("/var/lib/blobvirt/guest.raw");

@@ -180,6 +180,50 @@ control = "/run/blobvirt/mirrord.sock"
     )
 }
 
+/// A blobvirt cluster on every host of `bed`, for the libvirt tests across
+/// hosts: poold on host 1; chunkd, mirrord (its mount at
+/// `/var/lib/blobvirt/pool`) and a libvirtd of its own on every host; the
+/// libvirt pool on the mount and the hook on each (`blobvirt
+/// pool-define`). The daemons stop when the guards drop (the libvirtds
+/// and their QEMUs with the hosts).
+pub fn cluster_with_libvirt(bed: &Bed) -> Vec<Daemon> {
+    let (hosts, logs) = (&bed.hosts, &bed.logs);
+    let h1 = hosts.host(0);
+    for h in &hosts.hosts {
+        std::fs::write(h.path("/etc/blobvirt/blobvirt.toml"), config(h, &[h1], &[])).unwrap();
+    }
+    let mut daemons = vec![start(h1, "blobvirt-poold.service", logs)];
+    for h in &hosts.hosts {
+        daemons.push(start(h, "blobvirt-chunkd.service", logs));
+    }
+    let n = hosts.hosts.len();
+    wait("every chunkd registered", || {
+        try_cli(h1, &["cluster", "status", "--json"])
+            .ok()
+            .and_then(|o| serde_json::from_str::<serde_json::Value>(&o).ok())
+            .is_some_and(|v| v["nodes_alive"] == n)
+    });
+    for h in &hosts.hosts {
+        daemons.push(start(h, "blobvirt-mirrord.service", logs));
+        wait("mirrord's control socket", || {
+            h.path("/run/blobvirt/mirrord.sock").exists()
+        });
+        h.start_libvirt().expect("libvirtd in the host");
+        // libvirtd rereads its hooks when pool-define installs the hook.
+        cli(
+            h,
+            &[
+                "pool-define",
+                "--mount",
+                "/var/lib/blobvirt/pool",
+                "--control",
+                "/run/blobvirt/mirrord.sock",
+            ],
+        );
+    }
+    daemons
+}
+
 /// `packaging/etcd/etcd.env` for host `h` of a cluster of `members`:
 /// the `ETCD_*` variables with `@NAME@`, `@ADDR@` and `@CLUSTER@` filled.
 pub fn etcd_env(h: &Host, members: &[&Host]) -> Vec<(String, String)> {
