@@ -328,6 +328,9 @@ fn monitor_wrong_input_and_eight_clones() {
         let (d, _) = one.disk(vm, 0);
         one.tm_ok("clone", &["frontend:one-5", &d, &vm.to_string(), "100"]);
     }
+    // A retried clone (onevm recover --retry) uses the clone it made.
+    let (d, _) = one.disk(100, 0);
+    one.tm_ok("clone", &["frontend:one-5", &d, "100", "100"]);
     let after: Value = serde_json::from_str(&lab.ok(&["cluster", "status", "--json"])).unwrap();
     assert_eq!(after["stored_chunks"], before["stored_chunks"]);
     assert_eq!(after["stored_bytes"], before["stored_bytes"]);

@@ -186,8 +186,15 @@ async fn clone(pool: Option<&str>, a: Link) -> Result<()> {
     check_source("image source", &a.source)?;
     let vol = disk_volume(&a.vmid, &disk_index(&a.dst)?);
     let repo = crate::vol::connect(pool).await?;
-    repo.clone_blob(&a.source, 0, &vol).await?;
-    crate::mirror::announce(&ctl(), std::slice::from_ref(&vol)).await;
+    // A retried deploy finds its clone made already: use it.
+    let made = repo
+        .get_blob(&vol)
+        .await
+        .is_ok_and(|b| b.origin.starts_with(&format!("{}@", a.source)));
+    if !made {
+        repo.clone_blob(&a.source, 0, &vol).await?;
+        crate::mirror::announce(&ctl(), std::slice::from_ref(&vol)).await;
+    }
     link(&vol, &a.dst, a.owner.as_deref())
 }
 
