@@ -349,6 +349,13 @@ fn monitor_wrong_input_and_eight_clones() {
         let (_, p) = one.disk(vm, 0);
         assert_eq!(sha(&p), sha(&img), "VM {vm}'s disk through its symlink");
     }
+    // A failed deploy's clean-up deletes only the VM directory: its clone
+    // goes with it, the image stays.
+    let dir = format!("kvm-1:{}", one.sys.join("107").display());
+    one.tm_ok("delete", &[&dir, "107", "0"]);
+    let vols = lab.volumes();
+    assert!(!vols.contains(&"one-107-0".to_string()), "{vols:?}");
+    assert!(vols.contains(&"one-5".to_string()) && vols.contains(&"one-106-0".to_string()));
 }
 
 /// Image snapshots of a persistent image used in place (TM ln): TM

@@ -207,26 +207,40 @@ async fn ln(pool: Option<&str>, a: Link) -> Result<()> {
 }
 
 /// A disk: remove the symlink, and the volume when it is this VM's clone;
-/// the VM directory: remove it (symlinks are not followed).
+/// the VM directory: the same for each `disk.N` in it (a failed deploy's
+/// clean-up deletes only the directory), then remove it (symlinks are not
+/// followed).
 async fn delete(pool: Option<&str>, a: Delete) -> Result<()> {
     let p = &a.path;
     let Ok(meta) = p.symlink_metadata() else {
         return Ok(()); // already gone, as OpenNebula's own delete accepts
     };
     if meta.is_dir() {
+        let rd = std::fs::read_dir(p).with_context(|| format!("reading {}", p.display()))?;
+        for e in rd.flatten() {
+            if disk_index(&e.path()).is_ok() && e.path().symlink_metadata()?.is_symlink() {
+                delete_disk(pool, &e.path(), &a.vmid).await?;
+            }
+        }
         return std::fs::remove_dir_all(p).with_context(|| format!("removing {}", p.display()));
     }
     if meta.file_type().is_symlink() {
-        if let (Ok(vol), Ok(i)) = (disk_of(p), disk_index(p)) {
-            if vol == disk_volume(&a.vmid, &i) {
-                let repo = crate::vol::connect(pool).await?;
-                crate::mirror::check_not_open(&ctl(), &vol, 0).await?;
-                // (A volume deleted already is fine.)
-                if repo.get_blob(&vol).await.is_ok() {
-                    repo.delete_with(&vol, 0, false).await?;
-                }
-                crate::mirror::announce(&ctl(), std::slice::from_ref(&vol)).await;
+        return delete_disk(pool, p, &a.vmid).await;
+    }
+    std::fs::remove_file(p).with_context(|| format!("removing {}", p.display()))
+}
+
+/// Removes disk symlink `p`, and its volume when it is VM `vmid`'s clone.
+async fn delete_disk(pool: Option<&str>, p: &Path, vmid: &str) -> Result<()> {
+    if let (Ok(vol), Ok(i)) = (disk_of(p), disk_index(p)) {
+        if vol == disk_volume(vmid, &i) {
+            let repo = crate::vol::connect(pool).await?;
+            crate::mirror::check_not_open(&ctl(), &vol, 0).await?;
+            // (A volume deleted already is fine.)
+            if repo.get_blob(&vol).await.is_ok() {
+                repo.delete_with(&vol, 0, false).await?;
             }
+            crate::mirror::announce(&ctl(), std::slice::from_ref(&vol)).await;
         }
     }
     std::fs::remove_file(p).with_context(|| format!("removing {}", p.display()))
