@@ -217,12 +217,7 @@ fn deploy_snapshot_revert_export_cycle() {
     // 2. A running domain (stay mode): snapshot, more writes, revert, export.
     let stay = lab.tmp.path().join("stay.raw");
     std::fs::copy(&img, &stay).unwrap();
-    let o = Command::new(root().join("guest/set-stay.sh"))
-        .arg(&stay)
-        .arg("on")
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", show("set-stay.sh", &o));
+    stay_on(&stay);
     let simage = format!("s{s}");
     lab.ok(&["vol-import", stay.to_str().unwrap(), &simage]);
     let rp = format!("r{s}");

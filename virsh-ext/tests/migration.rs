@@ -7,10 +7,10 @@
 //! destination's hook refuses while the guest runs on in the source.
 //! Needs root, libvirt and the guest's build tools.
 
-use std::process::Command;
 use std::time::Duration;
 
 use testbed::harness::install::{self, cli, Bed};
+use testbed::harness::libvirt::{build_guest_at, stay_on};
 use testbed::harness::*;
 use testbed::Host;
 
@@ -82,17 +82,8 @@ fn copy_storage_all_there_and_back_on_two_libvirt_hosts() {
     let disk = "/var/lib/libvirt/images/guest.raw";
     let img = h1.libvirt_path(disk);
     std::fs::create_dir_all(img.parent().unwrap()).unwrap();
-    let o = Command::new(root().join("guest/build-guest.sh"))
-        .arg(&img)
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", show("build-guest.sh", &o));
-    let o = Command::new(root().join("guest/set-stay.sh"))
-        .arg(&img)
-        .arg("on")
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", show("set-stay.sh", &o));
+    build_guest_at(&img);
+    stay_on(&img);
     // --copy-storage-all needs the disk to exist on the destination.
     let other = h2.libvirt_path(disk);
     std::fs::create_dir_all(other.parent().unwrap()).unwrap();
@@ -142,17 +133,8 @@ fn a_writable_blobvirt_disk_is_not_migrated_and_the_guest_runs_on() {
     let _daemons = install::cluster_with_libvirt(&bed);
     let (h1, h2) = (bed.hosts.host(0), bed.hosts.host(1));
     let img = h1.path("/var/lib/blobvirt/guest.raw");
-    let o = Command::new(root().join("guest/build-guest.sh"))
-        .arg(&img)
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", show("build-guest.sh", &o));
-    let o = Command::new(root().join("guest/set-stay.sh"))
-        .arg(&img)
-        .arg("on")
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", show("set-stay.sh", &o));
+    build_guest_at(&img);
+    stay_on(&img);
     cli(h1, &["vol-import", "/var/lib/blobvirt/guest.raw", "guest"]);
     cli(h1, &["vol-clone", "guest", "vm1"]);
 

@@ -136,12 +136,7 @@ fn a_vm_lifecycle_through_the_driver_scripts() {
     let lab = Lab::up("one");
     let one = One::new(&lab);
     let guest = lab.build_guest();
-    let o = Command::new(root().join("guest/set-stay.sh"))
-        .arg(&guest)
-        .arg("on")
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", show("set-stay.sh", &o));
+    stay_on(&guest);
     let qcow = lab.tmp.path().join("guest.qcow2");
     let o = Command::new("qemu-img")
         .args(["convert", "-O", "qcow2"])

@@ -12,6 +12,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use testbed::harness::install::{self, cli};
+use testbed::harness::libvirt::build_guest_at;
 use testbed::harness::opennebula::{deployment_xml, image_xml, Driver, Target};
 use testbed::harness::*;
 use testbed::Host;
@@ -46,11 +47,7 @@ fn cold_migration_moves_a_vm_between_hosts() {
 
     // Register the guest on the front-end (host 1).
     let img = h1.path("/var/lib/blobvirt/guest.raw");
-    let o = Command::new(root().join("guest/build-guest.sh"))
-        .arg(&img)
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", show("build-guest.sh", &o));
+    build_guest_at(&img);
     let drv = Driver::new(
         logs,
         &[("host-1", Target::In(h1)), ("host-2", Target::In(h2))],

@@ -247,11 +247,7 @@ impl Lab {
     /// Builds the test guest into the temp dir and returns its path.
     pub fn build_guest(&self) -> PathBuf {
         let out = self.tmp.path().join("guest.raw");
-        let o = Command::new(root().join("guest/build-guest.sh"))
-            .arg(&out)
-            .output()
-            .expect("run guest/build-guest.sh");
-        assert!(o.status.success(), "{}", show("guest/build-guest.sh", &o));
+        build_guest_at(&out);
         out
     }
 
@@ -265,6 +261,26 @@ impl Lab {
         assert!(o.status.success(), "{}", show("guest/read-marker.sh", &o));
         String::from_utf8_lossy(&o.stdout).trim().to_string()
     }
+}
+
+/// Builds the test guest into `out` (`guest/build-guest.sh OUT`).
+pub fn build_guest_at(out: &Path) {
+    let o = Command::new(root().join("guest/build-guest.sh"))
+        .arg(out)
+        .output()
+        .expect("run guest/build-guest.sh");
+    assert!(o.status.success(), "{}", show("guest/build-guest.sh", &o));
+}
+
+/// Turns the test guest's stay mode on in `image` (`guest/set-stay.sh
+/// IMAGE on`): it stays up and writes a tick every second.
+pub fn stay_on(image: &Path) {
+    let o = Command::new(root().join("guest/set-stay.sh"))
+        .arg(image)
+        .arg("on")
+        .output()
+        .expect("run guest/set-stay.sh");
+    assert!(o.status.success(), "{}", show("guest/set-stay.sh", &o));
 }
 
 pub fn domstate(name: &str) -> String {
