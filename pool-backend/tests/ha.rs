@@ -29,8 +29,12 @@ async fn publish_via(
     base: u64,
     changes: &[(u64, u64)],
 ) -> Result<u64, tonic::Status> {
+    // As every blobvirt client publishes (`Repo::publish`): with a request
+    // id, marked idempotent, so the channel may send it again after a lost
+    // connection (a plain publish on a connection to a just-killed poold
+    // fails by design, and did in a CI run).
     let r = c
-        .publish(pb::PublishRequest {
+        .publish(blobvirt_core::failover::idempotent(pb::PublishRequest {
             name: "vol".into(),
             create: base == 0,
             base_version: base,
@@ -43,8 +47,9 @@ async fn publish_via(
                     id: cid(c),
                 })
                 .collect(),
+            request_id: blobvirt_core::failover::request_id(),
             ..Default::default()
-        })
+        }))
         .await?;
     Ok(r.into_inner().version)
 }
